@@ -1,0 +1,268 @@
+//! Background work as explicit steps, and the policy that says which step is due.
+//!
+//! Nothing here runs by itself: a driver (the crash simulator, the runner's engine thread, a
+//! test) calls [`Engine::tick`] with the time, asks [`Engine::next_step`] what is due and runs
+//! it with [`Engine::run_step`]. `run_step` does the work it is asked for regardless of the
+//! tunables; `next_step` is where `allow_writeback`, the modulator and the intervals apply.
+
+use crate::cache::Engine;
+use crate::device::{BlockDevice, DeviceRole, WriteReq};
+use crate::error::{Error, Result};
+use crate::format::{self, BLOCK_SIZE, SECTORS_PER_BLOCK, SECTOR_SIZE};
+
+/// One unit of background work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Seal the open segment (no I/O): its blocks become a segment waiting to be written.
+    Seal,
+    /// Write the oldest sealed segment to the cache device (the flusher daemon).
+    FlushSegment,
+    /// Write back up to `nr_max_batched_writeback` segments, sorted by backing address, then
+    /// flush the backing device (the writeback daemon).
+    Writeback,
+    /// Make the superblock record say how far writeback got (the superblock recorder).
+    Record,
+    /// Seal and make everything durable on the cache device (the sync daemon).
+    Sync,
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub segments: u64,
+    pub blocks: u64,
+}
+
+impl<D: BlockDevice> Engine<D> {
+    /// Advances the engine's clock (milliseconds, any origin, never backwards).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The modulator's input: how busy the backing device is, in percent.
+    pub fn set_backing_load(&mut self, percent: u8) {
+        self.backing_load = percent.min(100);
+    }
+
+    /// Whether background writeback may run now: `allow_writeback`, or the modulator's verdict
+    /// when it is enabled, or a `drop_caches` in progress.
+    pub fn writeback_allowed(&self) -> bool {
+        if self.draining {
+            return true;
+        }
+        if self.tunables.enable_writeback_modulator {
+            self.backing_load < self.tunables.writeback_threshold
+        } else {
+            self.tunables.allow_writeback
+        }
+    }
+
+    fn interval_due(&self, interval_s: u32, since_ms: u64) -> bool {
+        interval_s > 0 && self.now_ms.saturating_sub(since_ms) >= interval_s as u64 * 1000
+    }
+
+    /// The next step the schedule calls for, if any. Bounded: each step moves some id forward,
+    /// so a driver that loops `while let Some(s) = next_step()` terminates.
+    pub fn next_step(&self) -> Option<Step> {
+        if self.dead.is_some() {
+            return None;
+        }
+        if !self.sealed.is_empty() {
+            return Some(Step::FlushSegment);
+        }
+        let open_has_data = self.open_seg.as_ref().is_some_and(|s| s.len > 0);
+        if self.interval_due(self.tunables.sync_interval, self.last_sync_ms)
+            && (open_has_data || self.last_durable < self.last_sealed)
+        {
+            return Some(Step::Sync);
+        }
+        if self.draining && open_has_data {
+            return Some(Step::Seal);
+        }
+        if self.writeback_allowed() && self.last_writeback < self.last_sealed {
+            return Some(Step::Writeback);
+        }
+        if self.durable_record < self.last_writeback
+            && (self.draining
+                || self.interval_due(self.tunables.update_record_interval, self.last_record_ms))
+        {
+            return Some(Step::Record);
+        }
+        None
+    }
+
+    /// Runs one step now.
+    pub fn run_step(&mut self, step: Step) -> Result<StepOutcome> {
+        self.guarded(|e| {
+            let out = match step {
+                Step::Seal => {
+                    e.seal_open();
+                    StepOutcome::default()
+                }
+                Step::FlushSegment => {
+                    let had = !e.sealed.is_empty();
+                    e.write_oldest_sealed()?;
+                    StepOutcome {
+                        segments: had as u64,
+                        blocks: 0,
+                    }
+                }
+                Step::Writeback => e.writeback_batch()?,
+                Step::Record => {
+                    e.last_record_ms = e.now_ms;
+                    e.write_record()?;
+                    StepOutcome::default()
+                }
+                Step::Sync => {
+                    e.last_sync_ms = e.now_ms;
+                    e.make_all_durable()?;
+                    StepOutcome::default()
+                }
+            };
+            e.finish_drain_if_done();
+            Ok(out)
+        })
+    }
+
+    /// Runs every due step until none is due (bounded by the work there is).
+    pub fn run_due_steps(&mut self) -> Result<u64> {
+        let bound = 4 * (self.geo.nr_segments + self.pool_size as u64) + 8;
+        for n in 0..bound {
+            match self.next_step() {
+                Some(s) => {
+                    self.run_step(s)?;
+                }
+                None => return Ok(n),
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Starts draining every dirty block to the backing device (the `drop_caches` message).
+    /// The driver runs steps until [`Engine::draining`] is false; stopping early is harmless.
+    pub fn drop_caches(&mut self) {
+        self.draining = true;
+        self.finish_drain_if_done();
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    fn finish_drain_if_done(&mut self) {
+        if self.draining
+            && self.open_seg.as_ref().is_none_or(|s| s.len == 0)
+            && self.last_writeback == self.last_sealed
+            && self.durable_record == self.last_writeback
+        {
+            self.draining = false;
+        }
+    }
+
+    /// Writes back the next batch of segments. Every live block of them is read from the cache
+    /// device (verified), written to the backing device sorted by address, the backing device is
+    /// flushed, and only then are the blocks dropped and `last_writeback` advanced.
+    pub(crate) fn writeback_batch(&mut self) -> Result<StepOutcome> {
+        let batch = self.tunables.nr_max_batched_writeback as u64;
+        let target = (self.last_writeback + batch).min(self.last_sealed);
+        if target <= self.last_writeback {
+            return Ok(StepOutcome::default());
+        }
+        // Written-back data must come from durable segments: the record that will later cover
+        // them must never be ahead of the durable log.
+        self.make_durable_upto(target)?;
+
+        // (block, idx, dirty, data) of every live block in the batch.
+        let mut items: Vec<(u64, u32, u8, usize)> = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
+        let mut segbuf = vec![0u8; self.geo.segment_bytes()];
+        for id in self.last_writeback + 1..=target {
+            let slot = self.geo.slot_of(id);
+            let info = self.slots[slot as usize];
+            assert_eq!(
+                info.id, id,
+                "slot {slot} holds segment {} not {id}",
+                info.id
+            );
+            if self.index.live_in_slot(slot) == 0 {
+                continue;
+            }
+            let bytes = format::segment_len_bytes(info.len);
+            let sector = self.geo.slot_sector(slot);
+            Self::cache_io(self.cache.read(sector, &mut segbuf[..bytes]))?;
+            // Assert the data right after it is read: never write garbage to the backing device.
+            let h = format::decode_segment_header(&segbuf);
+            if h.id != id || !format::segment_checksum_ok(&segbuf[..bytes]) {
+                return Err(Error::Corrupt {
+                    role: DeviceRole::Cache,
+                    sector,
+                    what: format!("segment {id} read back for writeback fails its checksum"),
+                });
+            }
+            for (idx, mb) in self.index.live_of_slot(slot) {
+                let pos = self.index.pos_of(idx);
+                items.push((mb.block, idx, mb.dirty, data.len()));
+                data.extend_from_slice(&segbuf[(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE]);
+            }
+        }
+        items.sort_unstable_by_key(|&(block, ..)| block);
+
+        if !items.is_empty() {
+            let mut reqs = Vec::with_capacity(items.len());
+            for &(block, _, dirty, at) in &items {
+                let blockdata = &data[at..at + BLOCK_SIZE];
+                // Runs of dirty sectors; a fully dirty block is one 4 KiB write.
+                let mut s = 0usize;
+                while s < SECTORS_PER_BLOCK as usize {
+                    if dirty & (1 << s) == 0 {
+                        s += 1;
+                        continue;
+                    }
+                    let start = s;
+                    while s < SECTORS_PER_BLOCK as usize && dirty & (1 << s) != 0 {
+                        s += 1;
+                    }
+                    reqs.push(WriteReq {
+                        sector: block * SECTORS_PER_BLOCK + start as u64,
+                        data: &blockdata[start * SECTOR_SIZE..s * SECTOR_SIZE],
+                        fua: false,
+                    });
+                }
+            }
+            Self::backing_io(self.backing.write_batch(&reqs))?;
+            Self::backing_io(self.backing.flush())?;
+            for &(_, idx, ..) in &items {
+                self.index.remove(idx);
+            }
+        }
+        let out = StepOutcome {
+            segments: target - self.last_writeback,
+            blocks: items.len() as u64,
+        };
+        self.last_writeback = target;
+        Ok(out)
+    }
+
+    /// Makes the superblock record durable at `last_writeback`. Safe because `last_writeback`
+    /// only moves after the backing device was flushed.
+    pub(crate) fn write_record(&mut self) -> Result<()> {
+        if self.durable_record == self.last_writeback {
+            return Ok(());
+        }
+        assert!(self.durable_record < self.last_writeback);
+        let block = format::encode_record_block(self.last_writeback);
+        Self::cache_io(self.cache.write(format::RECORD_BLOCK_SECTOR, &block, true))?;
+        self.durable_record = self.last_writeback;
+        Ok(())
+    }
+
+    /// Clean shutdown: seal, make everything durable, record how far writeback got. Returns the
+    /// devices.
+    pub fn shutdown(mut self) -> Result<(D, D)> {
+        self.guarded(|e| {
+            e.make_all_durable()?;
+            e.write_record()
+        })?;
+        Ok(self.into_devices())
+    }
+}

@@ -1,0 +1,25 @@
+//! wbcache engine: a deterministic, single-threaded write-back block cache in the dm-writeboost
+//! design. Requests and time go in; device operations come out through [`BlockDevice`]. The
+//! engine owns no thread, clock, randomness or hash-order iteration, so the crash simulator and
+//! the production runner drive the very same code.
+//!
+//! See docs/DESIGN.md for the state machine and its invariants and docs/FORMAT.md for the bytes.
+
+pub mod background;
+pub mod cache;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod index;
+mod invariants;
+pub mod recovery;
+pub mod status;
+pub mod tunables;
+
+pub use background::{Step, StepOutcome};
+pub use cache::{Config, Engine, FormatPolicy};
+pub use device::{BlockDevice, DeviceRole, IoError, IoOp, MemDevice, ReadReq, WriteReq};
+pub use error::{Error, Result};
+pub use recovery::{format_device, RecoveryReport};
+pub use status::{Stats, Status};
+pub use tunables::Tunables;

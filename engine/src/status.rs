@@ -1,0 +1,153 @@
+//! Statistics, the status report and messages.
+
+use std::fmt;
+
+use crate::cache::Engine;
+use crate::device::BlockDevice;
+use crate::error::{Error, Result};
+use crate::tunables::Tunables;
+
+/// The seed's 16 counters, indexed by (write?, hit?, on buffer?, full size?) bits, counted per
+/// 4 KiB piece of a request (the seed's device-mapper split requests at block boundaries too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub counters: [u64; 16],
+    /// Segments sealed before they were full (by FLUSH, FUA or sync).
+    pub partial_flushed: u64,
+}
+
+pub const STAT_WRITE: usize = 3;
+pub const STAT_HIT: usize = 2;
+pub const STAT_ON_BUFFER: usize = 1;
+pub const STAT_FULLSIZE: usize = 0;
+
+impl Stats {
+    pub fn count(&mut self, write: bool, hit: bool, on_buffer: bool, full: bool) {
+        let i = (write as usize) << STAT_WRITE
+            | (hit as usize) << STAT_HIT
+            | (on_buffer as usize) << STAT_ON_BUFFER
+            | (full as usize) << STAT_FULLSIZE;
+        self.counters[i] += 1;
+    }
+}
+
+/// Everything `status` reports: the seed's fields first, then ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Position of the next block to fill, as a cache-block index (slot * n + offset).
+    pub cursor: u64,
+    pub nr_cache_blocks: u64,
+    pub nr_segments: u64,
+    /// Id of the open segment (or of the next one to open).
+    pub current_id: u64,
+    /// Last segment written to the cache device.
+    pub last_flushed_id: u64,
+    /// Last segment written back (backing device flushed).
+    pub last_writeback_id: u64,
+    pub nr_dirty_cache_blocks: u64,
+    pub stat: [u64; 16],
+    pub nr_partial_flushed: u64,
+    pub tunables: Tunables,
+    // Ours.
+    pub segment_size_order: u8,
+    pub nr_rambuf_pool: usize,
+    pub last_sealed_id: u64,
+    pub last_durable_id: u64,
+    pub durable_record_id: u64,
+    pub writeback_allowed: bool,
+    pub draining: bool,
+    pub dead: Option<String>,
+}
+
+impl fmt::Display for Status {
+    /// The seed's status line: cursor, counts, ids, dirty count, 16 counters, partial flushes,
+    /// then the tunables as `name value` pairs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} {} {} {}",
+            self.cursor,
+            self.nr_cache_blocks,
+            self.nr_segments,
+            self.current_id,
+            self.last_flushed_id,
+            self.last_writeback_id,
+            self.nr_dirty_cache_blocks
+        )?;
+        for c in self.stat {
+            write!(f, " {c}")?;
+        }
+        write!(f, " {}", self.nr_partial_flushed)?;
+        let t = self.tunables.list();
+        write!(f, " {}", 2 * t.len())?;
+        for (name, v) in t {
+            write!(f, " {name} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: BlockDevice> Engine<D> {
+    pub fn status(&self) -> Status {
+        let (current_id, pos) = match &self.open_seg {
+            Some(s) => (s.id, s.len),
+            None => (self.last_sealed + 1, 0),
+        };
+        let cursor = self.geo.slot_of(current_id) * self.n as u64 + pos as u64;
+        Status {
+            cursor,
+            nr_cache_blocks: self.geo.nr_segments * self.n as u64,
+            nr_segments: self.geo.nr_segments,
+            current_id,
+            last_flushed_id: self.last_flushed,
+            last_writeback_id: self.last_writeback,
+            nr_dirty_cache_blocks: self.index.live_total(),
+            stat: self.stats.counters,
+            nr_partial_flushed: self.stats.partial_flushed,
+            tunables: self.tunables,
+            segment_size_order: self.geo.order,
+            nr_rambuf_pool: self.pool_size,
+            last_sealed_id: self.last_sealed,
+            last_durable_id: self.last_durable,
+            durable_record_id: self.durable_record,
+            writeback_allowed: self.writeback_allowed(),
+            draining: self.draining,
+            dead: self.dead.clone(),
+        }
+    }
+
+    pub fn tunables(&self) -> Tunables {
+        self.tunables
+    }
+
+    /// Sets one tunable after checking its range.
+    pub fn set_tunable(&mut self, name: &str, value: u64) -> Result<()> {
+        self.tunables.set(name, value)
+    }
+
+    pub fn clear_stat(&mut self) {
+        self.stats = Stats::default();
+    }
+
+    /// A message as the seed takes it: `drop_caches`, `clear_stat`, or `<tunable> <value>`.
+    pub fn message(&mut self, msg: &str) -> Result<()> {
+        let words: Vec<&str> = msg.split_whitespace().collect();
+        match words.as_slice() {
+            ["drop_caches"] => {
+                self.drop_caches();
+                Ok(())
+            }
+            ["clear_stat"] | ["clear_stats"] => {
+                self.clear_stat();
+                Ok(())
+            }
+            [name, value] => {
+                let v: u64 = value
+                    .parse()
+                    .map_err(|_| Error::UnknownMessage(msg.to_string()))?;
+                self.set_tunable(name, v)
+            }
+            _ => Err(Error::UnknownMessage(msg.to_string())),
+        }
+    }
+}
