@@ -14,6 +14,8 @@ use crate::world::{AtomicUnit, World};
 use crate::{ChoiceError, SimError};
 use engine::format::SECTOR_SIZE;
 use engine::DeviceRole;
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -61,6 +63,59 @@ pub struct CrashState {
     pub point: CrashPoint,
     pub devices: Vec<DeviceCrash>,
     pub pending: Vec<PendingWrite>,
+    /// Fingerprint of the durable images, computed on first use.
+    pub(crate) base_fp: OnceCell<u128>,
+}
+
+/// What a crash does to one sector.
+#[derive(Clone, Copy, Debug)]
+enum Effect<'a> {
+    /// A pending write's content persisted.
+    Copy(&'a [u8]),
+    /// A torn unit of pending write `seq` left garbage.
+    Garbage(u64),
+    /// Bit rot.
+    Flip { byte: usize, bit: u8 },
+}
+
+impl Effect<'_> {
+    fn apply(self, s: u64, sector: &mut [u8]) {
+        match self {
+            Effect::Copy(bytes) => sector.copy_from_slice(bytes),
+            Effect::Garbage(seq) => garbage_sector(seq, s, sector),
+            Effect::Flip { byte, bit } => sector[byte] ^= 1 << bit,
+        }
+    }
+}
+
+/// Hash of one sector of one device: 128 bits from four independent multiply lanes, so the
+/// XOR over sectors is a usable fingerprint.
+fn sector_hash(role: DeviceRole, s: u64, bytes: &[u8]) -> u128 {
+    let seed = mix64((role as u64) << 56 ^ s);
+    let mut acc = [
+        seed,
+        seed ^ 0x243f_6a88_85a3_08d3,
+        seed ^ 0x1319_8a2e_0370_7344,
+        seed ^ 0xa409_3822_299f_31d0,
+    ];
+    for chunk in bytes.chunks_exact(32) {
+        for (lane, w) in acc.iter_mut().zip(chunk.chunks_exact(8)) {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            *lane = (*lane ^ w)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(31);
+        }
+    }
+    let a = mix64(acc[0] ^ acc[1].rotate_left(17));
+    let b = mix64(acc[2] ^ acc[3].rotate_left(23) ^ a);
+    (u128::from(a) << 64) | u128::from(mix64(b ^ s))
+}
+
+/// XOR of the sector hashes of a whole image.
+fn image_fingerprint(role: DeviceRole, img: &[u8]) -> u128 {
+    img.chunks_exact(SECTOR_SIZE)
+        .enumerate()
+        .fold(0, |fp, (s, bytes)| fp ^ sector_hash(role, s as u64, bytes))
 }
 
 /// The device images after a crash, by role (in role order).
@@ -82,26 +137,12 @@ impl CrashImages {
         Some(self.images.remove(i).1)
     }
 
-    /// A 128-bit fingerprint of all images (two independent multiply-rotate lanes over 64-bit
-    /// words), for deduplicating identical crash images without keeping them.
+    /// A 128-bit fingerprint of all images: the XOR of a hash of every (device, sector,
+    /// content), so a crash state can update it from the sectors a choice changes.
     pub fn fingerprint(&self) -> u128 {
-        let (mut a, mut b) = (0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344u64);
-        let mut eat = |w: u64| {
-            a = (a ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
-            b = (b.rotate_left(17) ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        };
-        for (role, img) in &self.images {
-            eat(*role as u64);
-            eat(img.len() as u64);
-            let mut words = img.chunks_exact(8);
-            for w in &mut words {
-                eat(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-            }
-            let mut tail = [0u8; 8];
-            tail[..words.remainder().len()].copy_from_slice(words.remainder());
-            eat(u64::from_le_bytes(tail));
-        }
-        (u128::from(mix64(a)) << 64) | u128::from(mix64(b))
+        self.images
+            .iter()
+            .fold(0, |fp, (role, img)| fp ^ image_fingerprint(*role, img))
     }
 }
 
@@ -202,6 +243,7 @@ impl<'w> Replayer<'w> {
             point,
             devices,
             pending,
+            base_fp: OnceCell::new(),
         })
     }
 }
@@ -278,6 +320,43 @@ impl CrashState {
         Ok(())
     }
 
+    /// Calls `f` for every sector a power cut that did `choice` changes, in the order the
+    /// changes apply (later calls win). Shared by [`CrashState::image`] and
+    /// [`CrashState::fingerprint_of`], so both see exactly the same crash.
+    fn for_each_effect(&self, choice: &Choice, mut f: impl FnMut(DeviceRole, u64, Effect<'_>)) {
+        for p in &choice.persisted {
+            let w = &self.pending[p.pending];
+            let garbage = self.device(w.role).is_some_and(|d| d.garbage_in_torn_units);
+            for (u, (first, count)) in w.units().into_iter().enumerate() {
+                let persisted = match &p.units {
+                    Units::All => true,
+                    Units::Mask(m) => m[u],
+                };
+                for s in first..first + count {
+                    // A sector a later durable write covered is not this write's to change.
+                    let Some(bytes) = w.live_sector(s) else {
+                        continue;
+                    };
+                    if persisted {
+                        f(w.role, s, Effect::Copy(bytes));
+                    } else if garbage {
+                        f(w.role, s, Effect::Garbage(w.seq));
+                    }
+                }
+            }
+        }
+        for b in &choice.bit_flips {
+            f(
+                b.role,
+                b.byte / SECTOR_SIZE as u64,
+                Effect::Flip {
+                    byte: (b.byte % SECTOR_SIZE as u64) as usize,
+                    bit: b.bit,
+                },
+            );
+        }
+    }
+
     /// The device images after a power cut that did `choice`.
     pub fn image(&self, choice: &Choice) -> Result<CrashImages, ChoiceError> {
         self.validate(choice)?;
@@ -286,42 +365,49 @@ impl CrashState {
             .iter()
             .map(|d| (d.role, d.durable.clone()))
             .collect();
-        for p in &choice.persisted {
-            let w = &self.pending[p.pending];
-            let dev = self
-                .device(w.role)
-                .expect("pending writes belong to devices");
+        self.for_each_effect(choice, |role, s, effect| {
             let img = &mut images
                 .iter_mut()
-                .find(|(r, _)| *r == w.role)
+                .find(|(r, _)| *r == role)
                 .expect("same roles")
                 .1;
-            for (u, (first, count)) in w.units().into_iter().enumerate() {
-                let persisted = match &p.units {
-                    Units::All => true,
-                    Units::Mask(m) => m[u],
-                };
-                if persisted {
-                    w.apply_range(img, first, count);
-                } else if dev.garbage_in_torn_units {
-                    for s in first..first + count {
-                        // A sector a later durable write covered is not this write's to garble.
-                        if w.live_sector(s).is_some() {
-                            let at = s as usize * SECTOR_SIZE;
-                            garbage_sector(w.seq, s, &mut img[at..at + SECTOR_SIZE]);
-                        }
-                    }
-                }
-            }
-        }
-        for b in &choice.bit_flips {
-            let img = &mut images
-                .iter_mut()
-                .find(|(r, _)| *r == b.role)
-                .expect("validated")
-                .1;
-            img[b.byte as usize] ^= 1 << b.bit;
-        }
+            let at = s as usize * SECTOR_SIZE;
+            effect.apply(s, &mut img[at..at + SECTOR_SIZE]);
+        });
         Ok(CrashImages { images })
+    }
+
+    /// The fingerprint [`CrashImages::fingerprint`] would give the images of `choice`, computed
+    /// from the sectors the choice changes only: deduplication without building the images.
+    pub fn fingerprint_of(&self, choice: &Choice) -> Result<u128, ChoiceError> {
+        self.validate(choice)?;
+        let mut overlay: BTreeMap<(DeviceRole, u64), [u8; SECTOR_SIZE]> = BTreeMap::new();
+        self.for_each_effect(choice, |role, s, effect| {
+            let sector = overlay.entry((role, s)).or_insert_with(|| {
+                let d = self.device(role).expect("same roles");
+                let at = s as usize * SECTOR_SIZE;
+                d.durable[at..at + SECTOR_SIZE]
+                    .try_into()
+                    .expect("a sector")
+            });
+            effect.apply(s, sector);
+        });
+        let mut fp = self.base_fingerprint();
+        for ((role, s), new) in &overlay {
+            let d = self.device(*role).expect("same roles");
+            let at = *s as usize * SECTOR_SIZE;
+            fp ^= sector_hash(*role, *s, &d.durable[at..at + SECTOR_SIZE])
+                ^ sector_hash(*role, *s, new);
+        }
+        Ok(fp)
+    }
+
+    /// Fingerprint of the durable images (nothing pending persisted), computed once.
+    pub fn base_fingerprint(&self) -> u128 {
+        *self.base_fp.get_or_init(|| {
+            self.devices
+                .iter()
+                .fold(0, |fp, d| fp ^ image_fingerprint(d.role, &d.durable))
+        })
     }
 }

@@ -186,6 +186,11 @@ impl Dedup {
         self.seen.insert(images.fingerprint())
     }
 
+    /// True if a fingerprint (from [`CrashState::fingerprint_of`]) was not seen before.
+    pub fn insert_fingerprint(&mut self, fingerprint: u128) -> bool {
+        self.seen.insert(fingerprint)
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }

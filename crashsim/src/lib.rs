@@ -20,6 +20,7 @@ mod crash;
 mod device;
 mod enumerate;
 mod error;
+pub mod explore;
 mod faults;
 mod log;
 mod media;

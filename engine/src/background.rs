@@ -5,7 +5,7 @@
 //! it with [`Engine::run_step`]. `run_step` does the work it is asked for regardless of the
 //! tunables; `next_step` is where `allow_writeback`, the modulator and the intervals apply.
 
-use crate::cache::Engine;
+use crate::cache::{quirk, Engine};
 use crate::device::{BlockDevice, DeviceRole, WriteReq};
 use crate::error::{Error, Result};
 use crate::format::{self, BLOCK_SIZE, SECTORS_PER_BLOCK, SECTOR_SIZE};
@@ -171,6 +171,16 @@ impl<D: BlockDevice> Engine<D> {
         // Written-back data must come from durable segments: the record that will later cover
         // them must never be ahead of the durable log.
         self.make_durable_upto(target)?;
+        // A block overwritten since it went into one of these segments has no live copy here:
+        // its newest copy is in a later segment, perhaps still in RAM or not yet durable, and
+        // this batch does not write it back. Once the record passes these segments replay can
+        // only find that newer copy, so `write_record` must make the log durable first.
+        if (self.last_writeback + 1..=target).any(|id| {
+            let slot = self.geo.slot_of(id);
+            (self.index.live_in_slot(slot) as usize) < self.slots[slot as usize].len
+        }) {
+            self.record_needs_durable_log = true;
+        }
 
         // (block, idx, dirty, data) of every live block in the batch.
         let mut items: Vec<(u64, u32, u8, usize)> = Vec::new();
@@ -250,9 +260,15 @@ impl<D: BlockDevice> Engine<D> {
             return Ok(());
         }
         assert!(self.durable_record < self.last_writeback);
+        // Never let the durable record run ahead of the durable log (H5): newer copies of blocks
+        // that the written-back segments held but did not write back must be durable first.
+        if self.record_needs_durable_log && !quirk!(self, H5RecordAheadOfLog) {
+            self.make_all_durable()?;
+        }
         let block = format::encode_record_block(self.last_writeback);
         Self::cache_io(self.cache.write(format::RECORD_BLOCK_SECTOR, &block, true))?;
         self.durable_record = self.last_writeback;
+        self.record_needs_durable_log = false;
         Ok(())
     }
 

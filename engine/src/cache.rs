@@ -43,6 +43,9 @@ pub struct Config {
     /// Written into the superblock when formatting; ties a future plog to this device. The
     /// engine has no randomness, so the driver picks it.
     pub generation: u64,
+    /// Seed hazards switched back on (test builds only).
+    #[cfg(feature = "quirks")]
+    pub quirks: crate::quirks::Quirks,
 }
 
 impl Default for Config {
@@ -53,9 +56,23 @@ impl Default for Config {
             tunables: None,
             format: FormatPolicy::IfBlank,
             generation: 0,
+            #[cfg(feature = "quirks")]
+            quirks: crate::quirks::Quirks::none(),
         }
     }
 }
+
+/// Whether a seed hazard is switched on; always false without the `quirks` feature.
+macro_rules! quirk {
+    ($engine:expr, $q:ident) => {{
+        #[cfg(feature = "quirks")]
+        let on = $engine.quirks.has(crate::quirks::Quirk::$q);
+        #[cfg(not(feature = "quirks"))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use quirk;
 
 /// A segment held in a RAM buffer: its on-disk image, built in place.
 pub(crate) struct RamSegment {
@@ -92,6 +109,8 @@ pub struct Engine<D: BlockDevice> {
     pub(crate) last_durable: u64,
     pub(crate) last_writeback: u64,
     pub(crate) durable_record: u64,
+    /// A written-back segment held blocks whose newer copies may not be durable yet.
+    pub(crate) record_needs_durable_log: bool,
     pub(crate) now_ms: u64,
     pub(crate) last_record_ms: u64,
     pub(crate) last_sync_ms: u64,
@@ -99,6 +118,8 @@ pub struct Engine<D: BlockDevice> {
     pub(crate) draining: bool,
     pub(crate) dead: Option<String>,
     pub(crate) stats: Stats,
+    #[cfg(feature = "quirks")]
+    pub(crate) quirks: crate::quirks::Quirks,
 }
 
 /// Bit mask of sectors `[first, first + count)` of a block.

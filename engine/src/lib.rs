@@ -12,6 +12,8 @@ pub mod error;
 pub mod format;
 pub mod index;
 mod invariants;
+#[cfg(feature = "quirks")]
+pub mod quirks;
 pub mod recovery;
 pub mod status;
 pub mod tunables;

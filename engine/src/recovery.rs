@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use crate::cache::{Config, Engine, FormatPolicy, SlotInfo};
+use crate::cache::{quirk, Config, Engine, FormatPolicy, SlotInfo};
 use crate::device::{BlockDevice, DeviceRole, ReadReq, WriteReq};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -113,6 +113,7 @@ impl<D: BlockDevice> Engine<D> {
             last_durable: 0,
             last_writeback: 0,
             durable_record: 0,
+            record_needs_durable_log: false,
             now_ms: 0,
             last_record_ms: 0,
             last_sync_ms: 0,
@@ -120,6 +121,8 @@ impl<D: BlockDevice> Engine<D> {
             draining: false,
             dead: None,
             stats: Stats::default(),
+            #[cfg(feature = "quirks")]
+            quirks: cfg.quirks,
         };
         engine.replay(&mut report)?;
         Self::backing_io(engine.backing.flush())?;
@@ -200,7 +203,7 @@ impl<D: BlockDevice> Engine<D> {
                 )?;
             }
             report.bytes_read += bytes as u64;
-            if !format::segment_checksum_ok(&segbuf[..bytes]) {
+            if !format::segment_checksum_ok(&segbuf[..bytes]) && !quirk!(self, LcNoChecksum) {
                 report.stop_reason = Some(format!(
                     "segment {expected} in slot {slot} fails its checksum (torn)"
                 ));

@@ -1,18 +1,31 @@
 //! `cargo xtask <task>`: the project's tasks, one command each.
-//!
-//! - `test`: everything CI checks, installing what it needs first.
+
+mod crash_test;
 
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <task>
+use clap::{Parser, Subcommand};
 
-tasks:
-  test     run every test of the workspace (what CI runs)
-";
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "wbcache project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run every test of the workspace and a quick crash-test (what CI runs).
+    Test,
+    /// Check crash states of simulated runs against the oracles (the main job).
+    CrashTest(crash_test::CrashTestArgs),
+}
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -25,25 +38,28 @@ fn cargo() -> Command {
 }
 
 fn task_test() -> Result<(), String> {
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace"]))?;
+    // A quick crash-test on fixed seeds, and the bounded-exhaustive core at L = 3; both must
+    // find nothing. The tester's own regression tests (lying flush, broken replay) are in
+    // crashsim/tests.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    run(Command::new(&exe).args(["crash-test", "--seeds", "200"]))?;
+    run(Command::new(&exe).args(["crash-test", "--bounded", "3"]))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("test") => task_test(),
-        Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown task {other:?}\n\n{USAGE}")),
-        None => Err(USAGE.to_string()),
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test => task_test().map(|()| true),
+        Task::CrashTest(args) => crash_test::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("xtask: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,172 @@
+//! Checking one crash state: recover on the crashed images, read every sector, ask the oracles,
+//! check the engine's invariants, read again and compare.
+
+use engine::format::SECTOR_SIZE;
+use engine::{Config, DeviceRole, Engine, MemDevice, RecoveryReport};
+use models::{BlockOracle, PrefixOracle};
+
+use crate::CrashImages;
+
+/// Which oracles to ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OracleSel {
+    Block,
+    Prefix,
+    Both,
+}
+
+impl OracleSel {
+    pub fn block(self) -> bool {
+        self != OracleSel::Prefix
+    }
+    pub fn prefix(self) -> bool {
+        self != OracleSel::Block
+    }
+}
+
+/// What kind of check failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The workload itself failed before any crash (wrong read-back, engine error, invariant).
+    Run,
+    /// Recovery refused the crashed images.
+    Recovery,
+    /// A read of the recovered device failed.
+    Read,
+    BlockOracle,
+    PrefixOracle,
+    Invariant,
+    /// Two reads of the recovered device disagree.
+    Stability,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Run => "run",
+            Kind::Recovery => "recovery",
+            Kind::Read => "read",
+            Kind::BlockOracle => "block",
+            Kind::PrefixOracle => "prefix",
+            Kind::Invariant => "invariant",
+            Kind::Stability => "stability",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: Kind,
+    pub detail: String,
+}
+
+/// A recovered engine and what it showed.
+pub struct Recovered {
+    pub engine: Engine<MemDevice>,
+    pub report: RecoveryReport,
+    pub observed: Vec<u8>,
+}
+
+/// Reads the whole exported device.
+pub fn read_all(engine: &mut Engine<MemDevice>) -> Result<Vec<u8>, String> {
+    let size = engine.size_sectors();
+    let mut out = vec![0u8; size as usize * SECTOR_SIZE];
+    const CHUNK: u64 = 128;
+    let mut s = 0;
+    while s < size {
+        let n = CHUNK.min(size - s);
+        let at = s as usize * SECTOR_SIZE;
+        engine
+            .read(s, &mut out[at..at + n as usize * SECTOR_SIZE])
+            .map_err(|e| format!("read of sectors {s}+{n} failed: {e}"))?;
+        s += n;
+    }
+    Ok(out)
+}
+
+/// Recovers from `images` and checks the result. Returns the findings (empty = the state is
+/// good) and, when recovery worked, the recovered engine for further work.
+pub fn check_images(
+    mut images: CrashImages,
+    config: Config,
+    oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
+    sel: OracleSel,
+) -> (Vec<Finding>, Option<Recovered>) {
+    let take = |images: &mut CrashImages, role| images.take(role).map(MemDevice::from_bytes);
+    let (Some(cache), Some(backing)) = (
+        take(&mut images, DeviceRole::Cache),
+        take(&mut images, DeviceRole::Backing),
+    ) else {
+        return (
+            vec![Finding {
+                kind: Kind::Recovery,
+                detail: "crash images lack a device".into(),
+            }],
+            None,
+        );
+    };
+    let (mut engine, report) = match Engine::open(cache, backing, config) {
+        Ok(x) => x,
+        Err(e) => {
+            return (
+                vec![Finding {
+                    kind: Kind::Recovery,
+                    detail: format!("recovery failed: {e}"),
+                }],
+                None,
+            )
+        }
+    };
+    let mut findings = Vec::new();
+    if let Err(e) = engine.check_invariants() {
+        findings.push(Finding {
+            kind: Kind::Invariant,
+            detail: format!("after recovery: {e}"),
+        });
+    }
+    let observed = match read_all(&mut engine) {
+        Ok(o) => o,
+        Err(e) => {
+            findings.push(Finding {
+                kind: Kind::Read,
+                detail: e,
+            });
+            return (findings, None);
+        }
+    };
+    if sel.block() {
+        if let Err(v) = oracles.0.check(&observed) {
+            findings.push(Finding {
+                kind: Kind::BlockOracle,
+                detail: v.to_string(),
+            });
+        }
+    }
+    if sel.prefix() {
+        if let Err(v) = oracles.1.check(&observed) {
+            findings.push(Finding {
+                kind: Kind::PrefixOracle,
+                detail: v.to_string(),
+            });
+        }
+    }
+    match read_all(&mut engine) {
+        Ok(again) if again == observed => {}
+        Ok(_) => findings.push(Finding {
+            kind: Kind::Stability,
+            detail: "a second read differs".into(),
+        }),
+        Err(e) => findings.push(Finding {
+            kind: Kind::Stability,
+            detail: format!("second read: {e}"),
+        }),
+    }
+    (
+        findings,
+        Some(Recovered {
+            engine,
+            report,
+            observed,
+        }),
+    )
+}

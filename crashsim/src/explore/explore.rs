@@ -1,0 +1,577 @@
+//! Exploring the crash states of one workload: every crash point of its record, the choices of
+//! what persisted at each, recovery on each distinct image, crashes inside recovery, and a
+//! continuation with a second crash.
+
+use std::fmt;
+use std::str::FromStr;
+
+use engine::{Config, DeviceRole, Engine};
+use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
+
+use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
+use super::run::{drive, engine_config, new_world, record};
+use super::workload::{continuation, WlConfig, Workload};
+use crate::rng::mix64;
+use crate::{Choice, CrashPoint, CrashState, Dedup, Others, PointSelection, SimDevice, World};
+
+/// How hard to look.
+#[derive(Clone, Debug)]
+pub struct ExploreOpts {
+    /// Enumerate every subset when at most this many writes are pending.
+    pub exhaustive_bound: usize,
+    /// Otherwise every subset of at most this many.
+    pub k: usize,
+    /// Seeded random choices per crash point (with random tears).
+    pub random: usize,
+    /// Crash after every device write too.
+    pub fine: bool,
+    pub oracle: OracleSel,
+    /// Crash inside recovery where recovery writes.
+    pub recovery_crash: bool,
+    /// Run a continuation workload with a second crash after every this many states (0 = never).
+    pub continuation_every: u64,
+    /// Stop at the first violation of this kind (shrinking); `None` explores everything.
+    pub stop_at: Option<Kind>,
+    /// Violations kept in full per workload; the rest are only counted.
+    pub keep_violations: usize,
+    /// Stop exploring (even inside a workload) at this moment.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl Default for ExploreOpts {
+    fn default() -> Self {
+        ExploreOpts {
+            exhaustive_bound: 6,
+            k: 2,
+            random: 6,
+            fine: false,
+            oracle: OracleSel::Both,
+            recovery_crash: true,
+            continuation_every: 16,
+            stop_at: None,
+            keep_violations: 16,
+            deadline: None,
+        }
+    }
+}
+
+/// One level of a crash path: which crash, at which point, with which choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Crash of the workload's run.
+    Top,
+    /// Crash inside the recovery of the previous level's images.
+    Recovery,
+    /// Crash of the continuation workload run after recovering the previous level's images.
+    Continuation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathStep {
+    pub level: Level,
+    pub point: u64,
+    pub choice: Choice,
+}
+
+impl fmt::Display for PathStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = match self.level {
+            Level::Top => 'p',
+            Level::Recovery => 'r',
+            Level::Continuation => 'c',
+        };
+        write!(f, "{l}{}={}", self.point, self.choice)
+    }
+}
+
+impl FromStr for PathStep {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        let (head, choice) = t
+            .split_once('=')
+            .ok_or_else(|| format!("bad crash step {t:?}"))?;
+        let level = match head.chars().next() {
+            Some('p') => Level::Top,
+            Some('r') => Level::Recovery,
+            Some('c') => Level::Continuation,
+            _ => return Err(format!("bad crash step {t:?}")),
+        };
+        let point = head[1..]
+            .parse()
+            .map_err(|_| format!("bad crash point in {t:?}"))?;
+        let choice = choice
+            .parse()
+            .map_err(|e| format!("bad choice in {t:?}: {e}"))?;
+        Ok(PathStep {
+            level,
+            point,
+            choice,
+        })
+    }
+}
+
+/// A violation with everything needed to replay it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub workload: Workload,
+    pub path: Vec<PathStep>,
+    pub finding: Finding,
+}
+
+impl Violation {
+    /// The argument of `--replay`.
+    pub fn case(&self) -> String {
+        let mut s = self.workload.to_string();
+        if !self.path.is_empty() {
+            s.push('#');
+            let steps: Vec<String> = self.path.iter().map(|p| p.to_string()).collect();
+            s.push_str(&steps.join("/"));
+        }
+        s
+    }
+}
+
+/// Parses a `--replay` case.
+pub fn parse_case(case: &str) -> Result<(Workload, Vec<PathStep>), String> {
+    let (w, path) = match case.split_once('#') {
+        Some((w, p)) => (w, p),
+        None => (case, ""),
+    };
+    let workload: Workload = w.parse()?;
+    let path = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').map(str::parse).collect::<Result<_, _>>()?
+    };
+    Ok((workload, path))
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadResult {
+    pub states: u64,
+    /// Every violation found (some may not be kept in `violations`).
+    pub violation_count: u64,
+    /// The first violations, in full.
+    pub violations: Vec<Violation>,
+}
+
+struct Ctx<'a> {
+    workload: &'a Workload,
+    config: Config,
+    opts: &'a ExploreOpts,
+    result: WorkloadResult,
+}
+
+impl Ctx<'_> {
+    fn done(&self) -> bool {
+        let found = self
+            .opts
+            .stop_at
+            .is_some_and(|k| self.result.violations.iter().any(|v| v.finding.kind == k));
+        found
+            || self
+                .opts
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+    }
+
+    fn report(&mut self, path: &[PathStep], findings: Vec<Finding>) {
+        for finding in findings {
+            self.result.violation_count += 1;
+            if self.result.violations.len() < self.opts.keep_violations {
+                self.result.violations.push(Violation {
+                    workload: self.workload.clone(),
+                    path: path.to_vec(),
+                    finding,
+                });
+            }
+        }
+    }
+}
+
+const MAX_SUBSETS_PER_POINT: usize = 1200;
+
+/// The choices to try at one crash state.
+pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Choice> {
+    let mut out: Vec<Choice> = match state.all_subsets(opts.exhaustive_bound) {
+        Ok(all) => all.collect(),
+        // Pairs of a long pending list are many (a device that never flushes): bound k so the
+        // choices stay around a thousand per crash point.
+        Err(_) => {
+            let n = state.pending_count();
+            let k = if n > 48 { 1 } else { opts.k };
+            state.subsets_up_to(k).take(MAX_SUBSETS_PER_POINT).collect()
+        }
+    };
+    // Single-unit tears of every pending cache-device write (what recovery reads), with the
+    // others lost and with the others persisted.
+    for (i, w) in state.pending.iter().enumerate() {
+        if w.role != DeviceRole::Cache {
+            continue;
+        }
+        for others in [Others::Lost, Others::Persisted] {
+            if let Ok(tears) = state.tears_of(i, others) {
+                // Bound the tears of long writes: keep an even sample.
+                let step = (tears.len() / 24).max(1);
+                out.extend(tears.into_iter().step_by(step));
+            }
+        }
+    }
+    out.extend(state.random_choices(seed, opts.random));
+    out
+}
+
+fn oracles_for(h: &History) -> (BlockOracle<'_>, PrefixOracle<'_>) {
+    (
+        BlockOracle::new(h),
+        PrefixOracle::new(h, PrefixUnit::Blocks),
+    )
+}
+
+/// Explores every crash state of one workload.
+pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResult {
+    let config = match engine_config(&workload.config) {
+        Ok(c) => c,
+        Err(e) => {
+            return WorkloadResult {
+                states: 0,
+                violation_count: 1,
+                violations: vec![Violation {
+                    workload: workload.clone(),
+                    path: vec![],
+                    finding: Finding {
+                        kind: Kind::Run,
+                        detail: e,
+                    },
+                }],
+            }
+        }
+    };
+    let mut ctx = Ctx {
+        workload,
+        config,
+        opts,
+        result: WorkloadResult::default(),
+    };
+    let rec = match record(&workload.config, &workload.ops) {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.report(
+                &[],
+                vec![Finding {
+                    kind: Kind::Run,
+                    detail: e,
+                }],
+            );
+            return ctx.result;
+        }
+    };
+    if let Some(f) = &rec.failure {
+        let at = f.op_index.map(|i| format!("op {i}: ")).unwrap_or_default();
+        ctx.report(
+            &[],
+            vec![Finding {
+                kind: Kind::Run,
+                detail: format!("{at}{}", f.detail),
+            }],
+        );
+        if ctx.done() {
+            return ctx.result;
+        }
+    }
+    let world = rec.world.borrow();
+    explore_world(
+        &mut ctx,
+        &world,
+        &rec.history,
+        &[],
+        Level::Top,
+        workload.config.seed,
+    );
+    ctx.result
+}
+
+fn selection(opts: &ExploreOpts) -> PointSelection {
+    if opts.fine {
+        PointSelection::fine()
+    } else {
+        PointSelection::standard()
+    }
+}
+
+/// Explores the crash points of a recorded world against its history. `level` says what the
+/// world recorded (the workload, a recovery, a continuation).
+fn explore_world(
+    ctx: &mut Ctx<'_>,
+    world: &World,
+    history: &History,
+    prefix: &[PathStep],
+    level: Level,
+    seed: u64,
+) {
+    let points = match level {
+        Level::Recovery => world.crash_points(PointSelection::fine()),
+        _ => world.crash_points(selection(ctx.opts)),
+    };
+    let mut replayer = world.replayer();
+    let mut dedup = Dedup::new();
+    for point in points {
+        if ctx.done() {
+            return;
+        }
+        let state = match replayer.advance_to(point) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.report(
+                    prefix,
+                    vec![Finding {
+                        kind: Kind::Run,
+                        detail: format!("crash state at {point}: {e}"),
+                    }],
+                );
+                return;
+            }
+        };
+        // A recovery has no client operations of its own: it answers to the history as cut at
+        // the crash it recovers from.
+        let cut = if level == Level::Recovery {
+            Ok(history.clone())
+        } else {
+            history.as_of(world.client_cut(point))
+        };
+        let hist = match cut {
+            Ok(h) => h,
+            Err(e) => {
+                ctx.report(
+                    prefix,
+                    vec![Finding {
+                        kind: Kind::Run,
+                        detail: e.to_string(),
+                    }],
+                );
+                return;
+            }
+        };
+        let oracles = oracles_for(&hist);
+        let mut opts = ctx.opts.clone();
+        if level != Level::Top {
+            // Nested levels: a lighter enumeration keeps the product of levels bounded.
+            opts.exhaustive_bound = opts.exhaustive_bound.min(4);
+            opts.k = 1;
+            opts.random = 2;
+        }
+        for choice in choices_for(&state, &opts, mix64(seed ^ point.before)) {
+            if ctx.done() {
+                return;
+            }
+            let Ok(fp) = state.fingerprint_of(&choice) else {
+                continue;
+            };
+            if !dedup.insert_fingerprint(fp) {
+                continue;
+            }
+            let Ok(images) = state.image(&choice) else {
+                continue;
+            };
+            debug_assert_eq!(
+                images.fingerprint(),
+                fp,
+                "fingerprint_of agrees with the images"
+            );
+            ctx.result.states += 1;
+            let mut path = prefix.to_vec();
+            path.push(PathStep {
+                level: level.clone(),
+                point: point.before,
+                choice: choice.clone(),
+            });
+            let (findings, recovered) = check_images(
+                images,
+                ctx.config,
+                (&oracles.0, &oracles.1),
+                ctx.opts.oracle,
+            );
+            let bad = !findings.is_empty();
+            ctx.report(&path, findings);
+            let Some(recovered) = recovered else { continue };
+            if bad || level != Level::Top {
+                continue;
+            }
+            let wrote = recovered.report.formatted || recovered.report.stale_invalidated > 0;
+            if ctx.opts.recovery_crash && wrote {
+                if let Ok(images) = state.image(&choice) {
+                    explore_recovery(ctx, world, images, &hist, &path);
+                }
+            }
+            let every = ctx.opts.continuation_every;
+            if every > 0 && ctx.result.states % every == 0 {
+                explore_continuation(ctx, recovered, &path, mix64(seed ^ point.before ^ 0xC0));
+            }
+        }
+    }
+}
+
+/// Records a recovery of `images` and explores crashes inside it.
+fn explore_recovery(
+    ctx: &mut Ctx<'_>,
+    world: &World,
+    images: crate::CrashImages,
+    hist: &History,
+    path: &[PathStep],
+) {
+    let Ok(w2) = world.restarted(&images) else {
+        return;
+    };
+    let w2 = w2.shared();
+    let (Ok(cache), Ok(backing)) = (
+        SimDevice::new(&w2, DeviceRole::Cache),
+        SimDevice::new(&w2, DeviceRole::Backing),
+    ) else {
+        return;
+    };
+    // The recovery itself was already checked on the same images; here only its device log
+    // matters.
+    drop(Engine::open(cache, backing, ctx.config));
+    let w2 = w2.borrow();
+    explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
+}
+
+/// After a recovery: more writes and flushes on the recovered devices, then crash again.
+fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathStep], seed: u64) {
+    let (cache, backing) = recovered.engine.into_devices();
+    let wc = &ctx.workload.config;
+    let Ok(world) = new_world(wc, cache.into_bytes(), backing.into_bytes()) else {
+        return;
+    };
+    let Ok(mut history) = History::new(recovered.observed.clone()) else {
+        return;
+    };
+    let Ok(mut model) = ModelDisk::from_bytes(recovered.observed) else {
+        return;
+    };
+    let ops = continuation(seed, wc);
+    let (Ok(c), Ok(b)) = (
+        SimDevice::new(&world, DeviceRole::Cache),
+        SimDevice::new(&world, DeviceRole::Backing),
+    ) else {
+        return;
+    };
+    match Engine::open(c, b, ctx.config) {
+        Err(e) => {
+            ctx.report(
+                path,
+                vec![Finding {
+                    kind: Kind::Recovery,
+                    detail: format!("reopen for continuation: {e}"),
+                }],
+            );
+            return;
+        }
+        Ok((mut engine, _)) => {
+            if let Err(f) = drive(&mut engine, &world, &mut history, &mut model, &ops, 1) {
+                ctx.report(
+                    path,
+                    vec![Finding {
+                        kind: Kind::Run,
+                        detail: format!("continuation: {}", f.detail),
+                    }],
+                );
+                return;
+            }
+        }
+    }
+    let w = world.borrow();
+    explore_world(ctx, &w, &history, path, Level::Continuation, seed);
+}
+
+/// Re-runs exactly one crash path of a case and returns what it found, with a log for humans.
+pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, String), String> {
+    let (workload, path) = parse_case(case)?;
+    let config = engine_config(&workload.config)?;
+    let rec = record(&workload.config, &workload.ops)?;
+    let mut log = String::new();
+    if let Some(f) = &rec.failure {
+        return Ok((
+            vec![Finding {
+                kind: Kind::Run,
+                detail: f.detail.clone(),
+            }],
+            rec.world.borrow().format_log(),
+        ));
+    }
+    let mut world = rec.world;
+    let mut history = rec.history;
+    let mut findings = Vec::new();
+    for (depth, step) in path.iter().enumerate() {
+        if depth == 0 && step.level != Level::Top {
+            return Err("a crash path starts with the top-level crash (p...)".into());
+        }
+        let w = world.borrow();
+        let state = w
+            .crash_state(CrashPoint::before(step.point))
+            .map_err(|e| e.to_string())?;
+        let hist = if step.level == Level::Recovery {
+            history.clone()
+        } else {
+            history
+                .as_of(w.client_cut(CrashPoint::before(step.point)))
+                .map_err(|e| e.to_string())?
+        };
+        log = format!(
+            "crash {} at {} with choice {}; device log up to the crash:\n{}",
+            depth,
+            CrashPoint::before(step.point),
+            step.choice,
+            crate::format_entries(&w.log()[..(step.point as usize).min(w.log().len())])
+        );
+        let images = state.image(&step.choice).map_err(|e| e.to_string())?;
+        let oracles = oracles_for(&hist);
+        let (f, recovered) = check_images(images.clone(), config, (&oracles.0, &oracles.1), oracle);
+        findings = f;
+        let next = path.get(depth + 1);
+        drop(w);
+        match next.map(|s| &s.level) {
+            None => break,
+            Some(Level::Top) => return Err("a crash path has one top-level crash, first".into()),
+            Some(Level::Recovery) => {
+                let w2 = world
+                    .borrow()
+                    .restarted(&images)
+                    .map_err(|e| e.to_string())?
+                    .shared();
+                let c = SimDevice::new(&w2, DeviceRole::Cache).map_err(|e| e.to_string())?;
+                let b = SimDevice::new(&w2, DeviceRole::Backing).map_err(|e| e.to_string())?;
+                drop(Engine::open(c, b, config));
+                world = w2;
+                history = hist;
+            }
+            Some(Level::Continuation) => {
+                let recovered =
+                    recovered.ok_or("the crash before a continuation did not recover")?;
+                let seed = mix64(workload.config.seed ^ step.point ^ 0xC0);
+                let (c, b) = recovered.engine.into_devices();
+                let wc: &WlConfig = &workload.config;
+                let w3 = new_world(wc, c.into_bytes(), b.into_bytes())?;
+                let mut h3 = History::new(recovered.observed.clone()).map_err(|e| e.to_string())?;
+                let mut model =
+                    ModelDisk::from_bytes(recovered.observed).map_err(|e| e.to_string())?;
+                let cd = SimDevice::new(&w3, DeviceRole::Cache).map_err(|e| e.to_string())?;
+                let bd = SimDevice::new(&w3, DeviceRole::Backing).map_err(|e| e.to_string())?;
+                let (mut engine, _) = Engine::open(cd, bd, config).map_err(|e| e.to_string())?;
+                drive(
+                    &mut engine,
+                    &w3,
+                    &mut h3,
+                    &mut model,
+                    &continuation(seed, wc),
+                    1,
+                )
+                .map_err(|f| format!("continuation failed: {}", f.detail))?;
+                drop(engine);
+                world = w3;
+                history = h3;
+            }
+        }
+    }
+    Ok((findings, log))
+}

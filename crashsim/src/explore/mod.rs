@@ -1,0 +1,22 @@
+//! The crash-state explorer behind `cargo xtask crash-test`: seeded and bounded-exhaustive
+//! workloads, run once each on simulated devices, every crash state of their record checked
+//! against the oracles, failures shrunk to the fewest operations and printed as one replay
+//! command.
+
+mod bounded;
+mod check;
+#[allow(clippy::module_inception)]
+mod explore;
+mod run;
+mod shrink;
+mod workload;
+
+pub use bounded::{bounded_workloads, BoundedParams};
+pub use check::{check_images, read_all, Finding, Kind, OracleSel, Recovered};
+pub use explore::{
+    choices_for, explore_workload, parse_case, replay_case, ExploreOpts, Level, PathStep,
+    Violation, WorkloadResult,
+};
+pub use run::{drive, engine_config, initial_backing, record, sector_data, Recording, RunFailure};
+pub use shrink::shrink;
+pub use workload::{continuation, generate, FaultSet, GenParams, WlConfig, WlOp, Workload};

@@ -1,0 +1,254 @@
+//! Running a workload once on simulated devices, recording every device operation and every
+//! client operation; the crash states are generated from that record afterwards.
+
+use engine::format::SECTOR_SIZE;
+use engine::{BlockDevice, Config, DeviceRole, Engine, FormatPolicy, Tunables};
+use models::{History, ModelDisk, OpId};
+
+use super::workload::{WlConfig, WlOp};
+use crate::rng::{mix64, SplitMix64};
+use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, SharedWorld, SimDevice, World};
+
+/// The engine configuration a workload runs with.
+pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
+    let mut tunables = Tunables::defaults(c.order);
+    tunables.nr_max_batched_writeback = c.batch;
+    #[allow(unused_mut)]
+    let mut quirks = engine::quirks::Quirks::none();
+    for name in &c.quirks {
+        let q = engine::quirks::Quirk::from_name(name)
+            .ok_or_else(|| format!("unknown quirk {name:?}"))?;
+        quirks = quirks.with(q);
+    }
+    Ok(Config {
+        segment_size_order: c.order,
+        nr_rambuf_pool: c.pool,
+        tunables: Some(tunables),
+        format: FormatPolicy::IfBlank,
+        generation: c.seed,
+        quirks,
+    })
+}
+
+/// The data a workload writes: unique per (epoch, op, sector), so an oracle can tell whose
+/// bytes it is looking at.
+pub fn sector_data(epoch: u32, op_index: usize, sector: u64, out: &mut [u8]) {
+    let mut rng = SplitMix64::new(mix64(
+        ((epoch as u64) << 48) ^ ((op_index as u64) << 32) ^ sector,
+    ));
+    rng.fill(out);
+    out[..8].copy_from_slice(&sector.to_le_bytes());
+    out[8..12].copy_from_slice(&(op_index as u32).to_le_bytes());
+}
+
+/// The backing device's content before the first write: distinct, non-zero per sector.
+pub fn initial_backing(c: &WlConfig) -> Vec<u8> {
+    let mut img = vec![0u8; c.backing_sectors() as usize * SECTOR_SIZE];
+    for (s, chunk) in img.chunks_mut(SECTOR_SIZE).enumerate() {
+        sector_data(u32::MAX, usize::MAX >> 1, s as u64, chunk);
+    }
+    img
+}
+
+pub fn unit_of(c: &WlConfig) -> AtomicUnit {
+    if c.unit_sectors == 8 {
+        AtomicUnit::Block
+    } else {
+        AtomicUnit::Sector
+    }
+}
+
+pub fn cache_faults(c: &WlConfig) -> Faults {
+    Faults {
+        lie_about_flush: c.faults.lying_flush,
+        lie_about_fua: c.faults.lying_fua,
+        garbage_in_torn_units: c.faults.garbage_torn,
+        ..Faults::default()
+    }
+}
+
+/// A world holding a cache and a backing device with the given images.
+pub fn new_world(c: &WlConfig, cache: Vec<u8>, backing: Vec<u8>) -> Result<SharedWorld, String> {
+    let mut w = World::new();
+    let unit = unit_of(c);
+    w.add_device(
+        DeviceRole::Cache,
+        DeviceConfig::from_image(cache)
+            .with_atomic_unit(unit)
+            .with_faults(cache_faults(c)),
+    )
+    .map_err(|e| e.to_string())?;
+    w.add_device(
+        DeviceRole::Backing,
+        DeviceConfig::from_image(backing).with_atomic_unit(unit),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(w.shared())
+}
+
+/// Something went wrong while the workload ran (not after a crash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFailure {
+    pub op_index: Option<usize>,
+    pub detail: String,
+}
+
+/// Drives `ops` on an open engine, recording client operations in the world's log and in
+/// `history`, and checking every write by reading it back against `model` (SPEC §4.1).
+pub fn drive<D: BlockDevice>(
+    engine: &mut Engine<D>,
+    world: &SharedWorld,
+    history: &mut History,
+    model: &mut ModelDisk,
+    ops: &[WlOp],
+    epoch: u32,
+) -> Result<(), RunFailure> {
+    let fail = |i: usize, detail: String| RunFailure {
+        op_index: Some(i),
+        detail,
+    };
+    for (i, op) in ops.iter().enumerate() {
+        match *op {
+            WlOp::Write {
+                sector,
+                sectors,
+                fua,
+            } => {
+                let mut data = vec![0u8; sectors as usize * SECTOR_SIZE];
+                for (k, chunk) in data.chunks_mut(SECTOR_SIZE).enumerate() {
+                    sector_data(epoch, i, sector + k as u64, chunk);
+                }
+                let id = history
+                    .begin_write(sector, &data, fua)
+                    .map_err(|e| fail(i, e.to_string()))?;
+                client(
+                    world,
+                    id,
+                    ClientOp::Write {
+                        sector,
+                        sectors: sectors as u64,
+                        fua,
+                    },
+                    || engine.write(sector, &data, fua),
+                )
+                .map_err(|e| fail(i, format!("write {op} failed: {e}")))?;
+                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
+                model
+                    .write(sector, &data)
+                    .map_err(|e| fail(i, e.to_string()))?;
+                read_back(engine, model, sector, sectors as u64).map_err(|e| fail(i, e))?;
+            }
+            WlOp::Discard { sector, sectors } => {
+                let id = history
+                    .begin_write_zeroes(sector, sectors as u64, false)
+                    .map_err(|e| fail(i, e.to_string()))?;
+                client(
+                    world,
+                    id,
+                    ClientOp::Write {
+                        sector,
+                        sectors: sectors as u64,
+                        fua: false,
+                    },
+                    || engine.discard(sector, sectors as u64),
+                )
+                .map_err(|e| fail(i, format!("discard {op} failed: {e}")))?;
+                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
+                model
+                    .write_zeroes(sector, sectors as u64)
+                    .map_err(|e| fail(i, e.to_string()))?;
+                read_back(engine, model, sector, sectors as u64).map_err(|e| fail(i, e))?;
+            }
+            WlOp::Flush => {
+                let id = history.begin_flush().map_err(|e| fail(i, e.to_string()))?;
+                client(world, id, ClientOp::Flush, || engine.flush())
+                    .map_err(|e| fail(i, format!("flush failed: {e}")))?;
+                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
+            }
+            WlOp::Step(step) => {
+                world.borrow_mut().mark(format!("step {step:?}"));
+                engine
+                    .run_step(step)
+                    .map_err(|e| fail(i, format!("step {step:?} failed: {e}")))?;
+            }
+        }
+        engine
+            .check_invariants()
+            .map_err(|e| fail(i, format!("invariant broken after {op}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn client<T>(
+    world: &SharedWorld,
+    id: OpId,
+    what: ClientOp,
+    f: impl FnOnce() -> engine::Result<T>,
+) -> engine::Result<T> {
+    world.borrow_mut().client_begin(id, what);
+    let r = f();
+    world.borrow_mut().client_end(id, r.is_ok());
+    r
+}
+
+fn read_back<D: BlockDevice>(
+    engine: &mut Engine<D>,
+    model: &ModelDisk,
+    sector: u64,
+    sectors: u64,
+) -> Result<(), String> {
+    let mut got = vec![0u8; sectors as usize * SECTOR_SIZE];
+    engine
+        .read(sector, &mut got)
+        .map_err(|e| format!("read-back failed: {e}"))?;
+    let want = model.read_vec(sector, sectors).map_err(|e| e.to_string())?;
+    if got != want {
+        let first = got
+            .chunks(SECTOR_SIZE)
+            .zip(want.chunks(SECTOR_SIZE))
+            .position(|(a, b)| a != b);
+        return Err(format!(
+            "read-back of {sector}+{sectors} differs from the last write at sector {}",
+            sector + first.unwrap_or(0) as u64
+        ));
+    }
+    Ok(())
+}
+
+/// One recorded run: the world with its full log, and the client history.
+pub struct Recording {
+    pub world: SharedWorld,
+    pub history: History,
+    pub failure: Option<RunFailure>,
+}
+
+/// Formats a blank cache and runs the workload, recording everything.
+pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
+    let backing = initial_backing(config);
+    let world = new_world(
+        config,
+        vec![0u8; config.cache_sectors() as usize * SECTOR_SIZE],
+        backing.clone(),
+    )?;
+    let mut history = History::new(backing.clone()).map_err(|e| e.to_string())?;
+    let mut model = ModelDisk::from_bytes(backing).map_err(|e| e.to_string())?;
+    let cache = SimDevice::new(&world, DeviceRole::Cache).map_err(|e| e.to_string())?;
+    let back = SimDevice::new(&world, DeviceRole::Backing).map_err(|e| e.to_string())?;
+    world.borrow_mut().mark("open");
+    let failure = match Engine::open(cache, back, engine_config(config)?) {
+        Err(e) => Some(RunFailure {
+            op_index: None,
+            detail: format!("open of a blank cache failed: {e}"),
+        }),
+        Ok((mut engine, _)) => {
+            let r = drive(&mut engine, &world, &mut history, &mut model, ops, 0).err();
+            drop(engine);
+            r
+        }
+    };
+    Ok(Recording {
+        world,
+        history,
+        failure,
+    })
+}

@@ -1,0 +1,437 @@
+//! Workloads: what a client and the background do to the engine, as data. A workload carries
+//! its geometry and fault switches, prints as one token for replay commands and parses back.
+
+use std::fmt;
+use std::str::FromStr;
+
+use engine::format::SECTORS_PER_BLOCK;
+use engine::Step;
+
+use crate::rng::SplitMix64;
+
+/// One operation of a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WlOp {
+    /// Client write of `sectors` sectors at `sector` (FUA if `fua`). Its data is derived from the
+    /// op's position in the workload and the sector, so every write of every sector is unique.
+    Write {
+        sector: u64,
+        sectors: u32,
+        fua: bool,
+    },
+    /// Client discard (reads as zeros afterwards).
+    Discard { sector: u64, sectors: u32 },
+    /// Client FLUSH.
+    Flush,
+    /// One explicit background step.
+    Step(Step),
+}
+
+/// Named fault switches a workload runs with (see `crate::Faults`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultSet {
+    /// The cache device acknowledges flushes it drops: must be caught as violations.
+    pub lying_flush: bool,
+    /// The cache device treats FUA as a plain write: must be caught as violations.
+    pub lying_fua: bool,
+    /// Torn units hold garbage instead of old content: must be survived.
+    pub garbage_torn: bool,
+}
+
+impl FaultSet {
+    pub const NAMES: [&'static str; 3] = ["lying-flush", "lying-fua", "garbage-torn"];
+
+    pub fn set(&mut self, name: &str) -> Result<(), String> {
+        match name {
+            "lying-flush" => self.lying_flush = true,
+            "lying-fua" => self.lying_fua = true,
+            "garbage-torn" => self.garbage_torn = true,
+            _ => {
+                return Err(format!(
+                    "unknown fault {name:?} (known: {})",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Faults under which the engine cannot keep the contract: violations are expected.
+    pub fn breaks_contract(&self) -> bool {
+        self.lying_flush || self.lying_fua
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.lying_flush {
+            v.push("lying-flush");
+        }
+        if self.lying_fua {
+            v.push("lying-fua");
+        }
+        if self.garbage_torn {
+            v.push("garbage-torn");
+        }
+        v
+    }
+}
+
+/// Geometry and settings of one run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WlConfig {
+    pub order: u8,
+    pub nr_segments: u64,
+    pub backing_blocks: u64,
+    pub pool: usize,
+    pub batch: u32,
+    /// Atomic write unit of the simulated devices, in sectors (1 or 8).
+    pub unit_sectors: u64,
+    /// Seed of the continuation workload and random crash choices.
+    pub seed: u64,
+    pub faults: FaultSet,
+    /// Seed quirks switched on (names), for the zoo.
+    pub quirks: Vec<String>,
+}
+
+impl WlConfig {
+    pub fn cache_sectors(&self) -> u64 {
+        engine::format::SUPERBLOCK_SECTORS + (self.nr_segments << self.order)
+    }
+    pub fn backing_sectors(&self) -> u64 {
+        self.backing_blocks * SECTORS_PER_BLOCK
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Workload {
+    pub config: WlConfig,
+    pub ops: Vec<WlOp>,
+}
+
+fn step_letter(s: Step) -> char {
+    match s {
+        Step::Seal => 'S',
+        Step::FlushSegment => 'G',
+        Step::Writeback => 'B',
+        Step::Record => 'R',
+        Step::Sync => 'Y',
+    }
+}
+
+impl fmt::Display for WlOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WlOp::Write {
+                sector,
+                sectors,
+                fua,
+            } => {
+                write!(f, "{}{sector}+{sectors}", if *fua { 'U' } else { 'W' })
+            }
+            WlOp::Discard { sector, sectors } => write!(f, "Z{sector}+{sectors}"),
+            WlOp::Flush => f.write_str("F"),
+            WlOp::Step(s) => write!(f, "{}", step_letter(*s)),
+        }
+    }
+}
+
+impl FromStr for WlOp {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        let bad = || format!("bad workload op {t:?}");
+        let extent = |rest: &str| -> Result<(u64, u32), String> {
+            let (a, b) = rest.split_once('+').ok_or_else(bad)?;
+            Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+        };
+        let mut chars = t.chars();
+        let first = chars.next().ok_or_else(bad)?;
+        let rest = chars.as_str();
+        Ok(match first {
+            'W' | 'U' => {
+                let (sector, sectors) = extent(rest)?;
+                WlOp::Write {
+                    sector,
+                    sectors,
+                    fua: first == 'U',
+                }
+            }
+            'Z' => {
+                let (sector, sectors) = extent(rest)?;
+                WlOp::Discard { sector, sectors }
+            }
+            'F' if rest.is_empty() => WlOp::Flush,
+            'S' if rest.is_empty() => WlOp::Step(Step::Seal),
+            'G' if rest.is_empty() => WlOp::Step(Step::FlushSegment),
+            'B' if rest.is_empty() => WlOp::Step(Step::Writeback),
+            'R' if rest.is_empty() => WlOp::Step(Step::Record),
+            'Y' if rest.is_empty() => WlOp::Step(Step::Sync),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for Workload {
+    /// `o=4,n=3,b=8,p=2,k=1,u=1,s=17[,f=lying-flush+...][,q=h1+...];W0+8.F.B`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        write!(
+            f,
+            "o={},n={},b={},p={},k={},u={},s={}",
+            c.order, c.nr_segments, c.backing_blocks, c.pool, c.batch, c.unit_sectors, c.seed
+        )?;
+        let faults = c.faults.names();
+        if !faults.is_empty() {
+            write!(f, ",f={}", faults.join("+"))?;
+        }
+        if !c.quirks.is_empty() {
+            write!(f, ",q={}", c.quirks.join("+"))?;
+        }
+        f.write_str(";")?;
+        for (i, op) in self.ops.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            write!(f, "{op}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Workload {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        let (head, ops) = t.split_once(';').ok_or("a workload is CONFIG;OPS")?;
+        let mut c = WlConfig {
+            order: 4,
+            nr_segments: 3,
+            backing_blocks: 8,
+            pool: 2,
+            batch: 1,
+            unit_sectors: 1,
+            seed: 0,
+            faults: FaultSet::default(),
+            quirks: Vec::new(),
+        };
+        for kv in head.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("bad config item {kv:?}"))?;
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("bad number in {kv:?}"))
+            };
+            match k {
+                "o" => c.order = num()? as u8,
+                "n" => c.nr_segments = num()?,
+                "b" => c.backing_blocks = num()?,
+                "p" => c.pool = num()? as usize,
+                "k" => c.batch = num()? as u32,
+                "u" => c.unit_sectors = num()?,
+                "s" => c.seed = num()?,
+                "f" => {
+                    for name in v.split('+') {
+                        c.faults.set(name)?;
+                    }
+                }
+                "q" => c.quirks = v.split('+').map(str::to_string).collect(),
+                _ => return Err(format!("unknown config key {k:?}")),
+            }
+        }
+        if !(engine::format::MIN_ORDER..=engine::format::MAX_ORDER).contains(&c.order)
+            || c.nr_segments < 2
+            || c.backing_blocks == 0
+            || c.pool == 0
+            || c.batch == 0
+            || !(c.unit_sectors == 1 || c.unit_sectors == 8)
+        {
+            return Err(format!("config out of range: {head:?}"));
+        }
+        let ops = if ops.is_empty() {
+            Vec::new()
+        } else {
+            ops.split('.').map(str::parse).collect::<Result<_, _>>()?
+        };
+        let w = Workload { config: c, ops };
+        w.validate()?;
+        Ok(w)
+    }
+}
+
+impl Workload {
+    /// Every extent inside the backing device and non-empty.
+    pub fn validate(&self) -> Result<(), String> {
+        let size = self.config.backing_sectors();
+        for op in &self.ops {
+            if let WlOp::Write {
+                sector, sectors, ..
+            }
+            | WlOp::Discard { sector, sectors } = *op
+            {
+                if sectors == 0 || sector + sectors as u64 > size {
+                    return Err(format!("op {op} outside the {size}-sector device"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Knobs of the random generator.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub order: Option<u8>,
+    pub unit_sectors: Option<u64>,
+    pub faults: FaultSet,
+    pub quirks: Vec<String>,
+    pub min_ops: usize,
+    pub max_ops: usize,
+}
+
+/// A seeded random workload biased toward the hard cases: a ring that wraps within a few dozen
+/// writes, a handful of hot blocks (overwrites in the open segment, in flight and on the cache
+/// device), partial-sector writes, dense and sparse FLUSH/FUA, background steps interleaved,
+/// discards.
+pub fn generate(seed: u64, p: &GenParams) -> Workload {
+    let mut rng = SplitMix64::new(seed);
+    let order = p.order.unwrap_or(if rng.chance(1, 4) { 5 } else { 4 });
+    let n_blocks_per_seg = (1u64 << (order - 3)) - 1;
+    let nr_segments = 2 + rng.below(3);
+    // Enough backing blocks to wrap the ring with a few dozen block writes.
+    let backing_blocks = if order <= 5 {
+        4 + rng.below(8)
+    } else {
+        2 * n_blocks_per_seg + rng.below(16)
+    };
+    let config = WlConfig {
+        order,
+        nr_segments,
+        backing_blocks,
+        pool: 1 + rng.below(3) as usize,
+        batch: 1 + rng.below(2) as u32,
+        unit_sectors: p
+            .unit_sectors
+            .unwrap_or(if rng.chance(1, 4) { 8 } else { 1 }),
+        seed,
+        faults: p.faults,
+        quirks: p.quirks.clone(),
+    };
+    let hot: Vec<u64> = (0..2 + rng.below(3))
+        .map(|_| rng.below(backing_blocks))
+        .collect();
+    let flush_every = [2u64, 4, 8, 16][rng.below(4) as usize];
+    let len = p.min_ops + rng.below((p.max_ops - p.min_ops + 1) as u64) as usize;
+    let size = config.backing_sectors();
+    let mut ops = Vec::with_capacity(len);
+    while ops.len() < len {
+        let block = if rng.chance(3, 4) {
+            hot[rng.below(hot.len() as u64) as usize]
+        } else {
+            rng.below(backing_blocks)
+        };
+        let r = rng.below(100);
+        let op = if rng.chance(1, flush_every) {
+            WlOp::Flush
+        } else if r < 45 {
+            WlOp::Write {
+                sector: block * 8,
+                sectors: 8,
+                fua: false,
+            }
+        } else if r < 60 {
+            let first = rng.below(8);
+            let count = 1 + rng.below(8 - first);
+            WlOp::Write {
+                sector: block * 8 + first,
+                sectors: count as u32,
+                fua: false,
+            }
+        } else if r < 67 {
+            // Multi-block, possibly unaligned.
+            let sector = rng.below(size);
+            let max = (size - sector).min(8 * (n_blocks_per_seg + 2));
+            WlOp::Write {
+                sector,
+                sectors: 1 + rng.below(max) as u32,
+                fua: false,
+            }
+        } else if r < 74 {
+            WlOp::Write {
+                sector: block * 8,
+                sectors: 8,
+                fua: true,
+            }
+        } else if r < 78 {
+            WlOp::Discard {
+                sector: block * 8,
+                sectors: 8,
+            }
+        } else if r < 90 {
+            WlOp::Step([Step::Writeback, Step::Writeback, Step::Record][rng.below(3) as usize])
+        } else {
+            WlOp::Step([Step::Seal, Step::FlushSegment, Step::Sync][rng.below(3) as usize])
+        };
+        ops.push(op);
+    }
+    Workload { config, ops }
+}
+
+/// A short continuation workload run after a recovery (SPEC §4.6): writes to a few blocks, a
+/// flush in the middle, background steps.
+pub fn continuation(seed: u64, config: &WlConfig) -> Vec<WlOp> {
+    let mut rng = SplitMix64::new(seed ^ 0xC0_17_1A_7E);
+    let blocks = config.backing_blocks;
+    let mut ops = Vec::new();
+    for i in 0..6 {
+        let block = rng.below(blocks);
+        ops.push(match i {
+            2 => WlOp::Flush,
+            4 => WlOp::Step(Step::Writeback),
+            _ if rng.chance(1, 3) => WlOp::Write {
+                sector: block * 8 + 1,
+                sectors: 3,
+                fua: false,
+            },
+            _ => WlOp::Write {
+                sector: block * 8,
+                sectors: 8,
+                fua: false,
+            },
+        });
+    }
+    ops.push(WlOp::Flush);
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_text_round_trips() {
+        let p = GenParams {
+            order: None,
+            unit_sectors: None,
+            faults: FaultSet {
+                lying_flush: true,
+                ..FaultSet::default()
+            },
+            quirks: vec!["lc-nochecksum".into()],
+            min_ops: 5,
+            max_ops: 40,
+        };
+        for seed in 0..200 {
+            let w = generate(seed, &p);
+            w.validate().unwrap();
+            let text = w.to_string();
+            let back: Workload = text.parse().unwrap();
+            assert_eq!(back, w, "{text}");
+        }
+        assert!("o=4;W0+0".parse::<Workload>().is_err(), "empty extent");
+        assert!(
+            "o=4,b=1;W0+9".parse::<Workload>().is_err(),
+            "beyond the device"
+        );
+        assert!("o=11;F".parse::<Workload>().is_err(), "bad order");
+        assert!("o=4;X".parse::<Workload>().is_err(), "bad op");
+    }
+}
