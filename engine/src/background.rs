@@ -265,8 +265,12 @@ impl<D: BlockDevice> Engine<D> {
         if self.record_needs_durable_log && !quirk!(self, H5RecordAheadOfLog) {
             self.make_all_durable()?;
         }
-        let block = format::encode_record_block(self.last_writeback);
-        Self::cache_io(self.cache.write(format::RECORD_BLOCK_SECTOR, &block, true))?;
+        let rec = format::RecordExt {
+            last_writeback_id: self.last_writeback,
+            flags: 0,
+            generation: self.generation,
+        };
+        crate::recovery::write_records(&mut self.cache, &rec)?;
         self.durable_record = self.last_writeback;
         self.record_needs_durable_log = false;
         Ok(())

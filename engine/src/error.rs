@@ -28,6 +28,9 @@ pub enum Error {
     #[error("cache device holds unknown content: sector 0 is neither blank nor a wbcache/dm-writeboost superblock (magic 0x57427374); format it explicitly to overwrite it")]
     UnknownContent,
 
+    #[error("cache device holds an interrupted format (its records say formatting) and formatting was not allowed; format it again")]
+    InterruptedFormat,
+
     #[error("cache device is blank (sector 0 is all zero) and formatting was not allowed")]
     Unformatted,
 

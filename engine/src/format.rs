@@ -203,17 +203,60 @@ pub fn decode_superblock(sector0: &[u8]) -> Superblock {
     }))
 }
 
-/// Encodes the 4 KiB block ending with the record sector (sectors 2040..2048): zeros, then the
-/// record at offset 0 of sector 2047.
-pub fn encode_record_block(last_writeback_id: u64) -> [u8; BLOCK_SIZE] {
+/// Sector holding the backup copy of the record, written (FUA) before the primary, so a torn
+/// record write always leaves one valid copy.
+pub const BACKUP_RECORD_SECTOR: u64 = RECORD_BLOCK_SECTOR - 1;
+pub const BACKUP_RECORD_BLOCK_SECTOR: u64 = BACKUP_RECORD_SECTOR - (SECTORS_PER_BLOCK - 1);
+/// Our extension in a record sector: "WBrX".
+pub const RECORD_EXT_MAGIC: u32 = 0x5872_4257;
+/// Record flag: a format is in progress; the device holds no data yet.
+pub const RECORD_FLAG_FORMATTING: u32 = 1;
+const RECORD_EXT_CRC_OFFSET: usize = 24;
+
+const _: () = assert!(BACKUP_RECORD_BLOCK_SECTOR % SECTORS_PER_BLOCK == 0);
+const _: () = assert!(
+    BACKUP_RECORD_BLOCK_SECTOR > 0,
+    "the backup stays clear of sector 0"
+);
+
+/// Our self-validating extension of a record sector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordExt {
+    pub last_writeback_id: u64,
+    pub flags: u32,
+    /// The superblock generation the record belongs to.
+    pub generation: u64,
+}
+
+/// Encodes a 4 KiB record block (primary: sectors 2040..2048, backup: 2032..2040): zeros, then
+/// in its last sector the record (upstream reads offset 0 only) and our extension.
+pub fn encode_record_block(rec: &RecordExt) -> [u8; BLOCK_SIZE] {
     let mut b = [0u8; BLOCK_SIZE];
-    put_u64(&mut b, BLOCK_SIZE - SECTOR_SIZE, last_writeback_id);
+    let s = &mut b[BLOCK_SIZE - SECTOR_SIZE..];
+    put_u64(s, 0, rec.last_writeback_id);
+    put_u32(s, 8, RECORD_EXT_MAGIC);
+    put_u32(s, 12, rec.flags);
+    put_u64(s, 16, rec.generation);
+    let crc = crc32c::crc32c(&s[..RECORD_EXT_CRC_OFFSET]);
+    put_u32(s, RECORD_EXT_CRC_OFFSET, crc);
     b
 }
 
-/// Decodes the record from sector 2047.
+/// Decodes the record id as upstream reads it: the u64 at offset 0 of sector 2047.
 pub fn decode_record(sector: &[u8]) -> u64 {
     le_u64(sector, 0)
+}
+
+/// Decodes our record extension; `None` when it is absent or fails its CRC.
+pub fn decode_record_ext(sector: &[u8]) -> Option<RecordExt> {
+    let ok = le_u32(sector, 8) == RECORD_EXT_MAGIC
+        && le_u32(sector, RECORD_EXT_CRC_OFFSET)
+            == crc32c::crc32c(&sector[..RECORD_EXT_CRC_OFFSET]);
+    ok.then(|| RecordExt {
+        last_writeback_id: le_u64(sector, 0),
+        flags: le_u32(sector, 12),
+        generation: le_u64(sector, 16),
+    })
 }
 
 /// One metablock: which backing block a cached block belongs to and which of its sectors hold
@@ -375,11 +418,31 @@ mod tests {
 
     #[test]
     fn record_round_trip() {
-        let b = encode_record_block(0x0102_0304_0506_0708);
+        let rec = RecordExt {
+            last_writeback_id: 0x0102_0304_0506_0708,
+            flags: RECORD_FLAG_FORMATTING,
+            generation: 77,
+        };
+        let b = encode_record_block(&rec);
         assert!(b[..BLOCK_SIZE - SECTOR_SIZE].iter().all(|&x| x == 0));
+        let sector = &b[BLOCK_SIZE - SECTOR_SIZE..];
         assert_eq!(
-            decode_record(&b[BLOCK_SIZE - SECTOR_SIZE..]),
-            0x0102_0304_0506_0708
+            decode_record(sector),
+            0x0102_0304_0506_0708,
+            "upstream's view: offset 0"
+        );
+        assert_eq!(decode_record_ext(sector), Some(rec));
+        let mut torn = b;
+        torn[BLOCK_SIZE - SECTOR_SIZE + 3] ^= 0x40;
+        assert_eq!(
+            decode_record_ext(&torn[BLOCK_SIZE - SECTOR_SIZE..]),
+            None,
+            "a changed id fails the CRC"
+        );
+        assert_eq!(decode_record_ext(&[0u8; SECTOR_SIZE]), None);
+        assert_eq!(
+            (BACKUP_RECORD_SECTOR, BACKUP_RECORD_BLOCK_SECTOR),
+            (2039, 2032)
         );
     }
 

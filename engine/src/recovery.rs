@@ -60,16 +60,38 @@ impl<D: BlockDevice> Engine<D> {
         Geometry::new(format::MIN_ORDER, cache_sectors)?;
         let mut sb = [0u8; BLOCK_SIZE];
         Self::cache_io(cache.read(0, &mut sb))?;
+        let records = read_records(&mut cache)?;
+        // A format that was cut short left a durable marker in the records before it touched
+        // anything else; such a device holds no data and is formatted again.
+        let interrupted_format = records
+            .iter()
+            .flatten()
+            .any(|r| r.flags & format::RECORD_FLAG_FORMATTING != 0);
         let mut report = RecoveryReport::default();
-        let ext = match (format::decode_superblock(&sb), cfg.format) {
-            (_, FormatPolicy::Always) | (Superblock::Blank, FormatPolicy::IfBlank) => {
-                let ext = format_device(&mut cache, cfg.segment_size_order, cfg.generation)?;
-                report.formatted = true;
-                Some(ext)
-            }
+        let superblock = format::decode_superblock(&sb);
+        let format_now = match (superblock, cfg.format) {
+            (_, FormatPolicy::Always) => true,
+            (Superblock::Blank, FormatPolicy::IfBlank) => true,
             (Superblock::Blank, FormatPolicy::Never) => return Err(Error::Unformatted),
+            (_, FormatPolicy::IfBlank) if interrupted_format => true,
+            (_, FormatPolicy::Never) if interrupted_format => return Err(Error::InterruptedFormat),
             (Superblock::Foreign, _) => return Err(Error::UnknownContent),
-            (Superblock::Valid(ext), _) => ext,
+            (Superblock::Valid(_), _) => false,
+        };
+        let (ext, records) = if format_now {
+            let ext = format_device(&mut cache, cfg.segment_size_order, cfg.generation)?;
+            report.formatted = true;
+            let rec = format::RecordExt {
+                last_writeback_id: 0,
+                flags: 0,
+                generation: ext.generation,
+            };
+            (Some(ext), [Some(rec), Some(rec)])
+        } else {
+            match superblock {
+                Superblock::Valid(ext) => (ext, records),
+                _ => unreachable!("only a valid superblock is recovered"),
+            }
         };
         let (order, generation) = match ext {
             Some(ext) => {
@@ -124,19 +146,20 @@ impl<D: BlockDevice> Engine<D> {
             #[cfg(feature = "quirks")]
             quirks: cfg.quirks,
         };
-        engine.replay(&mut report)?;
+        let record = match ext {
+            Some(ext) => chosen_record(&records, ext.generation)?,
+            None => upstream_record(&mut engine.cache)?,
+        };
+        engine.replay(record, &mut report)?;
         Self::backing_io(engine.backing.flush())?;
         report.dirty_blocks = engine.index.live_total();
         Ok((engine, report))
     }
 
-    fn replay(&mut self, report: &mut RecoveryReport) -> Result<()> {
+    fn replay(&mut self, record: u64, report: &mut RecoveryReport) -> Result<()> {
         let geo = self.geo;
         let nr = geo.nr_segments;
-        let mut sector = [0u8; SECTOR_SIZE];
-        Self::cache_io(self.cache.read(format::RECORD_SECTOR, &mut sector))?;
-        report.bytes_read += (BLOCK_SIZE + SECTOR_SIZE) as u64;
-        let record = format::decode_record(&sector);
+        report.bytes_read += (BLOCK_SIZE + 2 * SECTOR_SIZE) as u64;
         // Ids are u64 and grow by one per segment: a record near the top is corruption.
         if record > u64::MAX / 4 {
             return Err(Error::Corrupt {
@@ -286,11 +309,61 @@ impl<D: BlockDevice> Engine<D> {
     }
 }
 
-/// Formats a cache device: crash-safe in this order (H10):
-/// 1. zero sector 0, flush: an interrupted format leaves a blank device, which is formatted
-///    again on the next open, never a half-old cache;
-/// 2. zero every segment header and the record, flush: no old segment can be replayed;
-/// 3. write the superblock with FUA.
+/// Reads both record copies (primary, backup) and decodes our extension of each.
+fn read_records<D: BlockDevice>(cache: &mut D) -> Result<[Option<format::RecordExt>; 2]> {
+    let mut out = [None; 2];
+    for (i, sector) in [format::RECORD_SECTOR, format::BACKUP_RECORD_SECTOR]
+        .into_iter()
+        .enumerate()
+    {
+        let mut buf = [0u8; SECTOR_SIZE];
+        Engine::<D>::cache_io(cache.read(sector, &mut buf))?;
+        out[i] = format::decode_record_ext(&buf);
+    }
+    Ok(out)
+}
+
+/// The record of one of our images: the larger valid copy of this generation. Both are written
+/// only after the backing device was flushed, so either value is a true promise; the backup is
+/// written first, so a torn primary leaves the backup with the newer value.
+fn chosen_record(records: &[Option<format::RecordExt>; 2], generation: u64) -> Result<u64> {
+    records
+        .iter()
+        .flatten()
+        .filter(|r| r.generation == generation)
+        .map(|r| r.last_writeback_id)
+        .max()
+        .ok_or_else(|| Error::Corrupt {
+            role: DeviceRole::Cache,
+            sector: format::RECORD_SECTOR,
+            what: format!(
+                "neither copy of the superblock record (sectors {} and {}) is valid for generation {generation}",
+                format::RECORD_SECTOR,
+                format::BACKUP_RECORD_SECTOR
+            ),
+        })
+}
+
+/// The record of an upstream image: the u64 at offset 0 of sector 2047, as upstream reads it.
+fn upstream_record<D: BlockDevice>(cache: &mut D) -> Result<u64> {
+    let mut buf = [0u8; SECTOR_SIZE];
+    Engine::<D>::cache_io(cache.read(format::RECORD_SECTOR, &mut buf))?;
+    Ok(format::decode_record(&buf))
+}
+
+/// Writes both record copies, backup first, each with FUA.
+pub(crate) fn write_records<D: BlockDevice>(cache: &mut D, rec: &format::RecordExt) -> Result<()> {
+    let block = format::encode_record_block(rec);
+    Engine::<D>::cache_io(cache.write(format::BACKUP_RECORD_BLOCK_SECTOR, &block, true))?;
+    Engine::<D>::cache_io(cache.write(format::RECORD_BLOCK_SECTOR, &block, true))
+}
+
+/// Formats a cache device, crash-safe in this order (H10), whatever a power cut tears:
+/// 1. both record copies say "formatting" (flushed): from here on an interrupted format is
+///    recognised and redone, even if sector 0 is left torn;
+/// 2. zero sector 0 and every segment header, flush: no old segment can be replayed;
+/// 3. write the superblock with FUA;
+/// 4. write both record copies (id 0, no flag) with FUA: the device is ready.
 pub fn format_device<D: BlockDevice>(
     cache: &mut D,
     order: u8,
@@ -299,9 +372,17 @@ pub fn format_device<D: BlockDevice>(
     let io = |r| Engine::<D>::cache_io(r);
     let cache_sectors = cache.size_sectors();
     let geo = Geometry::new(order, cache_sectors)?;
+    let marker = format::RecordExt {
+        last_writeback_id: 0,
+        flags: format::RECORD_FLAG_FORMATTING,
+        generation,
+    };
+    let block = format::encode_record_block(&marker);
+    io(cache.write(format::BACKUP_RECORD_BLOCK_SECTOR, &block, false))?;
+    io(cache.write(format::RECORD_BLOCK_SECTOR, &block, false))?;
+    io(cache.flush())?;
     let zeros = [0u8; BLOCK_SIZE];
     io(cache.write(0, &zeros, false))?;
-    io(cache.flush())?;
     let mut first = 0;
     while first < geo.nr_segments {
         let count = SCAN_BATCH.min(geo.nr_segments - first);
@@ -315,11 +396,6 @@ pub fn format_device<D: BlockDevice>(
         io(cache.write_batch(&reqs))?;
         first += count;
     }
-    io(cache.write(
-        format::RECORD_BLOCK_SECTOR,
-        &format::encode_record_block(0),
-        false,
-    ))?;
     io(cache.flush())?;
     let ext = SuperblockExt {
         format_version: FORMAT_VERSION,
@@ -330,5 +406,13 @@ pub fn format_device<D: BlockDevice>(
         cache_sectors,
     };
     io(cache.write(0, &format::encode_superblock(&ext), true))?;
+    write_records(
+        cache,
+        &format::RecordExt {
+            last_writeback_id: 0,
+            flags: 0,
+            generation,
+        },
+    )?;
     Ok(ext)
 }

@@ -117,6 +117,21 @@ fn formatted(order: u8, cache_sectors: u64) -> Vec<u8> {
     dev.into_bytes()
 }
 
+/// Writes both copies of the superblock record, as the engine does.
+fn put_records(image: &mut [u8], last_writeback_id: u64, generation: u64) {
+    let block = format::encode_record_block(&format::RecordExt {
+        last_writeback_id,
+        flags: 0,
+        generation,
+    });
+    for at in [
+        format::RECORD_BLOCK_SECTOR,
+        format::BACKUP_RECORD_BLOCK_SECTOR,
+    ] {
+        image[at as usize * SECTOR_SIZE..][..BLOCK_SIZE].copy_from_slice(&block);
+    }
+}
+
 fn put_sector0(image: &mut [u8], sector0: &[u8]) {
     image[..sector0.len()].copy_from_slice(sector0);
 }
@@ -191,6 +206,7 @@ proptest! {
             cache_sectors: (cache_sectors as i64 + resize) as u64,
         };
         put_sector0(&mut image, &encode_superblock(&ext));
+        put_records(&mut image, 0, 5);
         let mut allowed = Vec::new();
         if version != FORMAT_VERSION {
             allowed.push(Error::UnsupportedVersion(version));
@@ -226,7 +242,7 @@ proptest! {
         let cache_sectors = SUPERBLOCK_SECTORS + 4 * 32;
         let mut image = formatted(order, cache_sectors);
         let geo = Geometry::new(order, cache_sectors).unwrap();
-        image[RECORD_SECTOR as usize * SECTOR_SIZE..][..8].copy_from_slice(&record.to_le_bytes());
+        put_records(&mut image, record, 99);
         for (slot, &(id, crc, len, near)) in headers.iter().enumerate() {
             let at = geo.slot_sector(slot as u64) as usize * SECTOR_SIZE;
             // Ids near the record make the walk look at them.
@@ -584,7 +600,7 @@ fn segment_beyond_the_backing_device_is_refused() {
 fn implausible_record_is_corruption() {
     let size = SUPERBLOCK_SECTORS + 64;
     let mut image = formatted(4, size);
-    image[RECORD_SECTOR as usize * SECTOR_SIZE..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    put_records(&mut image, u64::MAX, 99);
     let err = expect_err(open_image(image, 64, cfg(4, FormatPolicy::Never)));
     assert!(
         matches!(err, Error::Corrupt { sector, .. } if sector == RECORD_SECTOR),

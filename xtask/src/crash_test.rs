@@ -18,7 +18,7 @@ pub struct CrashTestArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Number of seeded workloads (seeds seed, seed+1, ...).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     seeds: u64,
     /// Stop starting new workloads after this many seconds.
     #[arg(long)]
@@ -290,7 +290,13 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
         );
     }
     if let Some(len) = args.bounded {
-        println!("bounded: L = {len} reached, {done} workloads, {states} states in {elapsed:.1}s");
+        if done == total {
+            println!(
+                "bounded: L = {len} reached, {done} workloads, {states} states in {elapsed:.1}s"
+            );
+        } else {
+            println!("bounded: L = {len} NOT reached ({done} of {total} workloads), {states} states in {elapsed:.1}s");
+        }
     }
     println!(
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",

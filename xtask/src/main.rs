@@ -39,12 +39,21 @@ fn cargo() -> Command {
 
 fn task_test() -> Result<(), String> {
     run(cargo().args(["test", "--workspace"]))?;
-    // A quick crash-test on fixed seeds, and the bounded-exhaustive core at L = 3; both must
-    // find nothing. The tester's own regression tests (lying flush, broken replay) are in
-    // crashsim/tests.
+    // The default crash-test, one with garbage in torn units and 4 KiB atomic units, and the
+    // bounded-exhaustive core at L = 4: all must find nothing. The tester's own regression tests
+    // (lying flush and FUA, quirks, replay, shrinking) are in crashsim/tests.
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    run(Command::new(&exe).args(["crash-test", "--seeds", "200"]))?;
-    run(Command::new(&exe).args(["crash-test", "--bounded", "3"]))?;
+    run(Command::new(&exe).args(["crash-test"]))?;
+    run(Command::new(&exe).args([
+        "crash-test",
+        "--seeds",
+        "20",
+        "--fault",
+        "garbage-torn",
+        "--unit",
+        "4096",
+    ]))?;
+    run(Command::new(&exe).args(["crash-test", "--bounded", "4"]))?;
     Ok(())
 }
 
