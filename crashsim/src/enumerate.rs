@@ -234,7 +234,10 @@ mod tests {
     #[test]
     fn tear_masks_cover_single_units_prefixes_and_suffixes() {
         assert!(tear_masks(1, false).is_empty());
-        assert!(tear_masks(1, true).is_empty(), "one atomic unit cannot tear");
+        assert!(
+            tear_masks(1, true).is_empty(),
+            "one atomic unit cannot tear"
+        );
         assert!(tear_masks(2, true).contains(&vec![false, false]));
         let m = tear_masks(2, false);
         assert_eq!(m, vec![vec![false, true], vec![true, false]]);

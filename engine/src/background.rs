@@ -286,3 +286,99 @@ impl<D: BlockDevice> Engine<D> {
         Ok(self.into_devices())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, MemDevice};
+
+    fn engine() -> Engine<MemDevice> {
+        // Order 5: three blocks per segment, so one write leaves the segment open.
+        let cfg = Config {
+            segment_size_order: 5,
+            nr_rambuf_pool: 2,
+            ..Config::default()
+        };
+        Engine::open(MemDevice::new(2048 + 4 * 32), MemDevice::new(64), cfg)
+            .unwrap()
+            .0
+    }
+
+    fn write_and_seal(e: &mut Engine<MemDevice>) {
+        e.write(0, &[7u8; 4096], false).unwrap();
+        e.run_step(Step::Seal).unwrap();
+        e.run_step(Step::FlushSegment).unwrap();
+    }
+
+    #[test]
+    fn schedule_honours_allow_writeback() {
+        let mut e = engine();
+        write_and_seal(&mut e);
+        assert_eq!(e.next_step(), None, "allow_writeback is off by default");
+        e.set_tunable("allow_writeback", 1).unwrap();
+        assert_eq!(e.next_step(), Some(Step::Writeback));
+        e.run_due_steps().unwrap();
+        assert_eq!(e.status().nr_dirty_cache_blocks, 0);
+        assert_eq!(e.next_step(), None, "record interval 0: no record step");
+    }
+
+    #[test]
+    fn modulator_follows_backing_load_against_the_threshold() {
+        let mut e = engine();
+        write_and_seal(&mut e);
+        e.set_tunable("enable_writeback_modulator", 1).unwrap();
+        e.set_tunable("writeback_threshold", 50).unwrap();
+        e.set_backing_load(80);
+        assert_eq!(e.next_step(), None, "busy backing device: no writeback");
+        e.set_backing_load(49);
+        assert_eq!(e.next_step(), Some(Step::Writeback));
+        // The modulator decides even when allow_writeback says yes.
+        e.set_tunable("allow_writeback", 1).unwrap();
+        e.set_backing_load(50);
+        assert_eq!(e.next_step(), None);
+    }
+
+    #[test]
+    fn record_and_sync_intervals_come_due_with_time() {
+        let mut e = engine();
+        e.set_tunable("update_record_interval", 2).unwrap();
+        e.set_tunable("sync_interval", 1).unwrap();
+        e.write(0, &[1u8; 4096], false).unwrap();
+        assert_eq!(e.next_step(), None, "no time has passed");
+        e.tick(999);
+        assert_eq!(e.next_step(), None);
+        e.tick(1000);
+        assert_eq!(e.next_step(), Some(Step::Sync));
+        e.run_step(Step::Sync).unwrap();
+        assert_eq!(e.status().last_durable_id, 1);
+        e.run_step(Step::Writeback).unwrap();
+        assert_eq!(e.next_step(), None, "record due only at 2 s");
+        e.tick(2000);
+        assert_eq!(e.next_step(), Some(Step::Record));
+        e.run_step(Step::Record).unwrap();
+        assert_eq!(e.status().durable_record_id, 1);
+        e.tick(1500);
+        assert_eq!(e.now_ms, 2000, "time never goes backwards");
+    }
+
+    #[test]
+    fn drop_caches_drains_everything_and_ends() {
+        let mut e = engine();
+        for b in 0..6u64 {
+            e.write(b * 8, &[b as u8 + 1; 4096], false).unwrap();
+        }
+        e.drop_caches();
+        assert!(e.draining());
+        let steps = e.run_due_steps().unwrap();
+        assert!(steps > 0);
+        let st = e.status();
+        assert!(!st.draining);
+        assert_eq!(st.nr_dirty_cache_blocks, 0);
+        assert_eq!(st.durable_record_id, st.last_writeback_id);
+        for b in 0..6u64 {
+            assert!(e.backing_device().bytes()[b as usize * 4096..][..4096]
+                .iter()
+                .all(|&x| x == b as u8 + 1));
+        }
+    }
+}

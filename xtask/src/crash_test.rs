@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use crashsim::explore::{
-    bounded_workloads, explore_workload, generate, replay_case, shrink, BoundedParams, ExploreOpts,
-    FaultSet, GenParams, OracleSel, Violation, Workload,
+    bounded_workloads, explore_workload, generate, replay_case, scenario_workloads, shrink,
+    BoundedParams, ExploreOpts, FaultSet, GenParams, OracleSel, Violation, Workload, SCENARIOS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -70,6 +70,10 @@ pub struct CrashTestArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run only the hand-written scenario for this hazard (h1, h2, h3, h5, h6, h10, h11, h12,
+    /// h13, h14, lc-nochecksum); by default they all run before the seeded workloads.
+    #[arg(long)]
+    scenario: Option<String>,
     /// Violations to shrink and print in full (the rest are counted).
     #[arg(long, default_value_t = 3)]
     show: usize,
@@ -191,8 +195,40 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
                 min_ops: 6,
                 max_ops: 40,
             };
+            // The hand-written hazard scenarios first (with the same faults, quirks and unit),
+            // then the seeded workloads.
+            let mut scenarios = Vec::new();
+            for (name, mut w) in scenario_workloads() {
+                if args.scenario.as_ref().is_some_and(|s| s != name) {
+                    continue;
+                }
+                w.config.faults = faults;
+                w.config.quirks = args.quirks.clone();
+                if let Some(u) = unit_sectors {
+                    w.config.unit_sectors = u;
+                }
+                scenarios.push(w);
+            }
+            if let Some(name) = &args.scenario {
+                if scenarios.is_empty() {
+                    let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+                    return Err(format!(
+                        "no scenario {name:?} (known: {})",
+                        names.join(", ")
+                    ));
+                }
+            }
             let first = args.seed;
-            Box::new((0..args.seeds).map(move |i| generate(first.wrapping_add(i), &gp)))
+            let seeds = if args.scenario.is_some() {
+                0
+            } else {
+                args.seeds
+            };
+            Box::new(
+                scenarios
+                    .into_iter()
+                    .chain((0..seeds).map(move |i| generate(first.wrapping_add(i), &gp))),
+            )
         }
     };
     let workloads: Vec<Workload> = workloads

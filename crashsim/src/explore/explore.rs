@@ -211,8 +211,13 @@ pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Cho
         }
         for others in [Others::Lost, Others::Persisted] {
             if let Ok(tears) = state.tears_of(i, others) {
-                // Bound the tears of long writes: keep an even sample.
-                let step = (tears.len() / 24).max(1);
+                // Every tear of a write of up to 32 units (a whole segment up to order 5);
+                // an even sample of about 128 of a longer one.
+                let step = if w.unit_count() <= 32 {
+                    1
+                } else {
+                    (tears.len() / 128).max(1)
+                };
                 out.extend(tears.into_iter().step_by(step));
             }
         }

@@ -8,6 +8,7 @@ mod check;
 #[allow(clippy::module_inception)]
 mod explore;
 mod run;
+mod scenarios;
 mod shrink;
 mod workload;
 
@@ -18,5 +19,6 @@ pub use explore::{
     Violation, WorkloadResult,
 };
 pub use run::{drive, engine_config, initial_backing, record, sector_data, Recording, RunFailure};
+pub use scenarios::{scenario_workloads, SCENARIOS};
 pub use shrink::shrink;
 pub use workload::{continuation, generate, FaultSet, GenParams, WlConfig, WlOp, Workload};

@@ -1,0 +1,85 @@
+//! Hand-written workloads, one per hazard of SPEC §6 that applies to type 0, named after it. Each
+//! drives the engine into the situation the seed got wrong; crash-test explores every crash
+//! state of each like any other workload. (H4, H7, H8 and H9 are about the persistent log, type 1,
+//! which does not exist yet.)
+
+use super::workload::Workload;
+
+/// (name, what it provokes, workload text).
+pub const SCENARIOS: [(&str, &str, &str); 11] = [
+    (
+        "h1",
+        "a torn write into the slot being reused, which the seed's replay scanned first",
+        "o=4,n=2,b=4,p=1,k=1,u=1,s=101;W0+8.F.W8+8.F.B.R.W16+8.F.W24+8.F",
+    ),
+    (
+        "h2",
+        "a previous-lap segment left in a slot whose new write was lost",
+        "o=4,n=2,b=4,p=2,k=1,u=1,s=102;W0+8.W8+8.F.B.R.W0+8.W8+8.F",
+    ),
+    (
+        "h3",
+        "valid segments past a torn one, accepted again once their ids come back",
+        "o=4,n=4,b=4,p=4,k=1,u=1,s=103;W0+8.W8+8.W16+8.F.W0+8.W8+8.F",
+    ),
+    (
+        "h5",
+        "a record written while the newer copy of an overwritten block is not durable",
+        "o=4,n=4,b=4,p=2,k=1,u=1,s=105;W0+8.F.W0+8.B.R.W8+8.F",
+    ),
+    (
+        "h6",
+        "segments at or below the record, which the seed replayed as dirty",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=106;W0+8.W8+8.F.B.B.R.W16+8.F",
+    ),
+    (
+        "h10",
+        "a format cut anywhere (of a blank device; reformatting over an old cache is not a workload op yet)",
+        "o=4,n=2,b=4,p=1,k=1,u=1,s=110;W0+8.F",
+    ),
+    (
+        "h11",
+        "FLUSH with nothing new (the seed emitted an empty segment)",
+        "o=4,n=3,b=4,p=2,k=1,u=1,s=111;F.W0+8.F.F.W8+8.F",
+    ),
+    (
+        "h12",
+        "a partial overwrite of a dirty block that is on the cache device",
+        "o=5,n=3,b=4,p=1,k=1,u=1,s=112;W0+8.F.G.W1+2.F.B.R.W2+1.F",
+    ),
+    (
+        "h13",
+        "writeback of old data around a newer copy of the same block",
+        "o=4,n=3,b=4,p=1,k=2,u=1,s=113;W0+8.F.W0+8.F.B.W0+3.B.F",
+    ),
+    (
+        "h14",
+        "a discard of a block whose dirty copy is cached",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=114;W0+8.F.Z0+8.F.B.R",
+    ),
+    (
+        "lc-nochecksum",
+        "a segment whose header persisted but whose data did not",
+        "o=5,n=3,b=6,p=1,k=1,u=1,s=115;W0+8.W8+8.W16+8.F",
+    ),
+];
+
+/// The scenarios as workloads, with extra fault and quirk names applied.
+pub fn scenario_workloads() -> Vec<(&'static str, Workload)> {
+    SCENARIOS
+        .iter()
+        .map(|(name, _, text)| (*name, text.parse().expect("scenario workloads parse")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_parses_and_round_trips() {
+        for (name, w) in scenario_workloads() {
+            assert_eq!(w.to_string().parse::<Workload>().unwrap(), w, "{name}");
+        }
+    }
+}
