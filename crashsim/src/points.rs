@@ -13,7 +13,7 @@ pub struct PointSelection {
     pub around_flushes: bool,
     /// Before and after every write the engine asked to be FUA.
     pub around_fua_writes: bool,
-    /// Right after the engine acknowledged a client FLUSH (its `ClientEnd`).
+    /// Right after the engine acknowledged a client FLUSH or FUA write (its `ClientEnd`).
     pub after_client_flushes: bool,
     /// After every device write (fine mode).
     pub after_every_write: bool,
@@ -62,9 +62,10 @@ impl World {
                 Event::Mark(_) if sel.at_marks => {
                     points.insert(CrashPoint::before(seq));
                 }
+                // A FUA write's completion promises durability just like a FLUSH's.
                 Event::ClientBegin {
                     op,
-                    what: ClientOp::Flush,
+                    what: ClientOp::Flush | ClientOp::Write { fua: true, .. },
                 } => {
                     flush_ops.insert(*op);
                 }

@@ -33,6 +33,29 @@ pub struct StepOutcome {
     pub blocks: u64,
 }
 
+/// The writes that put the dirty sectors of one cached block on the backing device: one per run
+/// of consecutive dirty sectors (a fully dirty block is one 4 KiB write).
+pub(crate) fn dirty_runs(block: u64, dirty: u8, data: &[u8]) -> Vec<WriteReq<'_>> {
+    let mut out = Vec::new();
+    let mut s = 0usize;
+    while s < SECTORS_PER_BLOCK as usize {
+        if dirty & (1 << s) == 0 {
+            s += 1;
+            continue;
+        }
+        let start = s;
+        while s < SECTORS_PER_BLOCK as usize && dirty & (1 << s) != 0 {
+            s += 1;
+        }
+        out.push(WriteReq {
+            sector: block * SECTORS_PER_BLOCK + start as u64,
+            data: &data[start * SECTOR_SIZE..s * SECTOR_SIZE],
+            fua: false,
+        });
+    }
+    out
+}
+
 impl<D: BlockDevice> Engine<D> {
     /// Advances the engine's clock (milliseconds, any origin, never backwards).
     pub fn tick(&mut self, now_ms: u64) {
@@ -184,6 +207,7 @@ impl<D: BlockDevice> Engine<D> {
 
         // (block, idx, dirty, data) of every live block in the batch.
         let mut items: Vec<(u64, u32, u8, usize)> = Vec::new();
+        let mut superseded: Vec<(u64, u32, u8, usize)> = Vec::new();
         let mut data: Vec<u8> = Vec::new();
         let mut segbuf = vec![0u8; self.geo.segment_bytes()];
         for id in self.last_writeback + 1..=target {
@@ -194,7 +218,7 @@ impl<D: BlockDevice> Engine<D> {
                 "slot {slot} holds segment {} not {id}",
                 info.id
             );
-            if self.index.live_in_slot(slot) == 0 {
+            if self.index.live_in_slot(slot) == 0 && !quirk!(self, H13NoDirtinessRecheck) {
                 continue;
             }
             let bytes = format::segment_len_bytes(info.len);
@@ -214,33 +238,42 @@ impl<D: BlockDevice> Engine<D> {
                 items.push((mb.block, idx, mb.dirty, data.len()));
                 data.extend_from_slice(&segbuf[(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE]);
             }
+            if quirk!(self, H13NoDirtinessRecheck) {
+                // The seed wrote back what the segment's metablocks said, superseded or not.
+                for pos in 0..info.len {
+                    let idx = self.index.idx(slot, pos);
+                    let m = format::decode_metablock(&segbuf, pos);
+                    if self.index.get(idx).dirty == 0 && m.dirty_bits != 0 {
+                        let block = m.sector / SECTORS_PER_BLOCK;
+                        superseded.push((block, idx, m.dirty_bits, data.len()));
+                        data.extend_from_slice(
+                            &segbuf[(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE],
+                        );
+                    }
+                }
+            }
         }
         items.sort_unstable_by_key(|&(block, ..)| block);
 
-        if !items.is_empty() {
-            let mut reqs = Vec::with_capacity(items.len());
-            for &(block, _, dirty, at) in &items {
-                let blockdata = &data[at..at + BLOCK_SIZE];
-                // Runs of dirty sectors; a fully dirty block is one 4 KiB write.
-                let mut s = 0usize;
-                while s < SECTORS_PER_BLOCK as usize {
-                    if dirty & (1 << s) == 0 {
-                        s += 1;
-                        continue;
-                    }
-                    let start = s;
-                    while s < SECTORS_PER_BLOCK as usize && dirty & (1 << s) != 0 {
-                        s += 1;
-                    }
-                    reqs.push(WriteReq {
-                        sector: block * SECTORS_PER_BLOCK + start as u64,
-                        data: &blockdata[start * SECTOR_SIZE..s * SECTOR_SIZE],
-                        fua: false,
-                    });
-                }
-            }
+        if !items.is_empty() || !superseded.is_empty() {
+            let reqs: Vec<WriteReq<'_>> = items
+                .iter()
+                .flat_map(|&(block, _, dirty, at)| {
+                    dirty_runs(block, dirty, &data[at..at + BLOCK_SIZE])
+                })
+                .collect();
             Self::backing_io(self.backing.write_batch(&reqs))?;
-            Self::backing_io(self.backing.flush())?;
+            // (Quirk H13 only: old data landing after the newer copy of the same block.)
+            let stale: Vec<WriteReq<'_>> = superseded
+                .iter()
+                .flat_map(|&(block, _, dirty, at)| {
+                    dirty_runs(block, dirty, &data[at..at + BLOCK_SIZE])
+                })
+                .collect();
+            Self::backing_io(self.backing.write_batch(&stale))?;
+            if !quirk!(self, DmCacheCommitBeforeFlush) {
+                Self::backing_io(self.backing.flush())?;
+            }
             for &(_, idx, ..) in &items {
                 self.index.remove(idx);
             }

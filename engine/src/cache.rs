@@ -263,7 +263,7 @@ impl<D: BlockDevice> Engine<D> {
             Self::for_each_piece(sector, data.len(), |block, first, count, off| {
                 e.write_piece(block, first, &data[off..off + count * SECTOR_SIZE])
             })?;
-            if fua {
+            if fua && !quirk!(e, WcIgnoresFua) {
                 e.make_all_durable()?;
             }
             Ok(())
@@ -279,6 +279,12 @@ impl<D: BlockDevice> Engine<D> {
     /// zeros had been written (it goes through the log, so no stale cached copy can reappear
     /// and the prefix property holds). It frees no space on either device.
     pub fn discard(&mut self, sector: u64, sectors: u64) -> Result<()> {
+        if quirk!(self, H14DiscardBackingOnly) {
+            // The seed passed discards to the backing device only.
+            self.check_extent(sector, sectors as usize * SECTOR_SIZE)?;
+            let zeros = vec![0u8; sectors as usize * SECTOR_SIZE];
+            return self.guarded(|e| Self::backing_io(e.backing.write(sector, &zeros, false)));
+        }
         self.write_zeroes(sector, sectors, false)
     }
 
@@ -419,7 +425,16 @@ impl<D: BlockDevice> Engine<D> {
         let mut on_buffer = false;
         if let Some(old) = self.index.lookup(block) {
             hit = true;
-            if !full {
+            let on_cache_device = matches!(self.source_of(old), Source::CacheDevice { .. });
+            if !full && quirk!(self, H12UnflushedOneShotWriteback) && on_cache_device {
+                // The seed wrote the old dirty sectors back in the foreground, unflushed, and
+                // the new copy carried only its own sectors.
+                let mut old_data = [0u8; BLOCK_SIZE];
+                self.load_cached_block(old, &mut old_data)?;
+                let reqs =
+                    crate::background::dirty_runs(block, self.index.get(old).dirty, &old_data);
+                Self::backing_io(self.backing.write_batch(&reqs))?;
+            } else if !full {
                 // Keep the old copy's dirty sectors: the new copy must be a superset, so replay
                 // of the newest copy alone is right and no foreground writeback is needed.
                 on_buffer = self.load_cached_block(old, &mut block_buf)?;
@@ -551,6 +566,15 @@ impl<D: BlockDevice> Engine<D> {
             target <= self.last_sealed,
             "only sealed segments can be made durable"
         );
+        if quirk!(self, WcFlushBeforeData) && self.last_durable < target {
+            // dm-writecache's old order: the flush goes out before the writes it should cover.
+            Self::cache_io(self.cache.flush())?;
+            while self.last_flushed < target {
+                self.write_oldest_sealed()?;
+            }
+            self.last_durable = self.last_flushed;
+            return Ok(());
+        }
         while self.last_flushed < target {
             self.write_oldest_sealed()?;
         }

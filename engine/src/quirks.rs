@@ -5,21 +5,72 @@
 /// One re-introducible hazard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Quirk {
-    /// dm-lc: replay accepts a segment without checking its checksum, so a segment whose header
-    /// persisted but whose data did not is applied.
-    LcNoChecksum,
+    /// H1: a torn segment where the walk stops makes replay forget the whole log.
+    H1TornSlotForgetsLog,
+    /// H2: replay does not demand contiguous ids: a valid segment of a previous lap in a slot
+    /// whose new write was lost is applied after newer segments.
+    H2NoContiguity,
+    /// H3: after replay stops at a torn segment, valid segments with higher ids stay on disk
+    /// and are accepted again once those ids are reused.
+    H3NoStaleInvalidation,
     /// H5: the superblock record is written without first making durable the newer copies of
     /// blocks that the written-back segments held but did not write back.
     H5RecordAheadOfLog,
+    /// H6: segments at or below the record are replayed as dirty (and never cleaned).
+    H6ReplayBelowRecord,
+    /// H12: a partial overwrite of a dirty block on the cache device writes the old dirty
+    /// sectors back in the foreground without a flush, and the new copy carries only its own
+    /// sectors.
+    H12UnflushedOneShotWriteback,
+    /// H13: writeback does not re-check dirtiness: superseded copies are written back too, and
+    /// land after the newer copy of the same block.
+    H13NoDirtinessRecheck,
+    /// H14: discard goes to the backing device only; a cached dirty copy stays and is read (and
+    /// later written back) over it.
+    H14DiscardBackingOnly,
+    /// dm-lc: replay accepts a segment without checking its checksum, so a segment whose header
+    /// persisted but whose data did not is applied.
+    LcNoChecksum,
+    /// dm-writecache (SSD mode, before its 2020 fix): the commit flush is issued before the data
+    /// writes it should cover, so a FLUSH completes with data still in the volatile cache.
+    WcFlushBeforeData,
+    /// dm-writecache: FUA is ignored; a FUA write completes before it is durable.
+    WcIgnoresFua,
+    /// dm-cache: the mapping is committed before the copied data is flushed; here, writeback
+    /// advances (and the record may pass) without flushing the backing device.
+    DmCacheCommitBeforeFlush,
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 2] = [Quirk::LcNoChecksum, Quirk::H5RecordAheadOfLog];
+    pub const ALL: [Quirk; 12] = [
+        Quirk::H1TornSlotForgetsLog,
+        Quirk::H2NoContiguity,
+        Quirk::H3NoStaleInvalidation,
+        Quirk::H5RecordAheadOfLog,
+        Quirk::H6ReplayBelowRecord,
+        Quirk::H12UnflushedOneShotWriteback,
+        Quirk::H13NoDirtinessRecheck,
+        Quirk::H14DiscardBackingOnly,
+        Quirk::LcNoChecksum,
+        Quirk::WcFlushBeforeData,
+        Quirk::WcIgnoresFua,
+        Quirk::DmCacheCommitBeforeFlush,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Quirk::LcNoChecksum => "lc-nochecksum",
+            Quirk::H1TornSlotForgetsLog => "h1",
+            Quirk::H2NoContiguity => "h2",
+            Quirk::H3NoStaleInvalidation => "h3",
             Quirk::H5RecordAheadOfLog => "h5",
+            Quirk::H6ReplayBelowRecord => "h6",
+            Quirk::H12UnflushedOneShotWriteback => "h12",
+            Quirk::H13NoDirtinessRecheck => "h13",
+            Quirk::H14DiscardBackingOnly => "h14",
+            Quirk::LcNoChecksum => "lc-nochecksum",
+            Quirk::WcFlushBeforeData => "wc-flush-order",
+            Quirk::WcIgnoresFua => "wc-ignore-fua",
+            Quirk::DmCacheCommitBeforeFlush => "dmcache-early-commit",
         }
     }
 

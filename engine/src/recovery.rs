@@ -195,13 +195,33 @@ impl<D: BlockDevice> Engine<D> {
             first += count;
         }
 
+        let mut segbuf = vec![0u8; geo.segment_bytes()];
+        if quirk!(self, H6ReplayBelowRecord) {
+            // The seed replayed what the ring still held at or below the record, as dirty.
+            for id in (record + 1).saturating_sub(nr).max(1)..=record {
+                let slot = geo.slot_of(id);
+                if slot_ids[slot as usize] == id {
+                    if let Some(len) = self.load_segment(slot, id, &mut segbuf, report)? {
+                        self.apply_segment(id, slot, &segbuf, len)?;
+                    }
+                }
+            }
+        }
+
         // Walk the log from the record. At most one lap: every id lives in its own slot.
         let mut expected = record + 1;
-        let mut segbuf = vec![0u8; geo.segment_bytes()];
         for _ in 0..nr {
             let slot = geo.slot_of(expected);
             let found = slot_ids[slot as usize];
             if found != expected {
+                if found != 0 && quirk!(self, H2NoContiguity) {
+                    // The seed applied whatever valid segment a slot held, in slot order.
+                    if let Some(len) = self.load_segment(slot, found, &mut segbuf, report)? {
+                        self.apply_segment(found, slot, &segbuf, len)?;
+                        expected += 1;
+                        continue;
+                    }
+                }
                 if found != 0 {
                     report.stop_reason = Some(format!(
                         "slot {slot} holds id {found}, not the next id {expected}"
@@ -209,30 +229,21 @@ impl<D: BlockDevice> Engine<D> {
                 }
                 break;
             }
-            let base = geo.slot_sector(slot);
-            Self::cache_io(self.cache.read(base, &mut segbuf[..BLOCK_SIZE]))?;
-            let h = format::decode_segment_header(&segbuf);
-            let len = h.length as usize;
-            if h.id != expected || len > self.n {
-                report.stop_reason =
-                    Some(format!("segment {expected} has length {len} > {}", self.n));
-                break;
+            match self.load_segment(slot, expected, &mut segbuf, report)? {
+                Some(len) => self.apply_segment(expected, slot, &segbuf, len)?,
+                None => {
+                    report.stop_reason = Some(format!(
+                        "segment {expected} in slot {slot} fails its checksum or length (torn)"
+                    ));
+                    if quirk!(self, H1TornSlotForgetsLog) {
+                        // The seed's replay aborted at the torn slot and forgot the whole log.
+                        self.index = Index::new(nr, self.n);
+                        self.slots.fill(SlotInfo::default());
+                        expected = record + 1;
+                    }
+                    break;
+                }
             }
-            let bytes = format::segment_len_bytes(len);
-            if len > 0 {
-                Self::cache_io(
-                    self.cache
-                        .read(base + SECTORS_PER_BLOCK, &mut segbuf[BLOCK_SIZE..bytes]),
-                )?;
-            }
-            report.bytes_read += bytes as u64;
-            if !format::segment_checksum_ok(&segbuf[..bytes]) && !quirk!(self, LcNoChecksum) {
-                report.stop_reason = Some(format!(
-                    "segment {expected} in slot {slot} fails its checksum (torn)"
-                ));
-                break;
-            }
-            self.apply_segment(expected, slot, &segbuf[..bytes], len)?;
             expected += 1;
         }
         let last_applied = expected - 1;
@@ -245,7 +256,7 @@ impl<D: BlockDevice> Engine<D> {
         let stale: Vec<u64> = (0..nr)
             .filter(|&s| slot_ids[s as usize] >= expected)
             .collect();
-        if !stale.is_empty() {
+        if !stale.is_empty() && !quirk!(self, H3NoStaleInvalidation) {
             let reqs: Vec<WriteReq<'_>> = stale
                 .iter()
                 .map(|&s| WriteReq {
@@ -268,6 +279,34 @@ impl<D: BlockDevice> Engine<D> {
         self.last_writeback = record;
         self.durable_record = record;
         Ok(())
+    }
+
+    /// Reads the segment in `slot`, expected to carry `id`, into `segbuf`. Returns its length if
+    /// the header and the checksum are right, `None` if it is torn or not that segment.
+    fn load_segment(
+        &mut self,
+        slot: u64,
+        id: u64,
+        segbuf: &mut [u8],
+        report: &mut RecoveryReport,
+    ) -> Result<Option<usize>> {
+        let base = self.geo.slot_sector(slot);
+        Self::cache_io(self.cache.read(base, &mut segbuf[..BLOCK_SIZE]))?;
+        let h = format::decode_segment_header(segbuf);
+        let len = h.length as usize;
+        if h.id != id || len > self.n {
+            return Ok(None);
+        }
+        let bytes = format::segment_len_bytes(len);
+        if len > 0 {
+            Self::cache_io(
+                self.cache
+                    .read(base + SECTORS_PER_BLOCK, &mut segbuf[BLOCK_SIZE..bytes]),
+            )?;
+        }
+        report.bytes_read += bytes as u64;
+        let ok = format::segment_checksum_ok(&segbuf[..bytes]) || quirk!(self, LcNoChecksum);
+        Ok(ok.then_some(len))
     }
 
     /// Applies one verified segment to the index: newest copy wins.

@@ -1,0 +1,387 @@
+//! Regression tests of the crash tester itself: it finds nothing on the correct engine, and it
+//! must keep finding what it exists to find (lying devices, re-introduced seed hazards), replay
+//! every failure it prints, shrink without losing the failure, and deduplicate crash images by
+//! fingerprints that agree with the images. Each of these fails if the tester goes blind.
+
+use std::collections::BTreeMap;
+
+use crashsim::explore::{
+    bounded_workloads, choices_for, explore_workload, generate, parse_case, record, replay_case,
+    shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, Violation,
+    Workload, WorkloadResult,
+};
+use crashsim::{BitFlip, Choice, CrashImages, PointSelection};
+use engine::DeviceRole;
+
+fn params(order: Option<u8>, unit_sectors: Option<u64>, max_ops: usize) -> GenParams {
+    GenParams {
+        order,
+        unit_sectors,
+        faults: FaultSet::default(),
+        quirks: Vec::new(),
+        min_ops: 6,
+        max_ops,
+    }
+}
+
+fn with_faults(faults: FaultSet, max_ops: usize) -> GenParams {
+    GenParams {
+        faults,
+        ..params(None, None, max_ops)
+    }
+}
+
+fn with_quirk(quirk: &str, max_ops: usize) -> GenParams {
+    GenParams {
+        quirks: vec![quirk.to_string()],
+        ..params(None, None, max_ops)
+    }
+}
+
+/// A failure message naming the first violations by their replay cases.
+fn describe(r: &WorkloadResult) -> String {
+    let mut s = format!("{} states, {} violations", r.states, r.violation_count);
+    for v in r.violations.iter().take(3) {
+        s.push_str(&format!(
+            "\n  {} oracle: {}\n  replay: cargo xtask crash-test --replay '{}'",
+            v.finding.kind.name(),
+            v.finding.detail,
+            v.case()
+        ));
+    }
+    s
+}
+
+/// Explores the seeded workloads and asserts each has crash states and no violation.
+fn assert_clean(seeds: impl IntoIterator<Item = u64>, p: &GenParams, opts: &ExploreOpts) {
+    for seed in seeds {
+        let w = generate(seed, p);
+        let r = explore_workload(&w, opts);
+        assert!(r.states > 0, "seed {seed}: no crash state explored: {w}");
+        assert_eq!(r.violation_count, 0, "seed {seed} ({w}): {}", describe(&r));
+    }
+}
+
+/// The first seed of `seeds` whose workload has a violation, with its result.
+fn first_failing(
+    seeds: impl IntoIterator<Item = u64>,
+    p: &GenParams,
+    opts: &ExploreOpts,
+) -> Option<(Workload, WorkloadResult)> {
+    seeds.into_iter().find_map(|seed| {
+        let w = generate(seed, p);
+        let r = explore_workload(&w, opts);
+        (r.violation_count > 0).then_some((w, r))
+    })
+}
+
+fn is_oracle(k: Kind) -> bool {
+    matches!(k, Kind::BlockOracle | Kind::PrefixOracle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault-free: the correct engine passes.
+
+#[test]
+fn fault_free_seeded_workloads_have_no_violations() {
+    assert_clean(
+        [0, 3, 6, 7, 9, 11],
+        &params(None, None, 24),
+        &ExploreOpts::default(),
+    );
+}
+
+#[test]
+fn fault_free_at_order_10_has_no_violations() {
+    assert_clean(
+        [0, 6, 7, 9],
+        &params(Some(10), None, 20),
+        &ExploreOpts::default(),
+    );
+}
+
+#[test]
+fn fault_free_with_4k_atomic_unit_has_no_violations() {
+    assert_clean(0..10, &params(None, Some(8), 40), &ExploreOpts::default());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults that break the contract: the oracles must catch the data loss.
+
+/// Explores seeds 0..8 under `faults` (stopping each workload at its first block-oracle
+/// finding) and asserts that most of them report violations, and that in at least half of them
+/// an oracle reports the data loss (rather than only a failed recovery, which a device that
+/// lies during the format can also cause).
+fn assert_faults_caught(faults: FaultSet) {
+    assert!(faults.breaks_contract());
+    let opts = ExploreOpts {
+        stop_at: Some(Kind::BlockOracle),
+        ..ExploreOpts::default()
+    };
+    let p = with_faults(faults, 20);
+    let mut caught = Vec::new();
+    let mut by_oracle = Vec::new();
+    for seed in 0..8 {
+        let w = generate(seed, &p);
+        let r = explore_workload(&w, &opts);
+        if r.violation_count > 0 {
+            caught.push(seed);
+        }
+        if r.violations.iter().any(|v| is_oracle(v.finding.kind)) {
+            by_oracle.push(seed);
+        }
+    }
+    assert!(
+        caught.len() >= 5 && by_oracle.len() >= 4,
+        "{faults:?}: of seeds 0..8, only {caught:?} report violations, {by_oracle:?} by an oracle"
+    );
+}
+
+#[test]
+fn lying_flush_is_caught() {
+    assert_faults_caught(FaultSet {
+        lying_flush: true,
+        ..FaultSet::default()
+    });
+}
+
+#[test]
+fn lying_fua_is_caught() {
+    assert_faults_caught(FaultSet {
+        lying_fua: true,
+        ..FaultSet::default()
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seed quirks: each re-introduced hazard is found within a few seeds.
+
+/// The first failing workload of `quirk` within seeds 0..max_seeds; every finding comes from a
+/// crash state (the quirks only change what survives a power cut, never the running engine).
+fn quirk_found(quirk: &str, max_seeds: u64, max_ops: usize) -> (Workload, WorkloadResult) {
+    let opts = ExploreOpts {
+        keep_violations: 1000,
+        ..ExploreOpts::default()
+    };
+    let (w, r) = first_failing(0..max_seeds, &with_quirk(quirk, max_ops), &opts)
+        .unwrap_or_else(|| panic!("quirk {quirk} not found within {max_seeds} seeds"));
+    assert!(
+        r.violations.iter().all(|v| v.finding.kind != Kind::Run),
+        "quirk {quirk}: the run itself failed: {}",
+        describe(&r)
+    );
+    assert!(r.violations.iter().all(|v| !v.path.is_empty()));
+    (w, r)
+}
+
+#[test]
+fn quirk_lc_nochecksum_is_caught() {
+    // A segment whose header persisted but whose data did not is accepted: the recovered
+    // device errs on a readable sector or returns bytes never written there.
+    let (_, r) = quirk_found("lc-nochecksum", 8, 24);
+    assert!(r
+        .violations
+        .iter()
+        .any(|v| matches!(v.finding.kind, Kind::Read) || is_oracle(v.finding.kind)));
+}
+
+#[test]
+fn quirk_h5_is_caught() {
+    // A record ahead of the durable log resurrects old data: an oracle must say so.
+    let (_, r) = quirk_found("h5", 12, 24);
+    assert!(
+        r.violations.iter().any(|v| is_oracle(v.finding.kind)),
+        "{}",
+        describe(&r)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The replay contract: every printed case parses back and reproduces its finding.
+
+fn assert_replays(v: &Violation) {
+    let case = v.case();
+    let (w, path) = parse_case(&case).unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(w, v.workload, "{case}");
+    assert_eq!(path, v.path, "{case}");
+    let (findings, log) = replay_case(&case, OracleSel::Both).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        findings.iter().any(|f| f.kind == v.finding.kind),
+        "replay of {case} found {findings:?}, not a {} finding",
+        v.finding.kind.name()
+    );
+    assert!(!log.is_empty());
+}
+
+#[test]
+fn replay_reproduces_quirk_violations() {
+    let mut nested = 0;
+    for quirk in ["lc-nochecksum", "h5"] {
+        let (_, r) = quirk_found(quirk, 12, 24);
+        for v in &r.violations {
+            assert_replays(v);
+            if v.path.len() >= 2 {
+                assert!(matches!(
+                    v.path[1].level,
+                    Level::Recovery | Level::Continuation
+                ));
+                nested += 1;
+            }
+        }
+    }
+    // Paths through a recovery crash or a continuation replay too.
+    assert!(nested > 0, "no violation below the top level was replayed");
+}
+
+#[test]
+fn replay_of_a_passing_state_finds_nothing() {
+    // The same case with the crash choice made harmless (nothing pending persisted, right at
+    // the start of the log) passes: replay does not report what it was told to expect.
+    let (w, _) = quirk_found("lc-nochecksum", 8, 24);
+    let case = format!("{w}#p0=-");
+    let (findings, _) = replay_case(&case, OracleSel::Both).unwrap();
+    assert!(findings.is_empty(), "{case}: {findings:?}");
+    assert!(parse_case("o=4;W0+8#x1=-").is_err());
+    assert!(parse_case("o=4;W0+8#r1=-").is_ok());
+    assert!(replay_case("o=4;W0+8#r1=-", OracleSel::Both).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shrinking.
+
+#[test]
+fn shrink_keeps_the_failure_and_never_grows() {
+    let opts = ExploreOpts::default();
+    for quirk in ["lc-nochecksum", "h5"] {
+        let (w, r) = quirk_found(quirk, 12, 10);
+        let v = &r.violations[0];
+        let small = shrink(v, &opts, 100);
+        assert!(
+            small.workload.ops.len() <= w.ops.len(),
+            "{quirk}: shrink grew {} to {}",
+            w.ops.len(),
+            small.workload.ops.len()
+        );
+        assert_eq!(small.workload.config, w.config);
+        assert_eq!(small.finding.kind, v.finding.kind);
+        let again = explore_workload(&small.workload, &opts);
+        assert!(
+            again
+                .violations
+                .iter()
+                .any(|x| x.finding.kind == v.finding.kind),
+            "{quirk}: the shrunk workload {} no longer fails",
+            small.workload
+        );
+        assert_replays(&small);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded-exhaustive workloads.
+
+#[test]
+fn bounded_len_2_on_2_blocks_2_slots_is_clean() {
+    let p = BoundedParams {
+        max_len: 2,
+        blocks: 2,
+        nr_segments: 2,
+        unit_sectors: 1,
+        faults: FaultSet::default(),
+        quirks: Vec::new(),
+    };
+    let opts = ExploreOpts {
+        continuation_every: 0,
+        ..ExploreOpts::default()
+    };
+    // Full, partial-sector write per block; FUA write, discard, FLUSH, seal, writeback, record.
+    let alphabet = 2 * 2 + 6;
+    let mut by_len = BTreeMap::new();
+    let mut states = 0;
+    for w in bounded_workloads(&p) {
+        *by_len.entry(w.ops.len()).or_insert(0u64) += 1;
+        let r = explore_workload(&w, &opts);
+        assert!(r.states > 0, "{w}: no crash state");
+        assert_eq!(r.violation_count, 0, "{w}: {}", describe(&r));
+        states += r.states;
+    }
+    assert_eq!(
+        by_len,
+        BTreeMap::from([(1, alphabet), (2, alphabet * alphabet)])
+    );
+    assert!(states > 1000, "only {states} states");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fingerprints.
+
+/// At every fine crash point of a few recorded runs, the fingerprint computed from a choice's
+/// changes equals the fingerprint of its images, and equal fingerprints mean equal images.
+#[test]
+fn fingerprint_of_agrees_with_the_images() {
+    let opts = ExploreOpts::default();
+    let variants = [
+        (FaultSet::default(), Some(1)),
+        (FaultSet::default(), Some(8)),
+        // Tearing into garbage is a tester path of its own (no claim about the engine here).
+        (
+            FaultSet {
+                garbage_torn: true,
+                ..FaultSet::default()
+            },
+            Some(1),
+        ),
+    ];
+    let mut checked = 0u64;
+    let mut distinct_total = 0u64;
+    for (faults, unit) in variants {
+        for seed in 0..3 {
+            let p = GenParams {
+                faults,
+                ..params(None, unit, 10)
+            };
+            let w = generate(seed, &p);
+            let rec = record(&w.config, &w.ops).expect("recorded");
+            assert!(rec.failure.is_none(), "{w}: {:?}", rec.failure);
+            let world = rec.world.borrow();
+            let mut replayer = world.replayer();
+            for point in world.crash_points(PointSelection::fine()) {
+                let state = replayer.advance_to(point).expect("a crash state");
+                let mut choices = choices_for(&state, &opts, seed ^ point.before);
+                // Keep the check affordable: an even sample of the choices.
+                let step = (choices.len() / 12).max(1);
+                choices = choices.into_iter().step_by(step).collect();
+                // And bit rot on top of everything persisting.
+                let mut rot = Choice::whole(0..state.pending_count());
+                rot.bit_flips.push(BitFlip {
+                    role: DeviceRole::Cache,
+                    byte: 2048 * 512 + 700 + point.before,
+                    bit: (point.before % 8) as u8,
+                });
+                choices.push(rot);
+                let mut seen: BTreeMap<u128, CrashImages> = BTreeMap::new();
+                for choice in choices {
+                    let fp = state.fingerprint_of(&choice).expect("a valid choice");
+                    let images = state.image(&choice).expect("a valid choice");
+                    assert_eq!(fp, images.fingerprint(), "{w} at {point}, choice {choice}");
+                    checked += 1;
+                    match seen.get(&fp) {
+                        Some(prev) => assert!(
+                            *prev == images,
+                            "{w} at {point}: fingerprint collision at choice {choice}"
+                        ),
+                        None => {
+                            seen.insert(fp, images);
+                        }
+                    }
+                }
+                distinct_total += seen.len() as u64;
+            }
+        }
+    }
+    assert!(checked > 500, "only {checked} choices checked");
+    assert!(
+        distinct_total > checked / 4,
+        "{distinct_total} distinct images of {checked} choices: the fingerprint is blind"
+    );
+}
