@@ -13,6 +13,9 @@ pub enum Quirk {
     /// H3: after replay stops at a torn segment, valid segments with higher ids stay on disk
     /// and are accepted again once those ids are reused.
     H3NoStaleInvalidation,
+    /// H10: format writes the superblock before the old segments are invalidated (and
+    /// without marking the format in the records).
+    H10MagicFirst,
     /// H5: the superblock record is written without first making durable the newer copies of
     /// blocks that the written-back segments held but did not write back.
     H5RecordAheadOfLog,
@@ -42,12 +45,13 @@ pub enum Quirk {
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 12] = [
+    pub const ALL: [Quirk; 13] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
         Quirk::H5RecordAheadOfLog,
         Quirk::H6ReplayBelowRecord,
+        Quirk::H10MagicFirst,
         Quirk::H12UnflushedOneShotWriteback,
         Quirk::H13NoDirtinessRecheck,
         Quirk::H14DiscardBackingOnly,
@@ -64,6 +68,7 @@ impl Quirk {
             Quirk::H3NoStaleInvalidation => "h3",
             Quirk::H5RecordAheadOfLog => "h5",
             Quirk::H6ReplayBelowRecord => "h6",
+            Quirk::H10MagicFirst => "h10",
             Quirk::H12UnflushedOneShotWriteback => "h12",
             Quirk::H13NoDirtinessRecheck => "h13",
             Quirk::H14DiscardBackingOnly => "h14",

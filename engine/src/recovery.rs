@@ -79,7 +79,16 @@ impl<D: BlockDevice> Engine<D> {
             (Superblock::Valid(_), _) => false,
         };
         let (ext, records) = if format_now {
-            let ext = format_device(&mut cache, cfg.segment_size_order, cfg.generation)?;
+            #[cfg(feature = "quirks")]
+            let magic_first = cfg.quirks.has(crate::quirks::Quirk::H10MagicFirst);
+            #[cfg(not(feature = "quirks"))]
+            let magic_first = false;
+            let ext = format_device_in_order(
+                &mut cache,
+                cfg.segment_size_order,
+                cfg.generation,
+                magic_first,
+            )?;
             report.formatted = true;
             let rec = format::RecordExt {
                 last_writeback_id: 0,
@@ -348,6 +357,25 @@ impl<D: BlockDevice> Engine<D> {
     }
 }
 
+/// Zeroes the header block of every slot (not flushed).
+fn zero_headers<D: BlockDevice>(cache: &mut D, geo: &Geometry) -> Result<()> {
+    let zeros = [0u8; BLOCK_SIZE];
+    let mut first = 0;
+    while first < geo.nr_segments {
+        let count = SCAN_BATCH.min(geo.nr_segments - first);
+        let reqs: Vec<WriteReq<'_>> = (first..first + count)
+            .map(|s| WriteReq {
+                sector: geo.slot_sector(s),
+                data: &zeros,
+                fua: false,
+            })
+            .collect();
+        Engine::<D>::cache_io(cache.write_batch(&reqs))?;
+        first += count;
+    }
+    Ok(())
+}
+
 /// Reads both record copies (primary, backup) and decodes our extension of each.
 fn read_records<D: BlockDevice>(cache: &mut D) -> Result<[Option<format::RecordExt>; 2]> {
     let mut out = [None; 2];
@@ -408,9 +436,42 @@ pub fn format_device<D: BlockDevice>(
     order: u8,
     generation: u64,
 ) -> Result<SuperblockExt> {
+    format_device_in_order(cache, order, generation, false)
+}
+
+/// `magic_first` is seed hazard H10 (quirk `h10`): the superblock goes out before anything old
+/// is invalidated and without the formatting marker.
+fn format_device_in_order<D: BlockDevice>(
+    cache: &mut D,
+    order: u8,
+    generation: u64,
+    magic_first: bool,
+) -> Result<SuperblockExt> {
     let io = |r| Engine::<D>::cache_io(r);
     let cache_sectors = cache.size_sectors();
     let geo = Geometry::new(order, cache_sectors)?;
+    let ext = SuperblockExt {
+        format_version: FORMAT_VERSION,
+        order,
+        cache_type: 0,
+        flags: 0,
+        generation,
+        cache_sectors,
+    };
+    if magic_first {
+        io(cache.write(0, &format::encode_superblock(&ext), true))?;
+        zero_headers(cache, &geo)?;
+        io(cache.flush())?;
+        write_records(
+            cache,
+            &format::RecordExt {
+                last_writeback_id: 0,
+                flags: 0,
+                generation,
+            },
+        )?;
+        return Ok(ext);
+    }
     let marker = format::RecordExt {
         last_writeback_id: 0,
         flags: format::RECORD_FLAG_FORMATTING,
@@ -420,30 +481,9 @@ pub fn format_device<D: BlockDevice>(
     io(cache.write(format::BACKUP_RECORD_BLOCK_SECTOR, &block, false))?;
     io(cache.write(format::RECORD_BLOCK_SECTOR, &block, false))?;
     io(cache.flush())?;
-    let zeros = [0u8; BLOCK_SIZE];
-    io(cache.write(0, &zeros, false))?;
-    let mut first = 0;
-    while first < geo.nr_segments {
-        let count = SCAN_BATCH.min(geo.nr_segments - first);
-        let reqs: Vec<WriteReq<'_>> = (first..first + count)
-            .map(|s| WriteReq {
-                sector: geo.slot_sector(s),
-                data: &zeros,
-                fua: false,
-            })
-            .collect();
-        io(cache.write_batch(&reqs))?;
-        first += count;
-    }
+    io(cache.write(0, &[0u8; BLOCK_SIZE], false))?;
+    zero_headers(cache, &geo)?;
     io(cache.flush())?;
-    let ext = SuperblockExt {
-        format_version: FORMAT_VERSION,
-        order,
-        cache_type: 0,
-        flags: 0,
-        generation,
-        cache_sectors,
-    };
     io(cache.write(0, &format::encode_superblock(&ext), true))?;
     write_records(
         cache,

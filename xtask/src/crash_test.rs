@@ -74,6 +74,13 @@ pub struct CrashTestArgs {
     /// h13, h14, lc-nochecksum); by default they all run before the seeded workloads.
     #[arg(long)]
     scenario: Option<String>,
+    /// Switch on every seed quirk in turn and hunt it (up to --zoo-budget seconds each); print a
+    /// table. Fails if any quirk is not caught.
+    #[arg(long)]
+    zoo: bool,
+    /// Seconds to hunt each quirk in --zoo.
+    #[arg(long, default_value_t = 60)]
+    zoo_budget: u64,
     /// Violations to shrink and print in full (the rest are counted).
     #[arg(long, default_value_t = 3)]
     show: usize,
@@ -134,6 +141,21 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
     }
     if let Some(case) = &args.replay {
         return replay(case, oracle);
+    }
+    if args.zoo {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let ok = crate::zoo::run(Duration::from_secs(args.zoo_budget), threads.max(1));
+        println!(
+            "crash-test: zoo {}",
+            if ok {
+                "caught every quirk"
+            } else {
+                "missed a quirk"
+            }
+        );
+        return Ok(ok);
     }
     let mut faults = FaultSet::default();
     for f in &args.faults {

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's tasks, one command each.
 
 mod crash_test;
+mod zoo;
 
 use std::process::{Command, ExitCode};
 
@@ -54,6 +55,8 @@ fn task_test() -> Result<(), String> {
         "4096",
     ]))?;
     run(Command::new(&exe).args(["crash-test", "--bounded", "4"]))?;
+    // Every seed quirk must be caught (each hunted for at most 60 s).
+    run(Command::new(&exe).args(["crash-test", "--zoo"]))?;
     Ok(())
 }
 

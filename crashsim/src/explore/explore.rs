@@ -32,6 +32,8 @@ pub struct ExploreOpts {
     pub continuation_every: u64,
     /// Stop at the first violation of this kind (shrinking); `None` explores everything.
     pub stop_at: Option<Kind>,
+    /// Stop at the first violation of any kind (the quirk zoo).
+    pub stop_at_first: bool,
     /// Violations kept in full per workload; the rest are only counted.
     pub keep_violations: usize,
     /// Stop exploring (even inside a workload) at this moment.
@@ -49,6 +51,7 @@ impl Default for ExploreOpts {
             recovery_crash: true,
             continuation_every: 16,
             stop_at: None,
+            stop_at_first: false,
             keep_violations: 16,
             deadline: None,
         }
@@ -164,10 +167,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn done(&self) -> bool {
-        let found = self
-            .opts
-            .stop_at
-            .is_some_and(|k| self.result.violations.iter().any(|v| v.finding.kind == k));
+        let found = (self.opts.stop_at_first && self.result.violation_count > 0)
+            || self
+                .opts
+                .stop_at
+                .is_some_and(|k| self.result.violations.iter().any(|v| v.finding.kind == k));
         found
             || self
                 .opts
@@ -472,8 +476,17 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
             );
             return;
         }
-        Ok((mut engine, _)) => {
-            if let Err(f) = drive(&mut engine, &world, &mut history, &mut model, &ops, 1) {
+        Ok((engine, _)) => {
+            let mut engine = Some(engine);
+            if let Err(f) = drive(
+                &mut engine,
+                ctx.config,
+                &world,
+                &mut history,
+                &mut model,
+                &ops,
+                1,
+            ) {
                 ctx.report(
                     path,
                     vec![Finding {
@@ -562,9 +575,11 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                     ModelDisk::from_bytes(recovered.observed).map_err(|e| e.to_string())?;
                 let cd = SimDevice::new(&w3, DeviceRole::Cache).map_err(|e| e.to_string())?;
                 let bd = SimDevice::new(&w3, DeviceRole::Backing).map_err(|e| e.to_string())?;
-                let (mut engine, _) = Engine::open(cd, bd, config).map_err(|e| e.to_string())?;
+                let (engine, _) = Engine::open(cd, bd, config).map_err(|e| e.to_string())?;
+                let mut engine = Some(engine);
                 drive(
                     &mut engine,
+                    config,
                     &w3,
                     &mut h3,
                     &mut model,

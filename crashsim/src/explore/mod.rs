@@ -22,3 +22,11 @@ pub use run::{drive, engine_config, initial_backing, record, sector_data, Record
 pub use scenarios::{scenario_workloads, SCENARIOS};
 pub use shrink::shrink;
 pub use workload::{continuation, generate, FaultSet, GenParams, WlConfig, WlOp, Workload};
+
+/// Names of the seed quirks this build can switch on (`engine::quirks`), for the zoo.
+pub fn quirk_names() -> Vec<&'static str> {
+    engine::quirks::Quirk::ALL
+        .iter()
+        .map(|q| q.name())
+        .collect()
+}

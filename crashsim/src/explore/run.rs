@@ -95,8 +95,12 @@ pub struct RunFailure {
 
 /// Drives `ops` on an open engine, recording client operations in the world's log and in
 /// `history`, and checking every write by reading it back against `model` (SPEC §4.1).
+///
+/// `engine` is an `Option` because a reformat replaces the engine: it is `Some` between
+/// operations; `config` is what a reformat opens the new engine with.
 pub fn drive<D: BlockDevice>(
-    engine: &mut Engine<D>,
+    engine: &mut Option<Engine<D>>,
+    config: Config,
     world: &SharedWorld,
     history: &mut History,
     model: &mut ModelDisk,
@@ -108,6 +112,14 @@ pub fn drive<D: BlockDevice>(
         detail,
     };
     for (i, op) in ops.iter().enumerate() {
+        if *op == WlOp::Reformat {
+            reformat(engine, config, world, history)
+                .map_err(|e| fail(i, format!("reformat failed: {e}")))?;
+            continue;
+        }
+        let engine = engine
+            .as_mut()
+            .ok_or_else(|| fail(i, "no engine after a failed reformat".into()))?;
         match *op {
             WlOp::Write {
                 sector,
@@ -171,12 +183,48 @@ pub fn drive<D: BlockDevice>(
                     .run_step(step)
                     .map_err(|e| fail(i, format!("step {step:?} failed: {e}")))?;
             }
+            WlOp::Reformat => unreachable!("handled before the engine is borrowed"),
         }
         engine
             .check_invariants()
             .map_err(|e| fail(i, format!("invariant broken after {op}: {e}")))?;
     }
     Ok(())
+}
+
+/// `wbcache format --force` over a cache in use, done the careful way: drain every dirty block
+/// to the backing device, shut down cleanly, format. The exported device keeps its content, so
+/// for the client it is a FLUSH (everything before it is durable once it completes).
+fn reformat<D: BlockDevice>(
+    slot: &mut Option<Engine<D>>,
+    config: Config,
+    world: &SharedWorld,
+    history: &mut History,
+) -> Result<(), String> {
+    let id = history.begin_flush().map_err(|e| e.to_string())?;
+    world.borrow_mut().client_begin(id, ClientOp::Flush);
+    let mut e = slot.take().ok_or("no engine to reformat")?;
+    e.drop_caches();
+    // Bounded: a drain needs at most a few steps per segment.
+    for _ in 0..4 {
+        e.run_due_steps().map_err(|x| x.to_string())?;
+        if !e.draining() {
+            break;
+        }
+    }
+    if e.draining() {
+        return Err("drop_caches did not finish".into());
+    }
+    let (c, b) = e.shutdown().map_err(|x| x.to_string())?;
+    world.borrow_mut().mark("reformat");
+    let cfg = Config {
+        format: FormatPolicy::Always,
+        ..config
+    };
+    let (e, _) = Engine::open(c, b, cfg).map_err(|x| x.to_string())?;
+    *slot = Some(e);
+    world.borrow_mut().client_end(id, true);
+    history.complete(id).map_err(|e| e.to_string())
 }
 
 fn client<T>(
@@ -240,8 +288,18 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
             op_index: None,
             detail: format!("open of a blank cache failed: {e}"),
         }),
-        Ok((mut engine, _)) => {
-            let r = drive(&mut engine, &world, &mut history, &mut model, ops, 0).err();
+        Ok((engine, _)) => {
+            let mut engine = Some(engine);
+            let r = drive(
+                &mut engine,
+                engine_config(config)?,
+                &world,
+                &mut history,
+                &mut model,
+                ops,
+                0,
+            )
+            .err();
             drop(engine);
             r
         }

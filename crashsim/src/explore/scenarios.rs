@@ -34,8 +34,8 @@ pub const SCENARIOS: [(&str, &str, &str); 11] = [
     ),
     (
         "h10",
-        "a format cut anywhere (of a blank device; reformatting over an old cache is not a workload op yet)",
-        "o=4,n=2,b=4,p=1,k=1,u=1,s=110;W0+8.F",
+        "a format over an old cache (drained, shut down, formatted again), cut anywhere",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=110;W0+8.W8+8.F.W0+8.X.W16+8.F",
     ),
     (
         "h11",

@@ -25,6 +25,9 @@ pub enum WlOp {
     Flush,
     /// One explicit background step.
     Step(Step),
+    /// Format the cache device again under the running device (drain, shut down, format):
+    /// the format-over-an-old-cache of hazard H10. For the client it is a FLUSH.
+    Reformat,
 }
 
 /// Named fault switches a workload runs with (see `crate::Faults`).
@@ -131,6 +134,7 @@ impl fmt::Display for WlOp {
             WlOp::Discard { sector, sectors } => write!(f, "Z{sector}+{sectors}"),
             WlOp::Flush => f.write_str("F"),
             WlOp::Step(s) => write!(f, "{}", step_letter(*s)),
+            WlOp::Reformat => f.write_str("X"),
         }
     }
 }
@@ -165,6 +169,7 @@ impl FromStr for WlOp {
             'B' if rest.is_empty() => WlOp::Step(Step::Writeback),
             'R' if rest.is_empty() => WlOp::Step(Step::Record),
             'Y' if rest.is_empty() => WlOp::Step(Step::Sync),
+            'X' if rest.is_empty() => WlOp::Reformat,
             _ => return Err(bad()),
         })
     }
@@ -367,8 +372,10 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
             }
         } else if r < 90 {
             WlOp::Step([Step::Writeback, Step::Writeback, Step::Record][rng.below(3) as usize])
-        } else {
+        } else if r < 99 {
             WlOp::Step([Step::Seal, Step::FlushSegment, Step::Sync][rng.below(3) as usize])
+        } else {
+            WlOp::Reformat
         };
         ops.push(op);
     }
@@ -432,6 +439,7 @@ mod tests {
             "beyond the device"
         );
         assert!("o=11;F".parse::<Workload>().is_err(), "bad order");
-        assert!("o=4;X".parse::<Workload>().is_err(), "bad op");
+        assert!("o=4;Q".parse::<Workload>().is_err(), "bad op");
+        assert_eq!("o=4;X".parse::<Workload>().unwrap().ops, vec![WlOp::Reformat]);
     }
 }
