@@ -27,7 +27,7 @@ impl<D: BlockDevice> Engine<D> {
             ));
         }
         if let Some(open) = &self.open_seg {
-            if open.id != self.last_sealed + 1 || open.len >= self.n.max(1) + 1 {
+            if open.id != self.last_sealed + 1 || open.len >= self.n {
                 return Err(format!(
                     "open segment {} (len {}) out of place",
                     open.id, open.len

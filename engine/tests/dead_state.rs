@@ -128,7 +128,7 @@ fn a_failed_writeback_keeps_the_data_in_the_log() {
     assert!(matches!(e.run_step(Step::Writeback), Err(Error::Io { .. })));
     assert_dead_and_refusing(&mut e);
     // Reopening replays the log: the data is still there.
-    let (c, mut b) = e.into_devices();
+    let (c, b) = e.into_devices();
     b.armed.set(false);
     let cfg = Config {
         segment_size_order: 4,

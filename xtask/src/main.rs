@@ -19,7 +19,7 @@ enum Task {
     /// Run every test of the workspace and a quick crash-test (what CI runs).
     Test,
     /// Check crash states of simulated runs against the oracles (the main job).
-    CrashTest(crash_test::CrashTestArgs),
+    CrashTest(Box<crash_test::CrashTestArgs>),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => task_test().map(|()| true),
-        Task::CrashTest(args) => crash_test::run(args),
+        Task::CrashTest(args) => crash_test::run(*args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -440,6 +440,9 @@ mod tests {
         );
         assert!("o=11;F".parse::<Workload>().is_err(), "bad order");
         assert!("o=4;Q".parse::<Workload>().is_err(), "bad op");
-        assert_eq!("o=4;X".parse::<Workload>().unwrap().ops, vec![WlOp::Reformat]);
+        assert_eq!(
+            "o=4;X".parse::<Workload>().unwrap().ops,
+            vec![WlOp::Reformat]
+        );
     }
 }
