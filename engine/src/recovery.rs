@@ -458,18 +458,17 @@ fn format_device_in_order<D: BlockDevice>(
         generation,
         cache_sectors,
     };
+    // The records of a ready, empty cache.
+    let ready = format::RecordExt {
+        last_writeback_id: 0,
+        flags: 0,
+        generation,
+    };
     if magic_first {
         io(cache.write(0, &format::encode_superblock(&ext), true))?;
         zero_headers(cache, &geo)?;
         io(cache.flush())?;
-        write_records(
-            cache,
-            &format::RecordExt {
-                last_writeback_id: 0,
-                flags: 0,
-                generation,
-            },
-        )?;
+        write_records(cache, &ready)?;
         return Ok(ext);
     }
     let marker = format::RecordExt {
@@ -485,13 +484,6 @@ fn format_device_in_order<D: BlockDevice>(
     zero_headers(cache, &geo)?;
     io(cache.flush())?;
     io(cache.write(0, &format::encode_superblock(&ext), true))?;
-    write_records(
-        cache,
-        &format::RecordExt {
-            last_writeback_id: 0,
-            flags: 0,
-            generation,
-        },
-    )?;
+    write_records(cache, &ready)?;
     Ok(ext)
 }
