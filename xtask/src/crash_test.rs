@@ -18,7 +18,7 @@ pub struct CrashTestArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Number of seeded workloads (seeds seed, seed+1, ...).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 30)]
     seeds: u64,
     /// Stop starting new workloads after this many seconds.
     #[arg(long)]
