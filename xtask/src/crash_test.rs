@@ -36,7 +36,9 @@ pub struct CrashTestArgs {
     /// garbage-torn. Lying faults must produce violations; garbage-torn must not.
     #[arg(long = "fault")]
     faults: Vec<String>,
-    /// Seed quirk to switch back on (repeatable): lc-nochecksum. Must produce violations.
+    /// Seed quirk to switch back on (repeatable): h1, h2, h3, h5, h6, h10, h12, h13, h14,
+    /// lc-nochecksum, wc-flush-order, wc-ignore-fua, dmcache-early-commit (docs/HAZARDS.md).
+    /// Must produce violations.
     #[arg(long = "quirk")]
     quirks: Vec<String>,
     /// Segment size order of the workloads (default: 4, some 5).
@@ -156,6 +158,10 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
             }
         );
         return Ok(ok);
+    }
+    let known = crashsim::explore::quirk_names();
+    if let Some(q) = args.quirks.iter().find(|q| !known.contains(&q.as_str())) {
+        return Err(format!("unknown quirk {q:?} (known: {})", known.join(", ")));
     }
     let mut faults = FaultSet::default();
     for f in &args.faults {
