@@ -153,6 +153,89 @@ fn lying_fua_is_caught() {
     });
 }
 
+/// Misdirected writes and bit rot lose durable data the engine cannot get back: the tester
+/// must say so (as an oracle violation or a refused read), not stay silent.
+#[test]
+fn misdirect_and_bit_rot_are_reported() {
+    for faults in [
+        FaultSet {
+            misdirect: true,
+            ..FaultSet::default()
+        },
+        FaultSet {
+            bit_rot: true,
+            ..FaultSet::default()
+        },
+    ] {
+        assert!(faults.breaks_contract());
+        let p = with_faults(faults, 20);
+        let opts = ExploreOpts {
+            stop_at_first: true,
+            ..ExploreOpts::default()
+        };
+        let caught: Vec<u64> = (0..6)
+            .filter(|&seed| explore_workload(&generate(seed, &p), &opts).violation_count > 0)
+            .collect();
+        assert!(
+            caught.len() >= 2,
+            "{faults:?}: only seeds {caught:?} of 0..6 report violations"
+        );
+    }
+}
+
+/// Under EIO the engine fails requests and goes dead, but never
+/// returns wrong data and never loses what it acknowledged: no violation. The fault must really
+/// fire, or this test proves nothing: some runs must end with a failed client request.
+#[test]
+fn device_errors_are_reported_never_lies() {
+    for faults in [
+        FaultSet {
+            eio_write: true,
+            ..FaultSet::default()
+        },
+        FaultSet {
+            eio_read: true,
+            ..FaultSet::default()
+        },
+    ] {
+        assert!(faults.errors_expected() && !faults.breaks_contract());
+        let p = with_faults(faults, 20);
+        let mut fired = 0;
+        // Recovery crashes and continuations are covered elsewhere; keep this test quick.
+        let opts = ExploreOpts {
+            recovery_crash: false,
+            continuation_every: 0,
+            ..ExploreOpts::default()
+        };
+        for seed in 0..8 {
+            let w = generate(seed, &p);
+            let rec = record(&w.config, &w.ops).unwrap();
+            assert!(
+                rec.failure.is_none(),
+                "{faults:?} seed {seed}: {:?}",
+                rec.failure
+            );
+            let failed = rec
+                .history
+                .ops()
+                .iter()
+                .any(|op| op.status == models::OpStatus::Failed);
+            fired += failed as u32;
+            let r = explore_workload(&w, &opts);
+            assert_eq!(
+                r.violation_count,
+                0,
+                "{faults:?} seed {seed}: {}",
+                describe(&r)
+            );
+        }
+        assert!(
+            fired >= 2,
+            "{faults:?}: the fault failed a client request in only {fired} of 8 runs"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seed quirks: each re-introduced hazard is found within a few seeds.
 

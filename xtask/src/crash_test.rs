@@ -33,7 +33,8 @@ pub struct CrashTestArgs {
     #[arg(long, value_enum, default_value_t = OracleArg::Both)]
     oracle: OracleArg,
     /// Fault switch of the simulated cache device (repeatable): lying-flush, lying-fua,
-    /// garbage-torn. Lying faults must produce violations; garbage-torn must not.
+    /// misdirect, bit-rot (must produce violations: the engine cannot survive them),
+    /// garbage-torn, eio-write, eio-read (must not: errors are reported, never lies).
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// Seed quirk to switch back on (repeatable): h1, h2, h3, h5, h6, h10, h12, h13, h14,

@@ -466,6 +466,8 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
         return;
     };
     match Engine::open(c, b, ctx.config) {
+        // An injected device error may hit the reopen itself: an error, not a lie.
+        Err(engine::Error::Io { .. }) if ctx.workload.config.faults.errors_expected() => {}
         Err(e) => {
             ctx.report(
                 path,
@@ -486,6 +488,7 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
                 &mut model,
                 &ops,
                 1,
+                ctx.workload.config.faults.errors_expected(),
             ) {
                 ctx.report(
                     path,
@@ -585,6 +588,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                     &mut model,
                     &continuation(seed, wc),
                     1,
+                    wc.faults.errors_expected(),
                 )
                 .map_err(|f| format!("continuation failed: {}", f.detail))?;
                 drop(engine);

@@ -58,13 +58,42 @@ pub fn unit_of(c: &WlConfig) -> AtomicUnit {
     }
 }
 
+/// The cache device's fault switches. Trigger points come from the seed and sit just past the
+/// format (which writes the records twice, zeroes sector 0 and every header, writes the
+/// superblock and the records again), so they hit the workload's own I/O.
 pub fn cache_faults(c: &WlConfig) -> Faults {
-    Faults {
-        lie_about_flush: c.faults.lying_flush,
-        lie_about_fua: c.faults.lying_fua,
-        garbage_in_torn_units: c.faults.garbage_torn,
+    let f = &c.faults;
+    let r = mix64(c.seed ^ 0xFA17);
+    let format_writes = c.nr_segments + 6;
+    let first_data_sector = engine::format::SUPERBLOCK_SECTORS + engine::format::SECTORS_PER_BLOCK;
+    let mut faults = Faults {
+        lie_about_flush: f.lying_flush,
+        lie_about_fua: f.lying_fua,
+        garbage_in_torn_units: f.garbage_torn,
         ..Faults::default()
+    };
+    if f.eio_write {
+        faults.write_eio_at.insert(format_writes + r % 6);
     }
+    if f.eio_read {
+        // Open reads the superblock, both records and every slot's first sector.
+        faults.read_eio_at.insert(c.nr_segments + 3 + r % 4);
+    }
+    if f.misdirect {
+        let to = engine::format::SUPERBLOCK_SECTORS + (((r >> 8) % c.nr_segments) << c.order);
+        faults.misdirect = Some(crate::Misdirect {
+            nth_write: format_writes + r % 6,
+            to_sector: to,
+        });
+    }
+    if f.bit_rot {
+        faults.bit_rot.push(crate::BitRot {
+            before_op: 2 * c.nr_segments + 12 + r % 24,
+            byte: first_data_sector * SECTOR_SIZE as u64 + (r >> 16) % 4096,
+            bit: (r >> 40) as u8 % 8,
+        });
+    }
+    faults
 }
 
 /// A world holding a cache and a backing device with the given images.
@@ -93,11 +122,22 @@ pub struct RunFailure {
     pub detail: String,
 }
 
+/// Why one operation of a drive did not go through.
+enum OpError {
+    /// The engine reported a device error (or is dead): allowed under error faults.
+    Device(String),
+    /// Wrong data, a broken invariant or a harness failure: never allowed.
+    Wrong(String),
+}
+
 /// Drives `ops` on an open engine, recording client operations in the world's log and in
 /// `history`, and checking every write by reading it back against `model` (SPEC §4.1).
 ///
 /// `engine` is an `Option` because a reformat replaces the engine: it is `Some` between
-/// operations; `config` is what a reformat opens the new engine with.
+/// operations; `config` is what a reformat opens the new engine with. With `errors_allowed`
+/// (device error faults), the first request the engine fails ends the drive: the failed write
+/// is recorded as failed (it may or may not persist) and the engine, now dead, is left as is.
+#[allow(clippy::too_many_arguments)]
 pub fn drive<D: BlockDevice>(
     engine: &mut Option<Engine<D>>,
     config: Config,
@@ -106,90 +146,108 @@ pub fn drive<D: BlockDevice>(
     model: &mut ModelDisk,
     ops: &[WlOp],
     epoch: u32,
+    errors_allowed: bool,
 ) -> Result<(), RunFailure> {
-    let fail = |i: usize, detail: String| RunFailure {
-        op_index: Some(i),
-        detail,
-    };
     for (i, op) in ops.iter().enumerate() {
-        if *op == WlOp::Reformat {
-            reformat(engine, config, world, history)
-                .map_err(|e| fail(i, format!("reformat failed: {e}")))?;
-            continue;
+        match drive_one(engine, config, world, history, model, i, *op, epoch) {
+            Ok(()) => {}
+            Err(OpError::Device(_)) if errors_allowed => return Ok(()),
+            Err(OpError::Device(detail) | OpError::Wrong(detail)) => {
+                return Err(RunFailure {
+                    op_index: Some(i),
+                    detail,
+                })
+            }
         }
-        let engine = engine
-            .as_mut()
-            .ok_or_else(|| fail(i, "no engine after a failed reformat".into()))?;
-        match *op {
-            WlOp::Write {
-                sector,
-                sectors,
-                fua,
-            } => {
-                let mut data = vec![0u8; sectors as usize * SECTOR_SIZE];
-                for (k, chunk) in data.chunks_mut(SECTOR_SIZE).enumerate() {
-                    sector_data(epoch, i, sector + k as u64, chunk);
-                }
-                let id = history
-                    .begin_write(sector, &data, fua)
-                    .map_err(|e| fail(i, e.to_string()))?;
-                client(
-                    world,
-                    id,
-                    ClientOp::Write {
-                        sector,
-                        sectors: sectors as u64,
-                        fua,
-                    },
-                    || engine.write(sector, &data, fua),
-                )
-                .map_err(|e| fail(i, format!("write {op} failed: {e}")))?;
-                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
-                model
-                    .write(sector, &data)
-                    .map_err(|e| fail(i, e.to_string()))?;
-                read_back(engine, model, sector, sectors as u64).map_err(|e| fail(i, e))?;
-            }
-            WlOp::Discard { sector, sectors } => {
-                let id = history
-                    .begin_write_zeroes(sector, sectors as u64, false)
-                    .map_err(|e| fail(i, e.to_string()))?;
-                client(
-                    world,
-                    id,
-                    ClientOp::Write {
-                        sector,
-                        sectors: sectors as u64,
-                        fua: false,
-                    },
-                    || engine.discard(sector, sectors as u64),
-                )
-                .map_err(|e| fail(i, format!("discard {op} failed: {e}")))?;
-                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
-                model
-                    .write_zeroes(sector, sectors as u64)
-                    .map_err(|e| fail(i, e.to_string()))?;
-                read_back(engine, model, sector, sectors as u64).map_err(|e| fail(i, e))?;
-            }
-            WlOp::Flush => {
-                let id = history.begin_flush().map_err(|e| fail(i, e.to_string()))?;
-                client(world, id, ClientOp::Flush, || engine.flush())
-                    .map_err(|e| fail(i, format!("flush failed: {e}")))?;
-                history.complete(id).map_err(|e| fail(i, e.to_string()))?;
-            }
-            WlOp::Step(step) => {
-                world.borrow_mut().mark(format!("step {step:?}"));
-                engine
-                    .run_step(step)
-                    .map_err(|e| fail(i, format!("step {step:?} failed: {e}")))?;
-            }
-            WlOp::Reformat => unreachable!("handled before the engine is borrowed"),
-        }
-        engine
-            .check_invariants()
-            .map_err(|e| fail(i, format!("invariant broken after {op}: {e}")))?;
     }
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive_one<D: BlockDevice>(
+    slot: &mut Option<Engine<D>>,
+    config: Config,
+    world: &SharedWorld,
+    history: &mut History,
+    model: &mut ModelDisk,
+    i: usize,
+    op: WlOp,
+    epoch: u32,
+) -> Result<(), OpError> {
+    let wrong = |e: String| OpError::Wrong(e);
+    if op == WlOp::Reformat {
+        return reformat(slot, config, world, history)
+            .map_err(|e| OpError::Device(format!("reformat failed: {e}")));
+    }
+    let engine = slot
+        .as_mut()
+        .ok_or_else(|| wrong("no engine after a failed reformat".into()))?;
+    match op {
+        WlOp::Write {
+            sector,
+            sectors,
+            fua,
+        } => {
+            let mut data = vec![0u8; sectors as usize * SECTOR_SIZE];
+            for (k, chunk) in data.chunks_mut(SECTOR_SIZE).enumerate() {
+                sector_data(epoch, i, sector + k as u64, chunk);
+            }
+            let id = history
+                .begin_write(sector, &data, fua)
+                .map_err(|e| wrong(e.to_string()))?;
+            let what = ClientOp::Write {
+                sector,
+                sectors: sectors as u64,
+                fua,
+            };
+            if let Err(e) = client(world, id, what, || engine.write(sector, &data, fua)) {
+                history.fail(id).map_err(|e| wrong(e.to_string()))?;
+                return Err(OpError::Device(format!("write {op} failed: {e}")));
+            }
+            history.complete(id).map_err(|e| wrong(e.to_string()))?;
+            model
+                .write(sector, &data)
+                .map_err(|e| wrong(e.to_string()))?;
+            read_back(engine, model, sector, sectors as u64)?;
+        }
+        WlOp::Discard { sector, sectors } => {
+            let id = history
+                .begin_write_zeroes(sector, sectors as u64, false)
+                .map_err(|e| wrong(e.to_string()))?;
+            let what = ClientOp::Write {
+                sector,
+                sectors: sectors as u64,
+                fua: false,
+            };
+            if let Err(e) = client(world, id, what, || engine.discard(sector, sectors as u64)) {
+                history.fail(id).map_err(|e| wrong(e.to_string()))?;
+                return Err(OpError::Device(format!("discard {op} failed: {e}")));
+            }
+            history.complete(id).map_err(|e| wrong(e.to_string()))?;
+            model
+                .write_zeroes(sector, sectors as u64)
+                .map_err(|e| wrong(e.to_string()))?;
+            read_back(engine, model, sector, sectors as u64)?;
+        }
+        WlOp::Flush => {
+            let id = history.begin_flush().map_err(|e| wrong(e.to_string()))?;
+            if let Err(e) = client(world, id, ClientOp::Flush, || engine.flush()) {
+                history.fail(id).map_err(|e| wrong(e.to_string()))?;
+                return Err(OpError::Device(format!("flush failed: {e}")));
+            }
+            history.complete(id).map_err(|e| wrong(e.to_string()))?;
+        }
+        WlOp::Step(step) => {
+            world.borrow_mut().mark(format!("step {step:?}"));
+            engine
+                .run_step(step)
+                .map_err(|e| OpError::Device(format!("step {step:?} failed: {e}")))?;
+        }
+        WlOp::Reformat => unreachable!("handled before the engine is borrowed"),
+    }
+    engine
+        .check_invariants()
+        .map_err(|e| wrong(format!("invariant broken after {op}: {e}")))
 }
 
 /// `wbcache format --force` over a cache in use, done the careful way: drain every dirty block
@@ -239,26 +297,30 @@ fn client<T>(
     r
 }
 
+/// Reads a range back and compares it with the model: a failed read is a device error (allowed
+/// under error faults), different data is a lie (never allowed).
 fn read_back<D: BlockDevice>(
     engine: &mut Engine<D>,
     model: &ModelDisk,
     sector: u64,
     sectors: u64,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     let mut got = vec![0u8; sectors as usize * SECTOR_SIZE];
     engine
         .read(sector, &mut got)
-        .map_err(|e| format!("read-back failed: {e}"))?;
-    let want = model.read_vec(sector, sectors).map_err(|e| e.to_string())?;
+        .map_err(|e| OpError::Device(format!("read-back failed: {e}")))?;
+    let want = model
+        .read_vec(sector, sectors)
+        .map_err(|e| OpError::Wrong(e.to_string()))?;
     if got != want {
         let first = got
             .chunks(SECTOR_SIZE)
             .zip(want.chunks(SECTOR_SIZE))
             .position(|(a, b)| a != b);
-        return Err(format!(
+        return Err(OpError::Wrong(format!(
             "read-back of {sector}+{sectors} differs from the last write at sector {}",
             sector + first.unwrap_or(0) as u64
-        ));
+        )));
     }
     Ok(())
 }
@@ -284,6 +346,8 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
     let back = SimDevice::new(&world, DeviceRole::Backing).map_err(|e| e.to_string())?;
     world.borrow_mut().mark("open");
     let failure = match Engine::open(cache, back, engine_config(config)?) {
+        // An injected device error may hit the format itself: an error, not a lie.
+        Err(engine::Error::Io { .. }) if config.faults.errors_expected() => None,
         Err(e) => Some(RunFailure {
             op_index: None,
             detail: format!("open of a blank cache failed: {e}"),
@@ -298,6 +362,7 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
                 &mut model,
                 ops,
                 0,
+                config.faults.errors_expected(),
             )
             .err();
             drop(engine);

@@ -30,7 +30,8 @@ pub enum WlOp {
     Reformat,
 }
 
-/// Named fault switches a workload runs with (see `crate::Faults`).
+/// Named fault switches a workload runs with (see `crate::Faults`). Where a fault triggers
+/// (which operation, which sector) is derived from the workload's seed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FaultSet {
     /// The cache device acknowledges flushes it drops: must be caught as violations.
@@ -39,43 +40,67 @@ pub struct FaultSet {
     pub lying_fua: bool,
     /// Torn units hold garbage instead of old content: must be survived.
     pub garbage_torn: bool,
+    /// One cache-device write fails with EIO: the engine must report it and go dead; reads may
+    /// fail, never lie; nothing acknowledged is lost.
+    pub eio_write: bool,
+    /// One cache-device read fails with EIO: as above.
+    pub eio_read: bool,
+    /// One cache-device write lands in another slot: silent loss the oracles must catch.
+    pub misdirect: bool,
+    /// A bit of a durable cached block flips: detected, but durable data is lost, so the
+    /// oracles must report it.
+    pub bit_rot: bool,
 }
 
 impl FaultSet {
-    pub const NAMES: [&'static str; 3] = ["lying-flush", "lying-fua", "garbage-torn"];
+    pub const NAMES: [&'static str; 7] = [
+        "lying-flush",
+        "lying-fua",
+        "garbage-torn",
+        "eio-write",
+        "eio-read",
+        "misdirect",
+        "bit-rot",
+    ];
+
+    fn flag_mut(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "lying-flush" => &mut self.lying_flush,
+            "lying-fua" => &mut self.lying_fua,
+            "garbage-torn" => &mut self.garbage_torn,
+            "eio-write" => &mut self.eio_write,
+            "eio-read" => &mut self.eio_read,
+            "misdirect" => &mut self.misdirect,
+            "bit-rot" => &mut self.bit_rot,
+            _ => return None,
+        })
+    }
 
     pub fn set(&mut self, name: &str) -> Result<(), String> {
-        match name {
-            "lying-flush" => self.lying_flush = true,
-            "lying-fua" => self.lying_fua = true,
-            "garbage-torn" => self.garbage_torn = true,
-            _ => {
-                return Err(format!(
-                    "unknown fault {name:?} (known: {})",
-                    Self::NAMES.join(", ")
-                ))
-            }
-        }
+        let flag = self
+            .flag_mut(name)
+            .ok_or_else(|| format!("unknown fault {name:?} (known: {})", Self::NAMES.join(", ")))?;
+        *flag = true;
         Ok(())
     }
 
     /// Faults under which the engine cannot keep the contract: violations are expected.
     pub fn breaks_contract(&self) -> bool {
-        self.lying_flush || self.lying_fua
+        self.lying_flush || self.lying_fua || self.misdirect || self.bit_rot
+    }
+
+    /// Faults that make device operations fail: client requests may fail (the engine goes
+    /// dead), but what succeeds must still be right.
+    pub fn errors_expected(&self) -> bool {
+        self.eio_write || self.eio_read || self.bit_rot
     }
 
     fn names(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.lying_flush {
-            v.push("lying-flush");
-        }
-        if self.lying_fua {
-            v.push("lying-fua");
-        }
-        if self.garbage_torn {
-            v.push("garbage-torn");
-        }
-        v
+        let mut copy = *self;
+        Self::NAMES
+            .into_iter()
+            .filter(|n| copy.flag_mut(n).is_some_and(|f| *f))
+            .collect()
     }
 }
 
