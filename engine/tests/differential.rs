@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
-use engine::{Config, Engine, FormatPolicy, MemDevice, Status, Step, Tunables};
+use engine::{Config, Engine, FormatPolicy, MemDevice, RecoveryReport, Status, Step, Tunables};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 
@@ -388,6 +388,19 @@ impl Case<'_> {
     }
 
     /// Checks a recovered device against SPEC §4.3 and makes it the new model.
+    /// A power cut in which the media kept every completed write (MemDevice has no volatile
+    /// cache), then recovery with `pool` RAM buffers. Returns the status before the cut.
+    fn cut_and_reopen(&mut self, pool: usize) -> Result<(Status, RecoveryReport), engine::Error> {
+        let before = self.engine.status();
+        let cfg = self.config(pool, self.engine.tunables());
+        let engine = std::mem::replace(&mut self.engine, placeholder());
+        let (cache, backing) = engine.into_devices();
+        let (engine, report) = Engine::open(cache, backing, cfg)?;
+        self.engine = engine;
+        bump(&self.cov.cuts);
+        Ok((before, report))
+    }
+
     fn check_recovered(&mut self, i: usize, got: Vec<u8>) -> Result<(), TestCaseError> {
         let mut lossy = false;
         for (s, sec) in got.chunks_exact(SECTOR_SIZE).enumerate() {
@@ -552,14 +565,7 @@ impl Case<'_> {
             }
             Op::FlushCut { pool } => {
                 self.engine.flush().map_err(ctx)?;
-                let before = self.engine.status();
-                let tunables = self.engine.tunables();
-                let cfg = self.config(pool, tunables);
-                let engine = std::mem::replace(&mut self.engine, placeholder());
-                let (cache, backing) = engine.into_devices();
-                let (engine, report) = Engine::open(cache, backing, cfg).map_err(ctx)?;
-                self.engine = engine;
-                bump(&self.cov.cuts);
+                let (before, report) = self.cut_and_reopen(pool).map_err(ctx)?;
                 prop_assert!(!report.formatted);
                 prop_assert_eq!(report.record, before.durable_record_id, "{:?}", report);
                 prop_assert_eq!(report.last_applied, before.last_sealed_id, "{:?}", report);
@@ -572,14 +578,7 @@ impl Case<'_> {
                 )?;
             }
             Op::Cut { pool } => {
-                let before = self.engine.status();
-                let tunables = self.engine.tunables();
-                let cfg = self.config(pool, tunables);
-                let engine = std::mem::replace(&mut self.engine, placeholder());
-                let (cache, backing) = engine.into_devices();
-                let (engine, report) = Engine::open(cache, backing, cfg).map_err(ctx)?;
-                self.engine = engine;
-                bump(&self.cov.cuts);
+                let (before, report) = self.cut_and_reopen(pool).map_err(ctx)?;
                 // The media kept every completed write: replay applies every segment that was
                 // written to the cache device, and nothing is stale.
                 prop_assert_eq!(report.record, before.durable_record_id, "{:?}", report);
