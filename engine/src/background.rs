@@ -318,6 +318,16 @@ impl<D: BlockDevice> Engine<D> {
         })?;
         Ok(self.into_devices())
     }
+
+    /// Clean shutdown as [`Engine::shutdown`], returning every device (cache, backing, plog).
+    /// The plog needs nothing: everything it held is durable on the cache device now.
+    pub fn shutdown_all(mut self) -> Result<(D, D, Option<D>)> {
+        self.guarded(|e| {
+            e.make_all_durable()?;
+            e.write_record()
+        })?;
+        Ok(self.into_all_devices())
+    }
 }
 
 #[cfg(test)]

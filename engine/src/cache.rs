@@ -118,6 +118,8 @@ pub struct Engine<D: BlockDevice> {
     pub(crate) draining: bool,
     pub(crate) dead: Option<String>,
     pub(crate) stats: Stats,
+    /// Type 1: the persistent log. `None` in type 0.
+    pub(crate) plog: Option<crate::plog::Plog<D>>,
     #[cfg(feature = "quirks")]
     pub(crate) quirks: crate::quirks::Quirks,
 }
@@ -161,8 +163,23 @@ impl<D: BlockDevice> Engine<D> {
     }
 
     /// Gives the devices back (cache, backing) without any further I/O: what a power cut does.
+    /// A type-1 cache's plog device is dropped; [`Engine::into_all_devices`] keeps it.
     pub fn into_devices(self) -> (D, D) {
         (self.cache, self.backing)
+    }
+
+    /// Gives every device back (cache, backing, plog) without any further I/O.
+    pub fn into_all_devices(self) -> (D, D, Option<D>) {
+        (self.cache, self.backing, self.plog.map(|p| p.dev))
+    }
+
+    /// 0: RAM buffers only; 1: with a persistent log.
+    pub fn cache_type(&self) -> u8 {
+        self.plog.is_some() as u8
+    }
+
+    pub fn plog_device(&self) -> Option<&D> {
+        self.plog.as_ref().map(|p| &p.dev)
     }
 
     // ----- guards -----
@@ -264,7 +281,7 @@ impl<D: BlockDevice> Engine<D> {
                 e.write_piece(block, first, &data[off..off + count * SECTOR_SIZE])
             })?;
             if fua && !quirk!(e, WcIgnoresFua) {
-                e.make_all_durable()?;
+                e.make_acknowledged_durable()?;
             }
             Ok(())
         })
@@ -272,7 +289,7 @@ impl<D: BlockDevice> Engine<D> {
 
     /// Client FLUSH: every write acknowledged before it is durable when it returns.
     pub fn flush(&mut self) -> Result<()> {
-        self.guarded(|e| e.make_all_durable())
+        self.guarded(|e| e.make_acknowledged_durable())
     }
 
     /// Discard: the sectors read as zeros afterwards, before and after a crash, exactly as if
@@ -307,7 +324,7 @@ impl<D: BlockDevice> Engine<D> {
                 e.write_piece(block, first, &ZEROS[..count * SECTOR_SIZE])
             })?;
             if fua {
-                e.make_all_durable()?;
+                e.make_acknowledged_durable()?;
             }
             Ok(())
         })
@@ -390,7 +407,16 @@ impl<D: BlockDevice> Engine<D> {
         Ok(())
     }
 
+    /// One accepted write piece: into the open segment, then (type 1) into the plog.
     fn write_piece(&mut self, block: u64, first: usize, data: &[u8]) -> Result<()> {
+        self.plog_make_room(data.len() / SECTOR_SIZE);
+        let id = self.place_piece(block, first, data)?;
+        self.plog_append(id, block, first, data)
+    }
+
+    /// Puts a write piece into the open segment (opening one if needed); returns the id of the
+    /// segment it went into. Recovery rebuilds segments from the plog through this very path.
+    pub(crate) fn place_piece(&mut self, block: u64, first: usize, data: &[u8]) -> Result<u64> {
         let count = data.len() / SECTOR_SIZE;
         let bits = sector_mask(first, count);
         let full = count == SECTORS_PER_BLOCK as usize;
@@ -402,9 +428,10 @@ impl<D: BlockDevice> Engine<D> {
                 if self.slots[self.index.slot_of(idx) as usize].id == open.id {
                     let at = (1 + self.index.pos_of(idx)) * BLOCK_SIZE + byte_off;
                     open.buf[at..at + data.len()].copy_from_slice(data);
+                    let id = open.id;
                     self.index.get_mut(idx).dirty |= bits;
                     self.stats.count(true, true, true, full);
-                    return Ok(());
+                    return Ok(id);
                 }
             }
         }
@@ -460,7 +487,7 @@ impl<D: BlockDevice> Engine<D> {
         if open.len == self.n {
             self.seal_open();
         }
-        Ok(())
+        Ok(open_id)
     }
 
     // ----- the segment pipeline -----
@@ -475,17 +502,8 @@ impl<D: BlockDevice> Engine<D> {
         }
         let id = self.last_sealed + 1;
         self.make_room_for(id)?;
-        // Bounded: each pass writes one sealed segment and frees its buffer.
-        for _ in 0..=self.pool_size {
-            if !self.free_bufs.is_empty() {
-                break;
-            }
-            self.write_oldest_sealed()?;
-        }
-        let buf = self
-            .free_bufs
-            .pop()
-            .expect("a RAM buffer is free after writing sealed ones");
+        self.plog_take_region(id)?;
+        let buf = self.take_free_buffer()?;
         let slot = self.geo.slot_of(id);
         assert_eq!(
             self.index.live_in_slot(slot),
@@ -495,6 +513,33 @@ impl<D: BlockDevice> Engine<D> {
         self.slots[slot as usize] = SlotInfo { id, len: 0 };
         self.open_seg = Some(RamSegment { id, buf, len: 0 });
         Ok(())
+    }
+
+    /// A free RAM buffer, writing sealed segments out until one is free.
+    pub(crate) fn take_free_buffer(&mut self) -> Result<Box<[u8]>> {
+        // Bounded: each pass writes one sealed segment and frees its buffer.
+        for _ in 0..=self.pool_size {
+            if !self.free_bufs.is_empty() {
+                break;
+            }
+            self.write_oldest_sealed()?;
+        }
+        Ok(self
+            .free_bufs
+            .pop()
+            .expect("a RAM buffer is free after writing sealed ones"))
+    }
+
+    /// Queues a segment image read back from the cache device (already sealed and applied to
+    /// the index) as if it had just been sealed: recovery rewrites it with the rebuilt ones.
+    pub(crate) fn push_loaded_segment(&mut self, id: u64, buf: Box<[u8]>, len: usize) {
+        assert!(
+            self.open_seg.is_none(),
+            "no open segment while recovery loads"
+        );
+        assert_eq!(id, self.last_sealed + 1, "segments are sealed in id order");
+        self.last_sealed = id;
+        self.sealed.push_back(RamSegment { id, buf, len });
     }
 
     /// Seals the open segment: fills in metablocks, CRCs, id, length and checksum, and queues it

@@ -48,8 +48,25 @@ pub enum Error {
     #[error("cache device has format version {0}; this build reads version 1")]
     UnsupportedVersion(u32),
 
-    #[error("cache device is of type {0}, which needs a persistent-log device")]
+    #[error("cache device is of type {0}; this build knows types 0 (RAM buffers) and 1 (plog)")]
     UnsupportedType(u8),
+
+    #[error("cache device is of type 1 and needs its plog device, which was not given")]
+    PlogMissing,
+
+    #[error(
+        "a plog device was given but the cache device is of type 0 (formatted without a plog)"
+    )]
+    PlogUnexpected,
+
+    #[error("plog device belongs to another cache: its generation is {plog:#x}, the cache device's is {cache:#x}")]
+    PlogMismatch { cache: u64, plog: u64 },
+
+    #[error("plog device was formatted with {formatted} sectors but now has {actual}; refusing to guess its geometry")]
+    PlogResized { formatted: u64, actual: u64 },
+
+    #[error("plog device geometry: {0}")]
+    PlogGeometry(#[from] crate::format::plog::PlogGeometryError),
 
     #[error("segment {id} in slot {slot} maps backing sector {sector}, outside the {backing_sectors}-sector backing device (wrong backing device?)")]
     SegmentOutOfRange {

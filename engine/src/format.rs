@@ -9,6 +9,8 @@
 //! live where upstream ignores bytes: a self-validating superblock extension inside sector 0 and
 //! a per-block CRC in the metablock padding.
 
+pub mod plog;
+
 pub const SECTOR_SIZE: usize = 512;
 pub const BLOCK_SIZE: usize = 4096;
 pub const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / SECTOR_SIZE) as u64;

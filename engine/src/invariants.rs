@@ -49,6 +49,27 @@ impl<D: BlockDevice> Engine<D> {
                 self.pool_size
             ));
         }
+        if let Some(p) = &self.plog {
+            let regions = p.geo().nr_regions as u64;
+            if p.open_id > newest {
+                return Err(format!(
+                    "plog appends to segment {} past the newest {newest}",
+                    p.open_id
+                ));
+            }
+            if p.head > p.geo().region_sectors as u64 {
+                return Err(format!("plog head {} past the region end", p.head));
+            }
+            if newest.saturating_sub(regions) > self.last_durable
+                && !crate::cache::quirk!(self, H7PlogReuseBeforeDurable)
+            {
+                return Err(format!(
+                    "segment {newest} took the plog region of segment {}, which is not durable (last durable {})",
+                    newest - regions,
+                    self.last_durable
+                ));
+            }
+        }
         self.index.check()?;
         for slot in 0..nr {
             if self.index.live_in_slot(slot) == 0 {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 mod invariants;
+mod plog;
 #[cfg(feature = "quirks")]
 pub mod quirks;
 pub mod recovery;
@@ -22,6 +23,6 @@ pub use background::{Step, StepOutcome};
 pub use cache::{Config, Engine, FormatPolicy};
 pub use device::{BlockDevice, DeviceRole, IoError, IoOp, MemDevice, ReadReq, WriteReq};
 pub use error::{Error, Result};
-pub use recovery::{format_device, RecoveryReport};
+pub use recovery::{format_device, format_device_with_plog, RecoveryReport};
 pub use status::{Stats, Status};
 pub use tunables::Tunables;

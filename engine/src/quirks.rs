@@ -42,10 +42,22 @@ pub enum Quirk {
     /// dm-cache: the mapping is committed before the copied data is flushed; here, writeback
     /// advances (and the record may pass) without flushing the backing device.
     DmCacheCommitBeforeFlush,
+    /// H4: plog entries are not tied to an epoch: stale entries of a reused id (left by a
+    /// recovery that stopped before them) are replayed.
+    H4PlogStaleEntries,
+    /// H7: a plog region is reused once its previous segment is written to the cache device,
+    /// before that write is durable.
+    H7PlogReuseBeforeDurable,
+    /// H8: plog replay takes every region with entries over the cache log, without checking that
+    /// the run before it was complete: a valid cache segment is replaced by a shorter rebuild.
+    H8PlogRewritesCache,
+    /// H9: the number of plog regions is derived from `nr_rambuf_pool` on every start instead of
+    /// being stored.
+    H9PlogGeometryFromTunables,
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 13] = [
+    pub const ALL: [Quirk; 17] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -59,6 +71,10 @@ impl Quirk {
         Quirk::WcFlushBeforeData,
         Quirk::WcIgnoresFua,
         Quirk::DmCacheCommitBeforeFlush,
+        Quirk::H4PlogStaleEntries,
+        Quirk::H7PlogReuseBeforeDurable,
+        Quirk::H8PlogRewritesCache,
+        Quirk::H9PlogGeometryFromTunables,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +92,10 @@ impl Quirk {
             Quirk::WcFlushBeforeData => "wc-flush-order",
             Quirk::WcIgnoresFua => "wc-ignore-fua",
             Quirk::DmCacheCommitBeforeFlush => "dmcache-early-commit",
+            Quirk::H4PlogStaleEntries => "h4",
+            Quirk::H7PlogReuseBeforeDurable => "h7",
+            Quirk::H8PlogRewritesCache => "h8",
+            Quirk::H9PlogGeometryFromTunables => "h9",
         }
     }
 

@@ -38,14 +38,32 @@ pub struct RecoveryReport {
     pub dirty_blocks: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Type 1: segments rebuilt from plog entries, and the entries written again.
+    pub plog_segments_rebuilt: u64,
+    pub plog_entries_replayed: u64,
+    /// Type 1: regions past the recovered end voided so a repeated recovery decides the same.
+    pub plog_regions_voided: u64,
+    /// Type 1: the plog epoch the cache runs in after recovery (0 in type 0).
+    pub plog_epoch: u64,
 }
 
 /// Slots read per batch while scanning headers: bounds memory for huge caches.
 const SCAN_BATCH: u64 = 256;
 
 impl<D: BlockDevice> Engine<D> {
-    /// Opens the cache: formats or recovers `cache` in front of `backing`.
-    pub fn open(mut cache: D, backing: D, cfg: Config) -> Result<(Self, RecoveryReport)> {
+    /// Opens a type-0 cache: formats or recovers `cache` in front of `backing`.
+    pub fn open(cache: D, backing: D, cfg: Config) -> Result<(Self, RecoveryReport)> {
+        Self::open_with_plog(cache, backing, None, cfg)
+    }
+
+    /// Opens a cache with or without a plog device. Formatting with a plog makes a type-1
+    /// cache; a type-1 cache must be opened with its plog and a type-0 cache without one.
+    pub fn open_with_plog(
+        mut cache: D,
+        backing: D,
+        mut plog: Option<D>,
+        cfg: Config,
+    ) -> Result<(Self, RecoveryReport)> {
         if cfg.nr_rambuf_pool == 0 || cfg.nr_rambuf_pool > 1024 {
             return Err(Error::InvalidPool(cfg.nr_rambuf_pool));
         }
@@ -85,6 +103,7 @@ impl<D: BlockDevice> Engine<D> {
             let magic_first = false;
             let ext = format_device_in_order(
                 &mut cache,
+                plog.as_mut(),
                 cfg.segment_size_order,
                 cfg.generation,
                 magic_first,
@@ -113,15 +132,57 @@ impl<D: BlockDevice> Engine<D> {
                         actual: cache_sectors,
                     });
                 }
-                if ext.cache_type != 0 {
-                    return Err(Error::UnsupportedType(ext.cache_type));
+                match (ext.cache_type, plog.is_some()) {
+                    (0, false) | (1, true) => {}
+                    (0, true) => return Err(Error::PlogUnexpected),
+                    (1, false) => return Err(Error::PlogMissing),
+                    (t, _) => return Err(Error::UnsupportedType(t)),
                 }
                 (ext.order, ext.generation)
             }
             None => {
+                if plog.is_some() {
+                    return Err(Error::PlogUnexpected);
+                }
                 report.upstream_image = true;
                 (format::UPSTREAM_ORDER, 0)
             }
+        };
+        let plog = match plog {
+            Some(mut dev) => {
+                #[cfg(feature = "quirks")]
+                let (ignore_generation, regions_from_pool) = (
+                    cfg.quirks.has(crate::quirks::Quirk::H10MagicFirst)
+                        || cfg.quirks.has(crate::quirks::Quirk::H4PlogStaleEntries),
+                    cfg.quirks
+                        .has(crate::quirks::Quirk::H9PlogGeometryFromTunables),
+                );
+                #[cfg(not(feature = "quirks"))]
+                let (ignore_generation, regions_from_pool) = (false, false);
+                #[allow(unused_mut)]
+                let mut sb =
+                    crate::plog::open_superblock(&mut dev, generation, order, ignore_generation)?;
+                if regions_from_pool {
+                    // The seed sized the plog from nr_rambuf_pool on every start.
+                    let fit = (dev.size_sectors() - format::plog::PLOG_FIRST_REGION_SECTOR)
+                        / sb.geometry.region_sectors as u64;
+                    sb.geometry.nr_regions =
+                        (cfg.nr_rambuf_pool as u64 + 1).clamp(2, fit.max(2)) as u32;
+                }
+                report.plog_epoch = sb.epoch;
+                Some(crate::plog::Plog {
+                    dev,
+                    sb,
+                    open_id: 0,
+                    head: 0,
+                    entries: 0,
+                    prev_entries: 0,
+                    unflushed: false,
+                    entries_appended: 0,
+                    flushes: 0,
+                })
+            }
+            None => None,
         };
         let geo = Geometry::new(order, cache_sectors)?;
         let n = geo.blocks_per_segment();
@@ -152,6 +213,7 @@ impl<D: BlockDevice> Engine<D> {
             draining: false,
             dead: None,
             stats: Stats::default(),
+            plog,
             #[cfg(feature = "quirks")]
             quirks: cfg.quirks,
         };
@@ -161,6 +223,14 @@ impl<D: BlockDevice> Engine<D> {
         };
         engine.replay(record, &mut report)?;
         Self::backing_io(engine.backing.flush())?;
+        if engine.is_type1() {
+            if !report.formatted {
+                engine.plog_new_epoch()?;
+            }
+            report.plog_epoch = engine.plog.as_ref().map_or(0, |p| p.sb.epoch);
+        }
+        // Rebuilding segments went through the write path; the counters are for clients.
+        engine.stats = Stats::default();
         report.dirty_blocks = engine.index.live_total();
         Ok((engine, report))
     }
@@ -255,15 +325,31 @@ impl<D: BlockDevice> Engine<D> {
             }
             expected += 1;
         }
+        // Type 1: go on into the plog where the cache log ends; then void what lies past the
+        // end of the plan before anything else is written, so that a recovery cut short and run
+        // again makes the same plan.
+        let plan = if self.is_type1() {
+            let plan = self.plog_plan(expected, &slot_ids, report)?;
+            let end = plan.last().map_or(expected - 1, |p| p.id());
+            self.plog_void_after(end, report)?;
+            plan
+        } else {
+            Vec::new()
+        };
+        let kept_on_cache = |id: u64| {
+            plan.iter()
+                .any(|p| matches!(p, crate::plog::PlanItem::Cache { id: c, .. } if *c == id))
+        };
+
         let last_applied = expected - 1;
-        report.last_applied = last_applied.max(record);
-        report.segments_applied = last_applied.saturating_sub(record);
+        report.last_applied = plan.last().map_or(last_applied, |p| p.id()).max(record);
+        report.segments_applied = report.last_applied - record;
 
         // Invalidate stale segments at or past the first missing id (H3), durably, before any
-        // new segment can reuse those ids.
+        // new segment can reuse those ids. Valid segments the plan takes stay (H8).
         let zeros = [0u8; BLOCK_SIZE];
         let stale: Vec<u64> = (0..nr)
-            .filter(|&s| slot_ids[s as usize] >= expected)
+            .filter(|&s| slot_ids[s as usize] >= expected && !kept_on_cache(slot_ids[s as usize]))
             .collect();
         if !stale.is_empty() && !quirk!(self, H3NoStaleInvalidation) {
             let reqs: Vec<WriteReq<'_>> = stale
@@ -287,12 +373,20 @@ impl<D: BlockDevice> Engine<D> {
         self.last_durable = last;
         self.last_writeback = record;
         self.durable_record = record;
+        if !plan.is_empty() {
+            // Rebuild, then make it all durable on the cache device: only then may the plog
+            // move to a new epoch and so drop the entries.
+            self.plog_execute(&plan, report)?;
+            let before = self.last_durable;
+            self.make_all_durable()?;
+            report.bytes_written += (self.last_durable - before) * self.geo.segment_bytes() as u64;
+        }
         Ok(())
     }
 
     /// Reads the segment in `slot`, expected to carry `id`, into `segbuf`. Returns its length if
     /// the header and the checksum are right, `None` if it is torn or not that segment.
-    fn load_segment(
+    pub(crate) fn load_segment(
         &mut self,
         slot: u64,
         id: u64,
@@ -319,7 +413,13 @@ impl<D: BlockDevice> Engine<D> {
     }
 
     /// Applies one verified segment to the index: newest copy wins.
-    fn apply_segment(&mut self, id: u64, slot: u64, seg: &[u8], len: usize) -> Result<()> {
+    pub(crate) fn apply_segment(
+        &mut self,
+        id: u64,
+        slot: u64,
+        seg: &[u8],
+        len: usize,
+    ) -> Result<()> {
         self.slots[slot as usize] = SlotInfo { id, len };
         for j in 0..len {
             let m = format::decode_metablock(seg, j);
@@ -436,13 +536,26 @@ pub fn format_device<D: BlockDevice>(
     order: u8,
     generation: u64,
 ) -> Result<SuperblockExt> {
-    format_device_in_order(cache, order, generation, false)
+    format_device_in_order(cache, None, order, generation, false)
+}
+
+/// Formats a type-1 cache: as [`format_device`], and the plog device gets its superblock for
+/// this generation (in a new epoch) after the old segments are invalidated and before the cache
+/// superblock makes the device usable (H10): no entry of an older cache can be replayed.
+pub fn format_device_with_plog<D: BlockDevice>(
+    cache: &mut D,
+    plog: &mut D,
+    order: u8,
+    generation: u64,
+) -> Result<SuperblockExt> {
+    format_device_in_order(cache, Some(plog), order, generation, false)
 }
 
 /// `magic_first` is seed hazard H10 (quirk `h10`): the superblock goes out before anything old
 /// is invalidated and without the formatting marker.
 fn format_device_in_order<D: BlockDevice>(
     cache: &mut D,
+    mut plog: Option<&mut D>,
     order: u8,
     generation: u64,
     magic_first: bool,
@@ -450,10 +563,14 @@ fn format_device_in_order<D: BlockDevice>(
     let io = |r| Engine::<D>::cache_io(r);
     let cache_sectors = cache.size_sectors();
     let geo = Geometry::new(order, cache_sectors)?;
+    if let Some(p) = plog.as_deref_mut() {
+        // Refuse a plog too small before anything is written.
+        format::plog::PlogGeometry::for_device(p.size_sectors(), geo.blocks_per_segment())?;
+    }
     let ext = SuperblockExt {
         format_version: FORMAT_VERSION,
         order,
-        cache_type: 0,
+        cache_type: plog.is_some() as u8,
         flags: 0,
         generation,
         cache_sectors,
@@ -469,6 +586,10 @@ fn format_device_in_order<D: BlockDevice>(
         zero_headers(cache, &geo)?;
         io(cache.flush())?;
         write_records(cache, &ready)?;
+        if let Some(p) = plog {
+            // The seed's order: the old plog is still there while the cache is usable.
+            crate::plog::format_plog(p, order, generation)?;
+        }
         return Ok(ext);
     }
     let marker = format::RecordExt {
@@ -483,6 +604,9 @@ fn format_device_in_order<D: BlockDevice>(
     io(cache.write(0, &[0u8; BLOCK_SIZE], false))?;
     zero_headers(cache, &geo)?;
     io(cache.flush())?;
+    if let Some(p) = plog {
+        crate::plog::format_plog(p, order, generation)?;
+    }
     io(cache.write(0, &format::encode_superblock(&ext), true))?;
     write_records(cache, &ready)?;
     Ok(ext)

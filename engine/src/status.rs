@@ -57,6 +57,12 @@ pub struct Status {
     pub writeback_allowed: bool,
     pub draining: bool,
     pub dead: Option<String>,
+    /// 0: RAM buffers only; 1: with a plog.
+    pub cache_type: u8,
+    /// Type 1: entries appended and plog flushes since open, and the plog epoch.
+    pub plog_entries: u64,
+    pub plog_flushes: u64,
+    pub plog_epoch: u64,
 }
 
 impl fmt::Display for Status {
@@ -113,6 +119,10 @@ impl<D: BlockDevice> Engine<D> {
             writeback_allowed: self.writeback_allowed(),
             draining: self.draining,
             dead: self.dead.clone(),
+            cache_type: self.cache_type(),
+            plog_entries: self.plog.as_ref().map_or(0, |p| p.entries_appended),
+            plog_flushes: self.plog.as_ref().map_or(0, |p| p.flushes),
+            plog_epoch: self.plog.as_ref().map_or(0, |p| p.sb.epoch),
         }
     }
 

@@ -214,8 +214,10 @@ proptest! {
         if resize != 0 {
             allowed.push(Error::CacheResized { formatted: ext.cache_sectors, actual: cache_sectors });
         }
-        if cache_type != 0 {
-            allowed.push(Error::UnsupportedType(cache_type));
+        match cache_type {
+            0 => {}
+            1 => allowed.push(Error::PlogMissing),
+            t => allowed.push(Error::UnsupportedType(t)),
         }
         if !(4..=10).contains(&order) {
             allowed.push(Error::Geometry(GeometryError::BadOrder(order)));
@@ -464,7 +466,7 @@ fn future_format_version_is_refused() {
 }
 
 #[test]
-fn persistent_log_type_is_refused_until_supported() {
+fn type_1_without_its_plog_and_unknown_types_are_refused() {
     let size = SUPERBLOCK_SECTORS + 64;
     let mut image = sectors(size);
     let ext = SuperblockExt {
@@ -476,8 +478,15 @@ fn persistent_log_type_is_refused_until_supported() {
         cache_sectors: size,
     };
     put_sector0(&mut image, &encode_superblock(&ext));
+    let err = expect_err(open_image(image.clone(), 64, cfg(4, FormatPolicy::Never)));
+    assert_eq!(err, Error::PlogMissing);
+    let ext2 = SuperblockExt {
+        cache_type: 2,
+        ..ext
+    };
+    put_sector0(&mut image, &encode_superblock(&ext2));
     let err = expect_err(open_image(image, 64, cfg(4, FormatPolicy::Never)));
-    assert_eq!(err, Error::UnsupportedType(1));
+    assert_eq!(err, Error::UnsupportedType(2));
 }
 
 // ----- upstream images -----

@@ -169,6 +169,7 @@ fn empty_cache_replays_nothing() {
             dirty_blocks: 0,
             bytes_read: (BLOCK_SIZE + 2 * SECTOR_SIZE) as u64 + nr * SECTOR_SIZE as u64,
             bytes_written: 0,
+            ..RecoveryReport::default()
         }
     );
     assert_eq!(read_block(&mut e, 3), zeros());

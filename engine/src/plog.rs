@@ -1,0 +1,499 @@
+//! Type 1: the persistent log (plog). Every accepted write piece is appended to the plog region
+//! of the segment it went into, so a client FLUSH or FUA needs only the plog to be durable; no
+//! segment is sealed for it. Segments still fill, seal and go to the cache device as in type 0.
+//!
+//! The rules (docs/DESIGN.md, "Type 1"):
+//! - segment `id` logs into region `(id - 1) % nr_regions`, and that region is taken over only
+//!   once segment `id - nr_regions` is durable on the cache device (H7);
+//! - a region that cannot take the next entry seals the open segment early;
+//! - recovery walks the cache log first and continues into the plog where the cache log ends,
+//!   taking a valid cache segment over its region whenever there is one (H8), accepting a run
+//!   of entries only when every entry before it is there (torn anywhere), and moving to a new
+//!   epoch only after the recovered segments are durable, which voids every older entry (H4).
+
+use crate::cache::{quirk, Engine};
+use crate::device::{BlockDevice, DeviceRole, IoError};
+use crate::error::{Error, Result};
+use crate::format::plog::{
+    self as pf, EntryHeader, PlogGeometry, PlogSuperblock, PLOG_BACKUP_SB_SECTOR, PLOG_SB_SECTOR,
+    PLOG_VERSION,
+};
+use crate::format::{BLOCK_SIZE, SECTORS_PER_BLOCK, SECTOR_SIZE};
+use crate::recovery::RecoveryReport;
+
+/// The plog device and where appending stands.
+pub(crate) struct Plog<D: BlockDevice> {
+    pub dev: D,
+    pub sb: PlogSuperblock,
+    /// The segment whose region is being appended to (0: none yet in this epoch).
+    pub open_id: u64,
+    /// Sectors used in that region.
+    pub head: u64,
+    /// Entries in that region.
+    pub entries: u32,
+    /// Entries of the region before it, when that one was filled in this epoch (else 0).
+    pub prev_entries: u32,
+    /// Entries were written since the last plog flush.
+    pub unflushed: bool,
+    pub entries_appended: u64,
+    pub flushes: u64,
+}
+
+impl<D: BlockDevice> Plog<D> {
+    pub fn geo(&self) -> PlogGeometry {
+        self.sb.geometry
+    }
+}
+
+pub(crate) fn plog_io<T>(r: std::result::Result<T, IoError>) -> Result<T> {
+    r.map_err(|source| Error::Io {
+        role: DeviceRole::Plog,
+        source,
+    })
+}
+
+fn plog_corrupt(sector: u64, what: String) -> Error {
+    Error::Corrupt {
+        role: DeviceRole::Plog,
+        sector,
+        what,
+    }
+}
+
+/// Reads both superblock copies of a plog device.
+pub(crate) fn read_superblocks<D: BlockDevice>(dev: &mut D) -> Result<[Option<PlogSuperblock>; 2]> {
+    if dev.size_sectors() < pf::PLOG_FIRST_REGION_SECTOR {
+        return Err(Error::PlogGeometry(pf::PlogGeometryError::TooSmall {
+            sectors: dev.size_sectors(),
+            blocks: 1,
+            need: pf::PLOG_FIRST_REGION_SECTOR,
+        }));
+    }
+    let mut out = [None; 2];
+    for (i, sector) in [PLOG_SB_SECTOR, PLOG_BACKUP_SB_SECTOR]
+        .into_iter()
+        .enumerate()
+    {
+        let mut buf = [0u8; SECTOR_SIZE];
+        plog_io(dev.read(sector, &mut buf))?;
+        out[i] = pf::decode_superblock(&buf);
+    }
+    Ok(out)
+}
+
+/// Writes both superblock copies, backup first, each with FUA: a torn write leaves one valid.
+pub(crate) fn write_superblocks<D: BlockDevice>(dev: &mut D, sb: &PlogSuperblock) -> Result<()> {
+    let block = pf::encode_superblock(sb);
+    plog_io(dev.write(PLOG_BACKUP_SB_SECTOR, &block, true))?;
+    plog_io(dev.write(PLOG_SB_SECTOR, &block, true))
+}
+
+/// Formats a plog device for a cache of `generation` with segments of `order`. The new epoch is
+/// past every epoch an old superblock of the device names, so no entry written before can ever
+/// verify again, even under the same generation.
+pub(crate) fn format_plog<D: BlockDevice>(
+    dev: &mut D,
+    order: u8,
+    generation: u64,
+) -> Result<PlogSuperblock> {
+    let blocks = (1usize << (order - 3)) - 1;
+    let sectors = dev.size_sectors();
+    let geometry = PlogGeometry::for_device(sectors, blocks)?;
+    let old_epoch = read_superblocks(dev)?
+        .iter()
+        .flatten()
+        .map(|s| s.epoch)
+        .max()
+        .unwrap_or(0);
+    let sb = PlogSuperblock {
+        version: PLOG_VERSION,
+        generation,
+        epoch: old_epoch.saturating_add(1),
+        plog_sectors: sectors,
+        geometry,
+        segment_order: order,
+    };
+    write_superblocks(dev, &sb)?;
+    Ok(sb)
+}
+
+/// The superblock an existing plog is opened with: the newest valid copy of this generation.
+pub(crate) fn open_superblock<D: BlockDevice>(
+    dev: &mut D,
+    generation: u64,
+    order: u8,
+    ignore_generation: bool,
+) -> Result<PlogSuperblock> {
+    let copies = read_superblocks(dev)?;
+    let valid: Vec<PlogSuperblock> = copies.iter().flatten().copied().collect();
+    if valid.is_empty() {
+        return Err(plog_corrupt(
+            PLOG_SB_SECTOR,
+            "neither plog superblock copy (sectors 0 and 8) is valid: not a wbcache plog, or never formatted".into(),
+        ));
+    }
+    let sb = valid
+        .iter()
+        .filter(|s| ignore_generation || s.generation == generation)
+        .max_by_key(|s| s.epoch)
+        .copied()
+        .ok_or(Error::PlogMismatch {
+            cache: generation,
+            plog: valid[0].generation,
+        })?;
+    if sb.version != PLOG_VERSION {
+        return Err(Error::UnsupportedVersion(sb.version));
+    }
+    let sectors = dev.size_sectors();
+    if sb.plog_sectors != sectors {
+        return Err(Error::PlogResized {
+            formatted: sb.plog_sectors,
+            actual: sectors,
+        });
+    }
+    if sb.segment_order != order {
+        return Err(plog_corrupt(
+            PLOG_SB_SECTOR,
+            format!(
+                "plog was formatted for segment order {} but the cache has order {order}",
+                sb.segment_order
+            ),
+        ));
+    }
+    sb.geometry.validate(sectors, (1usize << (order - 3)) - 1)?;
+    Ok(sb)
+}
+
+/// One region as recovery reads it: the run of entries that verify, from the first.
+pub(crate) struct Region {
+    pub buf: Vec<u8>,
+    /// Offsets (in sectors) and headers of the verified entries, in order.
+    pub entries: Vec<(u64, EntryHeader)>,
+}
+
+/// Why recovery continues into, or stops at, the plog. Kept for the report.
+pub(crate) enum PlanItem {
+    /// A valid cache segment after a segment rebuilt from the plog: loaded into RAM and
+    /// written again with the rebuilt ones, so the counters stay a prefix.
+    Cache { id: u64, slot: u64, len: usize },
+    /// A segment rebuilt from the first `count` entries of its region.
+    Plog { id: u64, count: usize },
+}
+
+impl PlanItem {
+    pub fn id(&self) -> u64 {
+        match self {
+            PlanItem::Cache { id, .. } | PlanItem::Plog { id, .. } => *id,
+        }
+    }
+}
+
+impl<D: BlockDevice> Engine<D> {
+    pub(crate) fn is_type1(&self) -> bool {
+        self.plog.is_some()
+    }
+
+    /// Before a write piece of `sectors` sectors: a region that cannot take its entry seals the
+    /// open segment, so the piece goes to a new segment with a fresh region.
+    pub(crate) fn plog_make_room(&mut self, sectors: usize) {
+        let Some(p) = &self.plog else { return };
+        let Some(open) = &self.open_seg else { return };
+        if p.open_id == open.id && p.head + 1 + sectors as u64 > p.geo().region_sectors as u64 {
+            self.seal_open();
+        }
+    }
+
+    /// Before segment `id` opens: its region last held segment `id - nr_regions`, which must be
+    /// durable on the cache device before its entries are overwritten (H7).
+    pub(crate) fn plog_take_region(&mut self, id: u64) -> Result<()> {
+        let Some(p) = &self.plog else { return Ok(()) };
+        let need = id.saturating_sub(p.geo().nr_regions as u64);
+        if need == 0 {
+            return Ok(());
+        }
+        if quirk!(self, H7PlogReuseBeforeDurable) {
+            // The seed waited only until that segment was written, not until it was durable.
+            while self.last_flushed < need {
+                self.write_oldest_sealed()?;
+            }
+            return Ok(());
+        }
+        if self.last_durable < need {
+            self.make_durable_upto(need)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the entry of one write piece that went into segment `id`.
+    pub(crate) fn plog_append(
+        &mut self,
+        id: u64,
+        block: u64,
+        first: usize,
+        data: &[u8],
+    ) -> Result<()> {
+        let Some(p) = self.plog.as_mut() else {
+            return Ok(());
+        };
+        if p.open_id != id {
+            assert!(id > p.open_id, "plog regions are taken in id order");
+            // Recovery may go on past this region only if it finds all of the previous one.
+            p.prev_entries = if p.open_id != 0 && p.open_id + 1 == id {
+                p.entries
+            } else {
+                0
+            };
+            p.open_id = id;
+            p.head = 0;
+            p.entries = 0;
+        }
+        let geo = p.geo();
+        let h = EntryHeader {
+            generation: p.sb.generation,
+            epoch: p.sb.epoch,
+            segment_id: id,
+            seq: p.entries,
+            prev_entries: p.prev_entries,
+            sector: block * SECTORS_PER_BLOCK + first as u64,
+            len: (data.len() / SECTOR_SIZE) as u8,
+        };
+        let footprint = h.footprint();
+        assert!(
+            p.head + footprint <= geo.region_sectors as u64,
+            "plog_make_room leaves room for the entry"
+        );
+        let mut buf = Vec::with_capacity(SECTOR_SIZE + data.len());
+        buf.extend_from_slice(&pf::encode_entry(&h, data));
+        buf.extend_from_slice(data);
+        // Assert the entry right before it goes out.
+        debug_assert!(pf::entry_crc_ok(&buf[..SECTOR_SIZE], &buf[SECTOR_SIZE..]));
+        let sector = geo.region_sector(geo.region_of(id)) + p.head;
+        plog_io(p.dev.write(sector, &buf, false))?;
+        p.head += footprint;
+        p.entries += 1;
+        p.unflushed = true;
+        p.entries_appended += 1;
+        Ok(())
+    }
+
+    /// What a client FLUSH and a FUA write need: in type 1 the plog durable, in type 0 every
+    /// segment durable.
+    pub(crate) fn make_acknowledged_durable(&mut self) -> Result<()> {
+        match self.plog.as_mut() {
+            Some(p) => {
+                if p.unflushed {
+                    plog_io(p.dev.flush())?;
+                    p.unflushed = false;
+                    p.flushes += 1;
+                }
+                Ok(())
+            }
+            None => self.make_all_durable(),
+        }
+    }
+
+    /// Reads region of segment `id` and verifies its run of entries from the first: each must
+    /// carry this generation, epoch, id and its position, be well formed, fit the region, and
+    /// pass its CRC. Bounded by the region size (H4).
+    pub(crate) fn plog_read_region(&mut self, id: u64) -> Result<Region> {
+        let ignore_epoch = quirk!(self, H4PlogStaleEntries);
+        let ignore_generation = ignore_epoch || quirk!(self, H10MagicFirst);
+        let backing_sectors = self.backing_sectors;
+        let p = self.plog.as_mut().expect("type 1");
+        let geo = p.geo();
+        let region_sectors = geo.region_sectors as u64;
+        let mut buf = vec![0u8; region_sectors as usize * SECTOR_SIZE];
+        plog_io(p.dev.read(geo.region_sector(geo.region_of(id)), &mut buf))?;
+        let mut entries = Vec::new();
+        let mut at = 0u64;
+        // Bounded: every entry takes at least two sectors of the region.
+        while at < region_sectors {
+            let hs = at as usize * SECTOR_SIZE;
+            let Some(h) = pf::decode_entry_header(&buf[hs..hs + SECTOR_SIZE]) else {
+                break;
+            };
+            let end = at + h.footprint();
+            let fits = end <= region_sectors && h.sector + h.len as u64 <= backing_sectors;
+            let ours = h.segment_id == id
+                && h.seq == entries.len() as u32
+                && (ignore_generation || h.generation == p.sb.generation)
+                && (ignore_epoch || h.epoch == p.sb.epoch);
+            if !fits || !ours {
+                break;
+            }
+            let data = &buf[hs + SECTOR_SIZE..end as usize * SECTOR_SIZE];
+            if !pf::entry_crc_ok(&buf[hs..hs + SECTOR_SIZE], data) {
+                break;
+            }
+            entries.push((at, h));
+            at = end;
+        }
+        Ok(Region { buf, entries })
+    }
+
+    /// Decides how far recovery goes past the end of the cache log (`first_missing` is the
+    /// first id the cache walk did not apply). Reads only.
+    pub(crate) fn plog_plan(
+        &mut self,
+        first_missing: u64,
+        slot_ids: &[u64],
+        report: &mut RecoveryReport,
+    ) -> Result<Vec<PlanItem>> {
+        let nr_regions = self.plog.as_ref().expect("type 1").geo().nr_regions as u64;
+        let seed_replay = quirk!(self, H8PlogRewritesCache);
+        let mut plan = Vec::new();
+        let mut segbuf = vec![0u8; self.geo.segment_bytes()];
+        // Entries of the previous segment when it came from the plog: the next one may follow
+        // only if it confirms that run was complete.
+        let mut prev_from_plog: Option<usize> = None;
+        let mut id = first_missing;
+        // Bounded: a segment opens only once the one `nr_regions` before it is durable, so no id
+        // at or past `first_missing + nr_regions` was ever opened.
+        for _ in 0..nr_regions {
+            let region = self.plog_read_region(id)?;
+            report.bytes_read += region.buf.len() as u64;
+            let count = region.entries.len();
+            if seed_replay {
+                // The seed rebuilt every region with entries and wrote it over the cache slot,
+                // whatever the slot held and whether the run before it was complete.
+                if count == 0 {
+                    break;
+                }
+                plan.push(PlanItem::Plog { id, count });
+                id += 1;
+                continue;
+            }
+            if let Some(prev) = prev_from_plog {
+                let confirmed = region
+                    .entries
+                    .first()
+                    .is_some_and(|(_, h)| h.prev_entries as usize == prev);
+                if !confirmed {
+                    report.stop_reason = Some(format!(
+                        "plog region of segment {} may be incomplete ({prev} entries, not confirmed by segment {id})",
+                        id - 1
+                    ));
+                    break;
+                }
+            }
+            let slot = self.geo.slot_of(id);
+            let on_cache = if slot_ids[slot as usize] == id {
+                self.load_segment(slot, id, &mut segbuf, report)?
+            } else {
+                None
+            };
+            if let Some(len) = on_cache {
+                plan.push(PlanItem::Cache { id, slot, len });
+                prev_from_plog = None;
+            } else if count > 0 {
+                plan.push(PlanItem::Plog { id, count });
+                prev_from_plog = Some(count);
+            } else {
+                if prev_from_plog.is_none() {
+                    report.stop_reason = Some(format!(
+                        "segment {id} is neither on the cache device nor in the plog"
+                    ));
+                }
+                break;
+            }
+            id += 1;
+        }
+        Ok(plan)
+    }
+
+    /// Voids the region of every segment past `last` that still starts with an entry of this
+    /// epoch, so a recovery cut short and run again decides exactly as this one did. Flushed.
+    pub(crate) fn plog_void_after(&mut self, last: u64, report: &mut RecoveryReport) -> Result<()> {
+        let p = self.plog.as_mut().expect("type 1");
+        let geo = p.geo();
+        let mut voided = 0u64;
+        for r in 0..geo.nr_regions {
+            let sector = geo.region_sector(r);
+            let mut hs = [0u8; SECTOR_SIZE];
+            plog_io(p.dev.read(sector, &mut hs))?;
+            let live = pf::decode_entry_header(&hs).is_some_and(|h| {
+                h.epoch == p.sb.epoch && h.generation == p.sb.generation && h.segment_id > last
+            });
+            if live {
+                plog_io(p.dev.write(sector, &[0u8; SECTOR_SIZE], false))?;
+                voided += 1;
+            }
+        }
+        report.bytes_read += geo.nr_regions as u64 * SECTOR_SIZE as u64;
+        if voided > 0 {
+            plog_io(p.dev.flush())?;
+            report.plog_regions_voided = voided;
+            report.bytes_written += voided * SECTOR_SIZE as u64;
+        }
+        Ok(())
+    }
+
+    /// Carries out a plan: cache segments are loaded into RAM buffers, plog runs are written
+    /// again through the write path (without logging them again), each into the segment of
+    /// its own id; everything ends sealed in RAM.
+    pub(crate) fn plog_execute(
+        &mut self,
+        plan: &[PlanItem],
+        report: &mut RecoveryReport,
+    ) -> Result<()> {
+        for item in plan {
+            assert_eq!(item.id(), self.last_sealed + 1, "plan runs in id order");
+            match *item {
+                PlanItem::Cache { id, slot, len } => {
+                    let mut buf = self.take_free_buffer()?;
+                    let base = self.geo.slot_sector(slot);
+                    let bytes = crate::format::segment_len_bytes(len);
+                    Self::cache_io(self.cache.read(base, &mut buf[..bytes]))?;
+                    report.bytes_read += bytes as u64;
+                    if !crate::format::segment_checksum_ok(&buf[..bytes]) {
+                        return Err(Error::Corrupt {
+                            role: DeviceRole::Cache,
+                            sector: base,
+                            what: format!("segment {id} changed while recovery read it"),
+                        });
+                    }
+                    self.apply_segment(id, slot, &buf, len)?;
+                    self.push_loaded_segment(id, buf, len);
+                }
+                PlanItem::Plog { id, count } => {
+                    let region = self.plog_read_region(id)?;
+                    report.bytes_read += region.buf.len() as u64;
+                    assert!(region.entries.len() >= count, "region {id} shrank");
+                    for &(at, h) in &region.entries[..count] {
+                        let s = at as usize * SECTOR_SIZE;
+                        let data =
+                            &region.buf[s + SECTOR_SIZE..s + SECTOR_SIZE * h.footprint() as usize];
+                        let block = h.sector / SECTORS_PER_BLOCK;
+                        let first = (h.sector % SECTORS_PER_BLOCK) as usize;
+                        let went_to = self.place_piece(block, first, data)?;
+                        assert_eq!(went_to, id, "a rebuilt segment holds what it held");
+                    }
+                    self.seal_open();
+                    report.plog_segments_rebuilt += 1;
+                    report.plog_entries_replayed += count as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The new epoch: every entry written so far is void from here on. Only after everything
+    /// recovered is durable on the cache device.
+    pub(crate) fn plog_new_epoch(&mut self) -> Result<()> {
+        let p = self.plog.as_mut().expect("type 1");
+        p.sb.epoch =
+            p.sb.epoch
+                .checked_add(1)
+                .ok_or_else(|| plog_corrupt(PLOG_SB_SECTOR, "plog epoch is exhausted".into()))?;
+        write_superblocks(&mut p.dev, &p.sb)?;
+        p.open_id = 0;
+        p.head = 0;
+        p.entries = 0;
+        p.prev_entries = 0;
+        p.unflushed = false;
+        Ok(())
+    }
+}
+
+const _: () = assert!(pf::MAX_REGION_SECTORS as usize * SECTOR_SIZE <= 2 * 1024 * 1024);
+const _: () = assert!(BLOCK_SIZE == SECTORS_PER_BLOCK as usize * SECTOR_SIZE);
