@@ -120,6 +120,9 @@ fn wl_config_with(g: Geometry, quirks: &[&str]) -> WlConfig {
         seed: 7,
         faults: FaultSet::default(),
         quirks: quirks.iter().map(|q| q.to_string()).collect(),
+        cache_type: 0,
+        plog_regions: 0,
+        pool_after: 0,
     }
 }
 

@@ -19,6 +19,7 @@ fn params(order: Option<u8>, unit_sectors: Option<u64>, max_ops: usize) -> GenPa
         unit_sectors,
         faults: FaultSet::default(),
         quirks: Vec::new(),
+        cache_type: 0,
         min_ops: 6,
         max_ops,
     }

@@ -219,7 +219,9 @@ impl<D: BlockDevice> Engine<D> {
             return Ok(());
         }
         if self.last_durable < need {
-            self.make_durable_upto(need)?;
+            // Everything sealed, with one flush: when the daemons lag, waiting for just the one
+            // segment would cost a cache flush per new segment in the client path.
+            self.make_durable_upto(self.last_sealed)?;
         }
         Ok(())
     }

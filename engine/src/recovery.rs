@@ -328,7 +328,7 @@ impl<D: BlockDevice> Engine<D> {
         // Type 1: go on into the plog where the cache log ends; then void what lies past the
         // end of the plan before anything else is written, so that a recovery cut short and run
         // again makes the same plan.
-        let plan = if self.is_type1() {
+        let plan = if self.is_type1() && !report.formatted {
             let plan = self.plog_plan(expected, &slot_ids, report)?;
             let end = plan.last().map_or(expected - 1, |p| p.id());
             self.plog_void_after(end, report)?;

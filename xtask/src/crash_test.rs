@@ -48,7 +48,8 @@ pub struct CrashTestArgs {
     /// Atomic write unit of the simulated devices in bytes: 512 or 4096 (default: mixed).
     #[arg(long)]
     unit: Option<u64>,
-    /// Cache type: 0 (RAM buffer). Type 1 (persistent log) is not implemented yet.
+    /// Cache type of the seeded workloads: 0 (RAM buffers) or 1 (persistent log: every hazard
+    /// scenario runs as type 1 too).
     #[arg(long = "type", default_value_t = 0)]
     cache_type: u8,
     /// Run only the workloads with index % N == I, given as I/N.
@@ -136,9 +137,9 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
         OracleArg::Prefix => OracleSel::Prefix,
         OracleArg::Both => OracleSel::Both,
     };
-    if args.cache_type != 0 {
+    if args.cache_type > 1 {
         return Err(format!(
-            "--type {}: only type 0 exists so far; the persistent log (type 1) is its own issue",
+            "--type {}: the cache types are 0 (RAM buffers) and 1 (persistent log)",
             args.cache_type
         ));
     }
@@ -221,6 +222,7 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
                 unit_sectors,
                 faults,
                 quirks: args.quirks.clone(),
+                cache_type: args.cache_type,
                 min_ops: 6,
                 max_ops: 40,
             };
@@ -233,6 +235,11 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
                 }
                 w.config.faults = faults;
                 w.config.quirks = args.quirks.clone();
+                if args.cache_type == 1 && w.config.cache_type == 0 {
+                    // Every hazard scenario also runs against the plog.
+                    w.config.cache_type = 1;
+                    w.config.plog_regions = 2;
+                }
                 if let Some(u) = unit_sectors {
                     w.config.unit_sectors = u;
                 }

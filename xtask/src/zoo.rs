@@ -25,11 +25,13 @@ pub struct Caught {
 fn workloads_for(quirk: &str) -> impl Iterator<Item = Workload> + '_ {
     let mut scenarios = scenario_workloads();
     scenarios.sort_by_key(|(name, _)| *name != quirk);
+    let plog_quirk = ["h4", "h7", "h8", "h9"].contains(&quirk);
     let gp = GenParams {
         order: None,
         unit_sectors: None,
         faults: Default::default(),
         quirks: vec![quirk.to_string()],
+        cache_type: plog_quirk as u8,
         min_ops: 6,
         max_ops: 40,
     };

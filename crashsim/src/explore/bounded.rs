@@ -63,6 +63,9 @@ pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + 
         seed: 0,
         faults: p.faults,
         quirks: p.quirks.clone(),
+        cache_type: 0,
+        plog_regions: 0,
+        pool_after: 0,
     };
     (1..=p.max_len).flat_map(move |len| {
         let alpha = alpha.clone();

@@ -105,7 +105,8 @@ pub fn check_images(
             None,
         );
     };
-    let (mut engine, report) = match Engine::open(cache, backing, config) {
+    let plog = take(&mut images, DeviceRole::Plog);
+    let (mut engine, report) = match Engine::open_with_plog(cache, backing, plog, config) {
         Ok(x) => x,
         Err(e) => {
             return (

@@ -5,14 +5,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use engine::{Config, DeviceRole, Engine};
+use engine::{Config, DeviceRole, MemDevice};
 use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
-use super::run::{drive, engine_config, new_world, record};
+use super::run::{drive, new_world, open_on, record, recovery_config};
 use super::workload::{continuation, WlConfig, Workload};
 use crate::rng::mix64;
-use crate::{Choice, CrashPoint, CrashState, Dedup, Others, PointSelection, SimDevice, World};
+use crate::{Choice, CrashPoint, CrashState, Dedup, Others, PointSelection, World};
 
 /// How hard to look.
 #[derive(Clone, Debug)]
@@ -210,7 +210,7 @@ pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Cho
     // Single-unit tears of every pending cache-device write (what recovery reads), with the
     // others lost and with the others persisted.
     for (i, w) in state.pending.iter().enumerate() {
-        if w.role != DeviceRole::Cache {
+        if w.role != DeviceRole::Cache && w.role != DeviceRole::Plog {
             continue;
         }
         for others in [Others::Lost, Others::Persisted] {
@@ -239,7 +239,8 @@ fn oracles_for(h: &History) -> (BlockOracle<'_>, PrefixOracle<'_>) {
 
 /// Explores every crash state of one workload.
 pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResult {
-    let config = match engine_config(&workload.config) {
+    // Every open after a crash (recovery, continuation) uses this configuration.
+    let config = match recovery_config(&workload.config) {
         Ok(c) => c,
         Err(e) => {
             return WorkloadResult {
@@ -361,6 +362,13 @@ fn explore_world(
                 return;
             }
         };
+        let cut_key = match level {
+            Level::Recovery => 0,
+            _ => {
+                let c = world.client_cut(point);
+                (mix64(c.begun as u64 ^ ((c.last_ended as u64) << 63)) as u128) << 64
+            }
+        };
         let oracles = oracles_for(&hist);
         let mut opts = ctx.opts.clone();
         if level != Level::Top {
@@ -376,6 +384,9 @@ fn explore_world(
             let Ok(fp) = state.fingerprint_of(&choice) else {
                 continue;
             };
+            // The same images under another client cut are another check (more writes may be
+            // durable by now), so the cut is part of what is deduplicated.
+            let fp = fp ^ cut_key;
             if !dedup.insert_fingerprint(fp) {
                 continue;
             }
@@ -432,24 +443,23 @@ fn explore_recovery(
         return;
     };
     let w2 = w2.shared();
-    let (Ok(cache), Ok(backing)) = (
-        SimDevice::new(&w2, DeviceRole::Cache),
-        SimDevice::new(&w2, DeviceRole::Backing),
-    ) else {
-        return;
-    };
     // The recovery itself was already checked on the same images; here only its device log
     // matters.
-    drop(Engine::open(cache, backing, ctx.config));
+    drop(open_on(&w2, ctx.config));
     let w2 = w2.borrow();
     explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
 }
 
 /// After a recovery: more writes and flushes on the recovered devices, then crash again.
 fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathStep], seed: u64) {
-    let (cache, backing) = recovered.engine.into_devices();
+    let (cache, backing, plog) = recovered.engine.into_all_devices();
     let wc = &ctx.workload.config;
-    let Ok(world) = new_world(wc, cache.into_bytes(), backing.into_bytes()) else {
+    let Ok(world) = new_world(
+        wc,
+        cache.into_bytes(),
+        backing.into_bytes(),
+        plog.map(MemDevice::into_bytes),
+    ) else {
         return;
     };
     let Ok(mut history) = History::new(recovered.observed.clone()) else {
@@ -459,13 +469,10 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
         return;
     };
     let ops = continuation(seed, wc);
-    let (Ok(c), Ok(b)) = (
-        SimDevice::new(&world, DeviceRole::Cache),
-        SimDevice::new(&world, DeviceRole::Backing),
-    ) else {
+    let Ok(opened) = open_on(&world, ctx.config) else {
         return;
     };
-    match Engine::open(c, b, ctx.config) {
+    match opened {
         // An injected device error may hit the reopen itself: an error, not a lie.
         Err(engine::Error::Io { .. }) if ctx.workload.config.faults.errors_expected() => {}
         Err(e) => {
@@ -508,7 +515,7 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
 /// Re-runs exactly one crash path of a case and returns what it found, with a log for humans.
 pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, String), String> {
     let (workload, path) = parse_case(case)?;
-    let config = engine_config(&workload.config)?;
+    let config = recovery_config(&workload.config)?;
     let rec = record(&workload.config, &workload.ops)?;
     let mut log = String::new();
     if let Some(f) = &rec.failure {
@@ -560,9 +567,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                     .restarted(&images)
                     .map_err(|e| e.to_string())?
                     .shared();
-                let c = SimDevice::new(&w2, DeviceRole::Cache).map_err(|e| e.to_string())?;
-                let b = SimDevice::new(&w2, DeviceRole::Backing).map_err(|e| e.to_string())?;
-                drop(Engine::open(c, b, config));
+                drop(open_on(&w2, config)?);
                 world = w2;
                 history = hist;
             }
@@ -570,15 +575,18 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                 let recovered =
                     recovered.ok_or("the crash before a continuation did not recover")?;
                 let seed = mix64(workload.config.seed ^ step.point ^ 0xC0);
-                let (c, b) = recovered.engine.into_devices();
+                let (c, b, p) = recovered.engine.into_all_devices();
                 let wc: &WlConfig = &workload.config;
-                let w3 = new_world(wc, c.into_bytes(), b.into_bytes())?;
+                let w3 = new_world(
+                    wc,
+                    c.into_bytes(),
+                    b.into_bytes(),
+                    p.map(MemDevice::into_bytes),
+                )?;
                 let mut h3 = History::new(recovered.observed.clone()).map_err(|e| e.to_string())?;
                 let mut model =
                     ModelDisk::from_bytes(recovered.observed).map_err(|e| e.to_string())?;
-                let cd = SimDevice::new(&w3, DeviceRole::Cache).map_err(|e| e.to_string())?;
-                let bd = SimDevice::new(&w3, DeviceRole::Backing).map_err(|e| e.to_string())?;
-                let (engine, _) = Engine::open(cd, bd, config).map_err(|e| e.to_string())?;
+                let (engine, _) = open_on(&w3, config)?.map_err(|e| e.to_string())?;
                 let mut engine = Some(engine);
                 drive(
                     &mut engine,

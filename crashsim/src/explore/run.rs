@@ -96,8 +96,46 @@ pub fn cache_faults(c: &WlConfig) -> Faults {
     faults
 }
 
-/// A world holding a cache and a backing device with the given images.
-pub fn new_world(c: &WlConfig, cache: Vec<u8>, backing: Vec<u8>) -> Result<SharedWorld, String> {
+/// The configuration recovery opens with: as the run's, with `pool_after` RAM buffers if set.
+pub fn recovery_config(c: &WlConfig) -> Result<Config, String> {
+    let mut cfg = engine_config(c)?;
+    if c.pool_after != 0 {
+        cfg.nr_rambuf_pool = c.pool_after;
+    }
+    Ok(cfg)
+}
+
+/// The engine's devices on a world: cache, backing and (type 1) plog.
+pub fn sim_devices(
+    world: &SharedWorld,
+) -> Result<(SimDevice, SimDevice, Option<SimDevice>), String> {
+    let cache = SimDevice::new(world, DeviceRole::Cache).map_err(|e| e.to_string())?;
+    let backing = SimDevice::new(world, DeviceRole::Backing).map_err(|e| e.to_string())?;
+    let has_plog = world.borrow().roles().contains(&DeviceRole::Plog);
+    let plog = if has_plog {
+        Some(SimDevice::new(world, DeviceRole::Plog).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    Ok((cache, backing, plog))
+}
+
+/// Opens (formats or recovers) an engine on a world's devices.
+pub fn open_on(
+    world: &SharedWorld,
+    config: Config,
+) -> Result<engine::Result<(Engine<SimDevice>, engine::RecoveryReport)>, String> {
+    let (c, b, p) = sim_devices(world)?;
+    Ok(Engine::open_with_plog(c, b, p, config))
+}
+
+/// A world holding a cache and a backing device (and a plog) with the given images.
+pub fn new_world(
+    c: &WlConfig,
+    cache: Vec<u8>,
+    backing: Vec<u8>,
+    plog: Option<Vec<u8>>,
+) -> Result<SharedWorld, String> {
     let mut w = World::new();
     let unit = unit_of(c);
     w.add_device(
@@ -112,6 +150,19 @@ pub fn new_world(c: &WlConfig, cache: Vec<u8>, backing: Vec<u8>) -> Result<Share
         DeviceConfig::from_image(backing).with_atomic_unit(unit),
     )
     .map_err(|e| e.to_string())?;
+    if let Some(plog) = plog {
+        let garbage = Faults {
+            garbage_in_torn_units: c.faults.garbage_torn,
+            ..Faults::default()
+        };
+        w.add_device(
+            DeviceRole::Plog,
+            DeviceConfig::from_image(plog)
+                .with_atomic_unit(unit)
+                .with_faults(garbage),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     Ok(w.shared())
 }
 
@@ -273,13 +324,13 @@ fn reformat<D: BlockDevice>(
     if e.draining() {
         return Err("drop_caches did not finish".into());
     }
-    let (c, b) = e.shutdown().map_err(|x| x.to_string())?;
+    let (c, b, p) = e.shutdown_all().map_err(|x| x.to_string())?;
     world.borrow_mut().mark("reformat");
     let cfg = Config {
         format: FormatPolicy::Always,
         ..config
     };
-    let (e, _) = Engine::open(c, b, cfg).map_err(|x| x.to_string())?;
+    let (e, _) = Engine::open_with_plog(c, b, p, cfg).map_err(|x| x.to_string())?;
     *slot = Some(e);
     world.borrow_mut().client_end(id, true);
     history.complete(id).map_err(|e| e.to_string())
@@ -339,13 +390,14 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
         config,
         vec![0u8; config.cache_sectors() as usize * SECTOR_SIZE],
         backing.clone(),
+        config
+            .plog_sectors()
+            .map(|s| vec![0u8; s as usize * SECTOR_SIZE]),
     )?;
     let mut history = History::new(backing.clone()).map_err(|e| e.to_string())?;
     let mut model = ModelDisk::from_bytes(backing).map_err(|e| e.to_string())?;
-    let cache = SimDevice::new(&world, DeviceRole::Cache).map_err(|e| e.to_string())?;
-    let back = SimDevice::new(&world, DeviceRole::Backing).map_err(|e| e.to_string())?;
     world.borrow_mut().mark("open");
-    let failure = match Engine::open(cache, back, engine_config(config)?) {
+    let failure = match open_on(&world, engine_config(config)?)? {
         // An injected device error may hit the format itself: an error, not a lie.
         Err(engine::Error::Io { .. }) if config.faults.errors_expected() => None,
         Err(e) => Some(RunFailure {

@@ -1,12 +1,11 @@
-//! Hand-written workloads, one per hazard of SPEC §6 that applies to type 0, named after it. Each
-//! drives the engine into the situation the seed got wrong; crash-test explores every crash
-//! state of each like any other workload. (H4, H7, H8 and H9 are about the persistent log, type 1,
-//! which does not exist yet.)
+//! Hand-written workloads, one per hazard of SPEC §6, named after it. Each drives the engine into
+//! the situation the seed got wrong; crash-test explores every crash state of each like any other
+//! workload. H4, H7, H8, H9 and `h10-plog` run a type-1 cache (`t=1`, `g=` plog regions).
 
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 11] = [
+pub const SCENARIOS: [(&str, &str, &str); 16] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -61,6 +60,31 @@ pub const SCENARIOS: [(&str, &str, &str); 11] = [
         "lc-nochecksum",
         "a segment whose header persisted but whose data did not",
         "o=5,n=3,b=6,p=1,k=1,u=1,s=115;W0+8.W8+8.W16+8.F",
+    ),
+    (
+        "h4",
+        "plog entries of a previous format at the very place a lost new entry should be",
+        "o=5,n=4,b=4,p=2,k=1,u=1,s=104,t=1,g=2;W0+8.W8+8.W16+8.W8+8.F.X.W0+8.F.W24+8.F",
+    ),
+    (
+        "h7",
+        "a plog region needed again while its segment is only written, not durable",
+        "o=4,n=4,b=4,p=1,k=1,u=1,s=107,t=1,g=2;W0+8.F.W8+8.W16+8.F",
+    ),
+    (
+        "h8",
+        "a plog region that lost an entry, followed by another region with entries",
+        "o=5,n=4,b=8,p=2,k=1,u=1,s=108,t=1,g=3;W0+8.W8+8.W16+8.W24+8.F",
+    ),
+    (
+        "h9",
+        "recovery with another nr_rambuf_pool than the run had (P=)",
+        "o=4,n=4,b=4,p=1,k=1,u=1,s=109,t=1,g=4,P=3;W0+8.W8+8.W16+8.F",
+    ),
+    (
+        "h10-plog",
+        "a format over an old type-1 cache whose plog still holds entries, cut anywhere",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=110,t=1,g=2;W0+8.W8+8.F.W0+8.X.W16+8.F",
     ),
 ];
 

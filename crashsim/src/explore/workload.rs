@@ -119,11 +119,24 @@ pub struct WlConfig {
     pub faults: FaultSet,
     /// Seed quirks switched on (names), for the zoo.
     pub quirks: Vec<String>,
+    /// 0: RAM buffers only; 1: with a plog device of `plog_regions` regions.
+    pub cache_type: u8,
+    pub plog_regions: u64,
+    /// RAM buffers after a crash (0: as before): recovery under another tunable (H9).
+    pub pool_after: usize,
 }
 
 impl WlConfig {
     pub fn cache_sectors(&self) -> u64 {
         engine::format::SUPERBLOCK_SECTORS + (self.nr_segments << self.order)
+    }
+    /// Size of the plog device (type 1), or `None` in type 0.
+    pub fn plog_sectors(&self) -> Option<u64> {
+        let blocks = (1usize << (self.order - 3)) - 1;
+        (self.cache_type == 1).then(|| {
+            engine::format::plog::PLOG_FIRST_REGION_SECTOR
+                + self.plog_regions * engine::format::plog::region_sectors_for(blocks) as u64
+        })
     }
     pub fn backing_sectors(&self) -> u64 {
         self.backing_blocks * SECTORS_PER_BLOCK
@@ -216,6 +229,12 @@ impl fmt::Display for Workload {
         if !c.quirks.is_empty() {
             write!(f, ",q={}", c.quirks.join("+"))?;
         }
+        if c.cache_type != 0 {
+            write!(f, ",t={},g={}", c.cache_type, c.plog_regions)?;
+        }
+        if c.pool_after != 0 {
+            write!(f, ",P={}", c.pool_after)?;
+        }
         f.write_str(";")?;
         for (i, op) in self.ops.iter().enumerate() {
             if i > 0 {
@@ -241,6 +260,9 @@ impl FromStr for Workload {
             seed: 0,
             faults: FaultSet::default(),
             quirks: Vec::new(),
+            cache_type: 0,
+            plog_regions: 0,
+            pool_after: 0,
         };
         for kv in head.split(',') {
             let (k, v) = kv
@@ -264,6 +286,9 @@ impl FromStr for Workload {
                     }
                 }
                 "q" => c.quirks = v.split('+').map(str::to_string).collect(),
+                "t" => c.cache_type = num()? as u8,
+                "g" => c.plog_regions = num()?,
+                "P" => c.pool_after = num()? as usize,
                 _ => return Err(format!("unknown config key {k:?}")),
             }
         }
@@ -273,6 +298,8 @@ impl FromStr for Workload {
             || c.pool == 0
             || c.batch == 0
             || !(c.unit_sectors == 1 || c.unit_sectors == 8)
+            || c.cache_type > 1
+            || (c.cache_type == 1 && !(2..=64).contains(&c.plog_regions))
         {
             return Err(format!("config out of range: {head:?}"));
         }
@@ -313,6 +340,8 @@ pub struct GenParams {
     pub unit_sectors: Option<u64>,
     pub faults: FaultSet,
     pub quirks: Vec<String>,
+    /// Cache type of every generated workload (0 or 1).
+    pub cache_type: u8,
     pub min_ops: usize,
     pub max_ops: usize,
 }
@@ -344,6 +373,14 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
         seed,
         faults: p.faults,
         quirks: p.quirks.clone(),
+        cache_type: p.cache_type,
+        // Two regions make a segment wait for the one before the last; more, less often.
+        plog_regions: if p.cache_type == 1 {
+            2 + rng.below(3)
+        } else {
+            0
+        },
+        pool_after: 0,
     };
     let hot: Vec<u64> = (0..2 + rng.below(3))
         .map(|_| rng.below(backing_blocks))
@@ -448,6 +485,7 @@ mod tests {
                 ..FaultSet::default()
             },
             quirks: vec!["lc-nochecksum".into()],
+            cache_type: 1,
             min_ops: 5,
             max_ops: 40,
         };
