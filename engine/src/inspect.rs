@@ -539,21 +539,24 @@ fn read_layout<D: BlockDevice>(cache: &mut D) -> Result<Layout> {
         return Ok(layout);
     }
     let interrupted = records.is_some_and(|r| r.interrupted_format);
-    match superblock.kind {
-        SuperblockKind::Missing => unreachable!("a device of a valid geometry has sector 0"),
-        SuperblockKind::Blank => {
-            layout.problems.push(problem(
-                ProblemKind::Blank,
-                "sector 0 is all zero: the device is not formatted",
-            ));
-            return Ok(layout);
-        }
-        _ if interrupted => layout.problems.push(problem(
+    // The order of these verdicts is `open`'s: blank first, then an interrupted format
+    // (formatted again whatever sector 0 holds), then foreign content.
+    if superblock.kind == SuperblockKind::Blank {
+        layout.problems.push(problem(
+            ProblemKind::Blank,
+            "sector 0 is all zero: the device is not formatted",
+        ));
+        return Ok(layout);
+    }
+    if interrupted {
+        layout.problems.push(problem(
             ProblemKind::InterruptedFormat,
             "a record copy carries the formatting flag: a format was cut short; opening formats \
              the device again (it holds no data)",
-        )),
-        SuperblockKind::Foreign => {
+        ));
+    }
+    if superblock.kind == SuperblockKind::Foreign {
+        if !interrupted {
             layout.problems.push(problem(
                 ProblemKind::Foreign,
                 format!(
@@ -562,12 +565,8 @@ fn read_layout<D: BlockDevice>(cache: &mut D) -> Result<Layout> {
                     format::SUPERBLOCK_MAGIC
                 ),
             ));
-            return Ok(layout);
         }
-        SuperblockKind::Ours | SuperblockKind::Upstream => {}
-    }
-    if superblock.kind == SuperblockKind::Foreign {
-        // An interrupted format over foreign content: nothing of ours to read.
+        // Nothing of ours to read.
         return Ok(layout);
     }
     let mut recovers = !interrupted;
@@ -911,7 +910,7 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
                 format!(
                     "{} torn slot(s) outside the replayed log (ids {}); replay ignores them",
                     torn_elsewhere.len(),
-                    id_list(&torn_elsewhere)
+                    number_list(&torn_elsewhere)
                 ),
             ));
         }
@@ -923,7 +922,7 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
                      replay: normal when a power cut kept a later segment write and lost an \
                      earlier one",
                     unreachable.len(),
-                    id_list(&unreachable)
+                    number_list(&unreachable)
                 ),
             ));
         }
@@ -933,7 +932,7 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
                 format!(
                     "{} slot(s) hold an id that does not belong there (slots {})",
                     misplaced.len(),
-                    id_list(&misplaced)
+                    number_list(&misplaced)
                 ),
             ));
         }
@@ -973,7 +972,7 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
 }
 
 /// At most 16 numbers, then "...".
-fn id_list(ids: &[u64]) -> String {
+fn number_list(ids: &[u64]) -> String {
     let mut s = ids
         .iter()
         .take(16)
