@@ -1080,3 +1080,60 @@ fn json_lit(b: &[u8], i: &mut usize, lit: &[u8]) -> bool {
         false
     }
 }
+
+/// A device whose reads of one sector fail.
+struct FailingRead {
+    dev: MemDevice,
+    bad_sector: u64,
+}
+
+impl BlockDevice for FailingRead {
+    fn size_sectors(&self) -> u64 {
+        self.dev.size_sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let end = sector + (buf.len() / SECTOR_SIZE) as u64;
+        if (sector..end).contains(&self.bad_sector) {
+            return Err(IoError::new(
+                engine::IoOp::Read,
+                sector,
+                end - sector,
+                "medium error",
+            ));
+        }
+        self.dev.read(sector, buf)
+    }
+    fn write(&mut self, _: u64, _: &[u8], _: bool) -> Result<(), IoError> {
+        panic!("inspection wrote");
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        panic!("inspection flushed");
+    }
+}
+
+#[test]
+fn a_read_error_is_an_io_error_not_a_verdict() {
+    let mut e = fresh(4, 4, 16);
+    write_block(&mut e, 1, 1);
+    e.flush().unwrap();
+    let (dev, _) = e.into_devices();
+    let geo = Geometry::new(4, dev.size_sectors()).unwrap();
+    for bad_sector in [0, RECORD_SECTOR, geo.slot_sector(0), geo.block_sector(0, 0)] {
+        let mut d = FailingRead {
+            dev: dev.clone(),
+            bad_sector,
+        };
+        let err = check(&mut d).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    role: engine::DeviceRole::Cache,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(dump(&mut d, None), Err(Error::Io { .. })));
+    }
+}
