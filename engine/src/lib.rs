@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod index;
+pub mod inspect;
 mod invariants;
 mod plog;
 #[cfg(feature = "quirks")]
@@ -23,6 +24,7 @@ pub use background::{Step, StepOutcome};
 pub use cache::{Config, Engine, FormatPolicy};
 pub use device::{BlockDevice, DeviceRole, IoError, IoOp, MemDevice, ReadReq, WriteReq};
 pub use error::{Error, Result};
+pub use inspect::{check, check_against_backing, dump, CheckReport, Dump};
 pub use recovery::{format_device, format_device_with_plog, RecoveryReport};
 pub use status::{Stats, Status};
 pub use tunables::Tunables;

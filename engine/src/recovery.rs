@@ -493,7 +493,10 @@ fn read_records<D: BlockDevice>(cache: &mut D) -> Result<[Option<format::RecordE
 /// The record of one of our images: the larger valid copy of this generation. Both are written
 /// only after the backing device was flushed, so either value is a true promise; the backup is
 /// written first, so a torn primary leaves the backup with the newer value.
-fn chosen_record(records: &[Option<format::RecordExt>; 2], generation: u64) -> Result<u64> {
+pub(crate) fn chosen_record(
+    records: &[Option<format::RecordExt>; 2],
+    generation: u64,
+) -> Result<u64> {
     records
         .iter()
         .flatten()

@@ -1,0 +1,1139 @@
+//! Offline `check` and `dump` (engine/src/inspect.rs).
+//!
+//! The central property: what `check` says replay would do is what `Engine::open` then does,
+//! on images made by the engine itself and cut at random points, with and without damage
+//! (torn segments, zeroed or garbage headers, a rotted record copy). Also: the verdicts on
+//! fresh, blank, foreign, interrupted, resized, upstream and otherwise odd images; dumps of one
+//! segment and of a missing one; no panic on random bytes; and neither function ever writes.
+
+// `Config` gains a `quirks` field when the `quirks` feature is on (the crash simulator turns it
+// on workspace-wide); `..Config::default()` keeps these literals compiling both ways.
+#![allow(clippy::needless_update)]
+
+use engine::format::{
+    self, encode_superblock, Geometry, Metablock, RecordExt, SuperblockExt, BLOCK_SIZE, EXT_OFFSET,
+    FORMAT_VERSION, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_MAGIC,
+    SUPERBLOCK_SECTORS,
+};
+use engine::inspect::{NoteKind, ProblemKind, RecordSource, SlotClass, StopReason, SuperblockKind};
+use engine::{
+    check, check_against_backing, dump, BlockDevice, CheckReport, Config, Dump, Engine, Error,
+    FormatPolicy, IoError, MemDevice, RecoveryReport, Step,
+};
+use proptest::prelude::*;
+
+const GENERATION: u64 = 0x5eed;
+
+/// A device that fails the test on any write or flush: inspection is read-only.
+struct ReadOnly<'a>(&'a mut MemDevice);
+
+impl BlockDevice for ReadOnly<'_> {
+    fn size_sectors(&self) -> u64 {
+        self.0.size_sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.0.read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> Result<(), IoError> {
+        panic!("inspection wrote {} bytes at sector {sector}", data.len());
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        panic!("inspection flushed the device");
+    }
+}
+
+/// `check` through a read-only wrapper; also asserts the image is byte-identical afterwards and
+/// that both renderings are well-formed.
+fn checked(cache: &mut MemDevice) -> CheckReport {
+    checked_with(cache, None)
+}
+
+/// [`checked`], optionally against a backing device of `backing_sectors`.
+fn checked_with(cache: &mut MemDevice, backing_sectors: Option<u64>) -> CheckReport {
+    let before = cache.bytes().to_vec();
+    let mut dev = ReadOnly(cache);
+    let report = match backing_sectors {
+        None => check(&mut dev),
+        Some(b) => check_against_backing(&mut dev, b),
+    }
+    .expect("check reads a MemDevice without I/O errors");
+    assert!(
+        cache.bytes() == before.as_slice(),
+        "check changed the image"
+    );
+    let json = report.to_json();
+    assert!(json_is_valid(&json), "invalid JSON: {json}");
+    let _ = report.to_string();
+    report
+}
+
+fn dumped(cache: &mut MemDevice, segment: Option<u64>) -> Dump {
+    let before = cache.bytes().to_vec();
+    let d = dump(&mut ReadOnly(cache), segment).expect("dump reads a MemDevice");
+    assert!(cache.bytes() == before.as_slice(), "dump changed the image");
+    let json = d.to_json();
+    assert!(json_is_valid(&json), "invalid JSON: {json}");
+    let _ = d.to_string();
+    d
+}
+
+fn cfg(order: u8, format: FormatPolicy) -> Config {
+    Config {
+        segment_size_order: order,
+        nr_rambuf_pool: 2,
+        tunables: None,
+        format,
+        generation: GENERATION,
+        ..Config::default()
+    }
+}
+
+fn fresh(order: u8, nr: u64, backing_blocks: u64) -> Engine<MemDevice> {
+    let cache = MemDevice::new(SUPERBLOCK_SECTORS + (nr << order));
+    let backing = MemDevice::new(backing_blocks * SECTORS_PER_BLOCK);
+    let (e, rep) = Engine::open(cache, backing, cfg(order, FormatPolicy::IfBlank)).unwrap();
+    assert!(rep.formatted);
+    e
+}
+
+fn open(
+    cache: MemDevice,
+    backing: MemDevice,
+) -> Result<(Engine<MemDevice>, RecoveryReport), Error> {
+    Engine::open(cache, backing, cfg(4, FormatPolicy::Never))
+}
+
+fn blk(tag: u32) -> Vec<u8> {
+    let mut v = vec![0u8; BLOCK_SIZE];
+    for (i, w) in v.chunks_exact_mut(4).enumerate() {
+        w.copy_from_slice(&(tag.wrapping_mul(0x0101_0101) ^ (i as u32)).to_le_bytes());
+    }
+    v
+}
+
+fn write_block(e: &mut Engine<MemDevice>, block: u64, tag: u32) {
+    e.write(block * SECTORS_PER_BLOCK, &blk(tag), false)
+        .unwrap();
+}
+
+/// Byte offset of slot `slot` in the image.
+fn slot_byte(geo: &Geometry, slot: u64) -> usize {
+    geo.slot_sector(slot) as usize * SECTOR_SIZE
+}
+
+/// Asserts that `check`'s replay plan is what `open` did.
+fn assert_agrees(report: &CheckReport, rep: &RecoveryReport, context: &str) {
+    let plan = report
+        .replay
+        .unwrap_or_else(|| panic!("{context}: open recovered, check says it would not\n{report}"));
+    assert!(report.sound, "{context}: open recovered\n{report}");
+    assert_eq!(plan.record, rep.record, "{context}: record\n{report}");
+    assert_eq!(
+        (plan.segments_applied, plan.last_applied, plan.dirty_blocks),
+        (rep.segments_applied, rep.last_applied, rep.dirty_blocks),
+        "{context}: applied segments / dirty blocks\n{report}\n{rep:?}"
+    );
+    assert_eq!(
+        plan.invalidated_slots, rep.stale_invalidated,
+        "{context}: invalidated slots\n{report}\n{rep:?}"
+    );
+    // Recovery names a stop only where the slot holds something.
+    let names_stop = matches!(
+        plan.stop.reason,
+        StopReason::Torn | StopReason::OtherId { .. }
+    );
+    assert_eq!(
+        names_stop,
+        rep.stop_reason.is_some(),
+        "{context}: stop\n{report}\n{rep:?}"
+    );
+    if plan.stop.reason == StopReason::Torn {
+        let why = rep.stop_reason.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("torn") && why.contains(&format!("segment {}", plan.stop.id)),
+            "{context}: {why}"
+        );
+    }
+    assert_eq!(
+        rep.upstream_image,
+        report.superblock.kind == SuperblockKind::Upstream
+    );
+}
+
+// ----- fresh and formatted -----
+
+#[test]
+fn freshly_formatted_device_is_sound_and_empty() {
+    for (order, nr) in [(4u8, 2u64), (5, 7), (10, 3)] {
+        let (mut cache, _) = fresh(order, nr, 16).into_devices();
+        let r = checked(&mut cache);
+        assert!(r.sound, "{r}");
+        assert!(r.problems.is_empty() && r.notes.is_empty(), "{r}");
+        assert_eq!(r.superblock.kind, SuperblockKind::Ours);
+        let ext = r.superblock.ext.unwrap();
+        assert_eq!((ext.order, ext.generation), (order, GENERATION));
+        let rec = r.records.unwrap();
+        assert!(rec.primary.valid && rec.backup.valid && !rec.interrupted_format);
+        assert_eq!(
+            (rec.record, rec.source),
+            (Some(0), Some(RecordSource::Both))
+        );
+        let geo = r.geometry.unwrap();
+        assert_eq!((geo.order, geo.nr_segments), (order, nr));
+        assert_eq!(r.slot_counts.empty, nr);
+        assert!(r.slots.is_empty());
+        let plan = r.replay.unwrap();
+        assert_eq!(
+            (
+                plan.record,
+                plan.segments_applied,
+                plan.last_applied,
+                plan.dirty_blocks
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(
+            (plan.stop.id, plan.stop.slot, plan.stop.reason),
+            (1, 0, StopReason::EmptySlot)
+        );
+        assert_eq!(plan.invalidated_slots, 0);
+        assert!(r.to_string().contains("SOUND"));
+        assert!(r.to_json().starts_with("{\"sound\":true,"));
+    }
+}
+
+// ----- agreement with Engine::open on random crash images -----
+
+/// splitmix64: a tiny deterministic generator for the workloads.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Random writes (full and partial blocks, some FUA), FLUSHes and background steps.
+fn run_workload(e: &mut Engine<MemDevice>, rng: &mut Rng, ops: u64, backing_blocks: u64) {
+    for _ in 0..ops {
+        match rng.below(100) {
+            0..=54 => {
+                // A few hot blocks, so blocks are overwritten across segments.
+                let block = if rng.chance(50) {
+                    rng.below(4)
+                } else {
+                    rng.below(backing_blocks)
+                };
+                let first = rng.below(8);
+                let count = 1 + rng.below(8 - first);
+                let data = vec![rng.next() as u8; count as usize * SECTOR_SIZE];
+                e.write(block * SECTORS_PER_BLOCK + first, &data, rng.chance(10))
+                    .unwrap();
+            }
+            55..=67 => e.flush().unwrap(),
+            68..=75 => {
+                e.run_step(Step::Seal).unwrap();
+            }
+            76..=83 => {
+                e.run_step(Step::FlushSegment).unwrap();
+            }
+            84..=91 => {
+                e.run_step(Step::Writeback).unwrap();
+            }
+            92..=96 => {
+                e.run_step(Step::Record).unwrap();
+            }
+            _ => {
+                e.run_step(Step::Sync).unwrap();
+            }
+        }
+    }
+}
+
+/// Damage of the kinds a power cut or the media leave behind. Returns what it did.
+fn damage(cache: &mut MemDevice, geo: &Geometry, rng: &mut Rng) -> &'static str {
+    let nr = geo.nr_segments;
+    let slot = rng.below(nr);
+    let at = slot_byte(geo, slot);
+    let bytes = cache.bytes_mut();
+    let len = bytes[at + format::HEADER_LENGTH_OFFSET] as usize;
+    let written = format::segment_len_bytes(len.min(geo.blocks_per_segment()));
+    match rng.below(12) {
+        0..=3 => "none",
+        4..=6 => {
+            // A torn write: one byte of the checksummed part differs.
+            let off = 512 + rng.below((written - 512) as u64) as usize;
+            bytes[at + off] ^= 1 << rng.below(8);
+            "flipped a checksummed byte"
+        }
+        7 => {
+            bytes[at..at + BLOCK_SIZE].fill(0);
+            "zeroed a header"
+        }
+        8 => {
+            // Garbage in the first sector: a random id and length.
+            for b in &mut bytes[at..at + SECTOR_SIZE] {
+                *b = rng.next() as u8;
+            }
+            "garbage first sector"
+        }
+        9 => {
+            // The id of a later lap (the write of a reused slot lost its data).
+            let id = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            let newer = id.max(1) + nr;
+            bytes[at..at + 8].copy_from_slice(&newer.to_le_bytes());
+            "header of a later lap"
+        }
+        10 => {
+            let s = RECORD_SECTOR as usize * SECTOR_SIZE;
+            bytes[s + rng.below(28) as usize] ^= 0x10;
+            "rotted primary record"
+        }
+        _ => {
+            for sector in [format::RECORD_SECTOR, format::BACKUP_RECORD_SECTOR] {
+                let s = sector as usize * SECTOR_SIZE;
+                bytes[s + 8] ^= 0xFF;
+            }
+            "both record copies invalid"
+        }
+    }
+}
+
+#[test]
+fn check_agrees_with_recovery_on_random_crash_images() {
+    let mut stops = [0u32; 4];
+    let mut damaged = 0;
+    for seed in 0..200u64 {
+        let mut rng = Rng(seed);
+        let order = 4 + rng.below(3) as u8;
+        let nr = 2 + rng.below(7);
+        let backing_blocks = 8 + rng.below(56);
+        let mut e = fresh(order, nr, backing_blocks);
+        let geo = e.geometry();
+        for round in 0..4 {
+            let ops = 10 + rng.below(60);
+            run_workload(&mut e, &mut rng, ops, backing_blocks);
+            // A power cut: everything the engine wrote is on the media, RAM is lost.
+            let (mut cache, backing) = e.into_devices();
+            let what = damage(&mut cache, &geo, &mut rng);
+            damaged += (what != "none") as u32;
+            let context = format!("seed {seed} round {round} ({what})");
+            let report = checked(&mut cache);
+            match open(cache, backing) {
+                Ok((reopened, rep)) => {
+                    assert_agrees(&report, &rep, &context);
+                    let plan = report.replay.unwrap();
+                    stops[match plan.stop.reason {
+                        StopReason::EmptySlot => 0,
+                        StopReason::OtherId { .. } => 1,
+                        StopReason::Torn => 2,
+                        StopReason::WholeRing => 3,
+                    }] += 1;
+                    reopened.check_invariants().unwrap();
+                    // After recovery the log has no tail to cut: check sees the same replay
+                    // and nothing unreachable, and recovering again changes nothing.
+                    let (mut cache, backing) = reopened.into_devices();
+                    let again = checked(&mut cache);
+                    assert_eq!(again.slot_counts.unreachable, 0, "{context}\n{again}");
+                    let p2 = again.replay.unwrap();
+                    assert_eq!(
+                        (p2.segments_applied, p2.last_applied, p2.dirty_blocks),
+                        (plan.segments_applied, plan.last_applied, plan.dirty_blocks),
+                        "{context}\n{again}"
+                    );
+                    assert_eq!(p2.invalidated_slots, 0, "{context}\n{again}");
+                    let (e2, rep2) = open(cache, backing).unwrap();
+                    assert_agrees(&again, &rep2, &context);
+                    e = e2;
+                }
+                Err(err) => {
+                    assert!(!report.sound, "{context}: open failed with {err}\n{report}");
+                    assert!(
+                        matches!(err, Error::Corrupt { .. })
+                            && report
+                                .problems
+                                .iter()
+                                .any(|p| p.kind == ProblemKind::NoValidRecord),
+                        "{context}: {err}\n{report}"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    // The seeds reach every way a walk can end, and damage was applied.
+    assert!(stops.iter().all(|&n| n > 0), "stops {stops:?}");
+    assert!(damaged > 200, "{damaged}");
+}
+
+// ----- torn, unreachable, stale -----
+
+/// Segments 1, 2, 3 flushed; `tear` gets one data byte flipped.
+fn three_segments(tear: u64) -> (MemDevice, MemDevice, Geometry) {
+    let mut e = fresh(4, 8, 16);
+    let geo = e.geometry();
+    for (block, tag) in [(1, 1), (2, 2), (1, 3)] {
+        write_block(&mut e, block, tag);
+        e.flush().unwrap();
+    }
+    let (mut c, b) = e.into_devices();
+    let at = geo.block_sector(geo.slot_of(tear), 0) as usize * SECTOR_SIZE + 1234;
+    c.bytes_mut()[at] ^= 0x40;
+    (c, b, geo)
+}
+
+#[test]
+fn torn_newest_segment_is_reported_and_replay_stops_there() {
+    let (mut c, b, geo) = three_segments(3);
+    let r = checked(&mut c);
+    assert!(r.sound, "a torn tail is normal after a crash\n{r}");
+    let torn = r.slots.iter().find(|s| s.id == 3).unwrap();
+    assert_eq!(torn.class, SlotClass::Torn);
+    assert_eq!(torn.slot, geo.slot_of(3));
+    assert!(torn.length_ok && !torn.checksum_ok);
+    assert_eq!(
+        r.slots
+            .iter()
+            .filter(|s| s.class == SlotClass::Valid)
+            .count(),
+        2
+    );
+    let plan = r.replay.unwrap();
+    assert_eq!((plan.segments_applied, plan.last_applied), (2, 2));
+    assert_eq!(
+        (plan.stop.id, plan.stop.slot, plan.stop.reason),
+        (3, 2, StopReason::Torn)
+    );
+    assert_eq!(plan.dirty_blocks, 2);
+    assert!(r.notes.iter().any(|n| n.kind == NoteKind::TornAtEnd));
+    let (_, rep) = open(c, b).unwrap();
+    assert_agrees(&r, &rep, "torn newest");
+}
+
+#[test]
+fn intact_segment_after_a_torn_one_is_unreachable() {
+    let (mut c, b, _) = three_segments(2);
+    let r = checked(&mut c);
+    assert!(r.sound, "{r}");
+    let class = |id| r.slots.iter().find(|s| s.id == id).unwrap().class;
+    assert_eq!(
+        (class(1), class(2), class(3)),
+        (SlotClass::Valid, SlotClass::Torn, SlotClass::Unreachable)
+    );
+    assert!(r
+        .notes
+        .iter()
+        .any(|n| n.kind == NoteKind::UnreachableSegments && n.detail.contains("ids 3")));
+    let plan = r.replay.unwrap();
+    assert_eq!((plan.last_applied, plan.invalidated_slots), (1, 2));
+    let (_, rep) = open(c, b).unwrap();
+    assert_agrees(&r, &rep, "torn middle");
+}
+
+#[test]
+fn written_back_segments_are_stale_and_replay_starts_after_the_record() {
+    let mut e = fresh(4, 4, 16);
+    for (block, tag) in [(1, 1), (2, 2)] {
+        write_block(&mut e, block, tag);
+        e.flush().unwrap();
+    }
+    e.run_step(Step::Writeback).unwrap();
+    e.run_step(Step::Writeback).unwrap();
+    e.run_step(Step::Record).unwrap();
+    write_block(&mut e, 3, 3);
+    e.flush().unwrap();
+    let (mut c, b) = e.into_devices();
+    let r = checked(&mut c);
+    assert!(r.sound, "{r}");
+    assert_eq!(r.records.unwrap().record, Some(2));
+    assert_eq!(
+        (
+            r.slot_counts.stale,
+            r.slot_counts.valid,
+            r.slot_counts.empty
+        ),
+        (2, 1, 1),
+        "{r}"
+    );
+    let plan = r.replay.unwrap();
+    assert_eq!(
+        (
+            plan.record,
+            plan.segments_applied,
+            plan.last_applied,
+            plan.dirty_blocks
+        ),
+        (2, 1, 3, 1)
+    );
+    let (_, rep) = open(c, b).unwrap();
+    assert_agrees(&r, &rep, "after writeback");
+}
+
+#[test]
+fn torn_primary_record_falls_back_to_the_backup() {
+    let mut e = fresh(4, 4, 16);
+    write_block(&mut e, 1, 1);
+    e.flush().unwrap();
+    e.run_step(Step::Writeback).unwrap();
+    e.run_step(Step::Record).unwrap();
+    let (mut c, b) = e.into_devices();
+    c.bytes_mut()[RECORD_SECTOR as usize * SECTOR_SIZE + 20] ^= 1;
+    let r = checked(&mut c);
+    assert!(r.sound, "{r}");
+    let rec = r.records.unwrap();
+    assert!(!rec.primary.valid && rec.backup.valid);
+    assert_eq!(
+        (rec.record, rec.source),
+        (Some(1), Some(RecordSource::Backup))
+    );
+    assert!(r
+        .notes
+        .iter()
+        .any(|n| n.kind == NoteKind::RecordCopyInvalid));
+    let (_, rep) = open(c, b).unwrap();
+    assert_agrees(&r, &rep, "torn primary record");
+}
+
+#[test]
+fn block_crc_mismatch_in_a_replayed_segment_is_unsound() {
+    // A writer that recorded a wrong block CRC and checksummed it: replay accepts the segment,
+    // reading the block would kill the cache.
+    let (mut c, b) = fresh(4, 4, 16).into_devices();
+    let geo = Geometry::new(4, c.size_sectors()).unwrap();
+    let mut seg = vec![0u8; format::segment_len_bytes(1)];
+    let data = blk(9);
+    seg[BLOCK_SIZE..].copy_from_slice(&data);
+    let mb = Metablock {
+        sector: 8,
+        dirty_bits: 0xFF,
+        block_crc: Some(format::block_crc(&data) ^ 1),
+    };
+    format::encode_metablock(&mut seg, 0, &mb);
+    format::seal_segment(&mut seg, 1, 1);
+    let at = slot_byte(&geo, 0);
+    c.bytes_mut()[at..at + seg.len()].copy_from_slice(&seg);
+    let r = checked(&mut c);
+    assert!(!r.sound);
+    assert_eq!(r.slots[0].class, SlotClass::Valid);
+    assert_eq!(r.slots[0].bad_block_crcs, 1);
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::BlockCrcMismatch));
+    let (mut e, rep) = open(c, b).unwrap();
+    assert_eq!(rep.segments_applied, 1);
+    assert!(e.read(8, &mut [0u8; BLOCK_SIZE]).is_err());
+}
+
+// ----- devices open refuses -----
+
+/// `open` with `FormatPolicy::Never` fails, and check names `kind`.
+fn assert_refused(mut cache: MemDevice, kind: ProblemKind) -> CheckReport {
+    let r = checked(&mut cache);
+    assert!(!r.sound, "{r}");
+    assert!(r.replay.is_none(), "{r}");
+    assert!(
+        r.problems.iter().any(|p| p.kind == kind),
+        "expected {kind:?}\n{r}"
+    );
+    assert!(r.to_string().contains(kind.as_str()));
+    let err = open(cache, MemDevice::new(16 * SECTORS_PER_BLOCK))
+        .map(|_| ())
+        .expect_err("open must refuse it too");
+    let _ = err;
+    r
+}
+
+fn formatted_image(order: u8, nr: u64) -> MemDevice {
+    fresh(order, nr, 16).into_devices().0
+}
+
+fn put_sector0(cache: &mut MemDevice, sector0: &[u8]) {
+    cache.bytes_mut()[..SECTOR_SIZE].copy_from_slice(&sector0[..SECTOR_SIZE]);
+}
+
+#[test]
+fn corrupt_superblocks_and_records_are_named() {
+    // Blank.
+    let r = assert_refused(MemDevice::new(SUPERBLOCK_SECTORS + 64), ProblemKind::Blank);
+    assert_eq!(r.superblock.kind, SuperblockKind::Blank);
+
+    // Wrong magic: foreign.
+    let mut c = formatted_image(4, 4);
+    c.bytes_mut()[0] ^= 0xFF;
+    let r = assert_refused(c, ProblemKind::Foreign);
+    assert!(r.geometry.is_none());
+
+    // Future format version (a valid extension).
+    let ext = SuperblockExt {
+        format_version: FORMAT_VERSION + 1,
+        order: 4,
+        cache_type: 0,
+        flags: 0,
+        generation: GENERATION,
+        cache_sectors: SUPERBLOCK_SECTORS + 64,
+    };
+    let mut c = formatted_image(4, 4);
+    put_sector0(&mut c, &encode_superblock(&ext));
+    assert_refused(c, ProblemKind::UnsupportedVersion);
+
+    // Formatted at another size.
+    let mut c = formatted_image(4, 4);
+    put_sector0(
+        &mut c,
+        &encode_superblock(&SuperblockExt {
+            format_version: FORMAT_VERSION,
+            cache_sectors: SUPERBLOCK_SECTORS + 48,
+            ..ext
+        }),
+    );
+    let r = assert_refused(c, ProblemKind::CacheResized);
+    assert_eq!(r.geometry.map(|g| g.nr_segments), Some(3));
+
+    // A persistent-log type.
+    let mut c = formatted_image(4, 4);
+    put_sector0(
+        &mut c,
+        &encode_superblock(&SuperblockExt {
+            format_version: FORMAT_VERSION,
+            cache_type: 1,
+            ..ext
+        }),
+    );
+    assert_refused(c, ProblemKind::UnsupportedType);
+
+    // Bad order in a valid extension.
+    let mut c = formatted_image(4, 4);
+    put_sector0(
+        &mut c,
+        &encode_superblock(&SuperblockExt {
+            format_version: FORMAT_VERSION,
+            order: 11,
+            ..ext
+        }),
+    );
+    assert_refused(c, ProblemKind::Geometry);
+
+    // Both record copies rotted.
+    let mut c = formatted_image(4, 4);
+    for s in [RECORD_SECTOR, format::BACKUP_RECORD_SECTOR] {
+        c.bytes_mut()[s as usize * SECTOR_SIZE + 9] ^= 1;
+    }
+    let r = assert_refused(c, ProblemKind::NoValidRecord);
+    assert_eq!(r.records.unwrap().record, None);
+
+    // A record of another generation.
+    let mut c = formatted_image(4, 4);
+    let other = format::encode_record_block(&RecordExt {
+        last_writeback_id: 0,
+        flags: 0,
+        generation: GENERATION + 1,
+    });
+    for s in [
+        format::RECORD_BLOCK_SECTOR,
+        format::BACKUP_RECORD_BLOCK_SECTOR,
+    ] {
+        let at = s as usize * SECTOR_SIZE;
+        c.bytes_mut()[at..at + BLOCK_SIZE].copy_from_slice(&other);
+    }
+    assert_refused(c, ProblemKind::NoValidRecord);
+
+    // A record no segment id can reach.
+    let mut c = formatted_image(4, 4);
+    let huge = format::encode_record_block(&RecordExt {
+        last_writeback_id: u64::MAX / 2,
+        flags: 0,
+        generation: GENERATION,
+    });
+    let at = format::RECORD_BLOCK_SECTOR as usize * SECTOR_SIZE;
+    c.bytes_mut()[at..at + BLOCK_SIZE].copy_from_slice(&huge);
+    assert_refused(c, ProblemKind::ImplausibleRecord);
+
+    // An interrupted format (the records say "formatting"), whatever sector 0 holds.
+    for garbage_sector0 in [false, true] {
+        let mut c = formatted_image(4, 4);
+        let marker = format::encode_record_block(&RecordExt {
+            last_writeback_id: 0,
+            flags: format::RECORD_FLAG_FORMATTING,
+            generation: GENERATION,
+        });
+        let at = format::BACKUP_RECORD_BLOCK_SECTOR as usize * SECTOR_SIZE;
+        c.bytes_mut()[at..at + BLOCK_SIZE].copy_from_slice(&marker);
+        if garbage_sector0 {
+            c.bytes_mut()[..SECTOR_SIZE].fill(0x5A);
+        }
+        let r = assert_refused(c, ProblemKind::InterruptedFormat);
+        assert!(r.records.unwrap().interrupted_format);
+    }
+
+    // Too small for any geometry, down to nothing.
+    for sectors in [0, 1, 7, 8, 2047, 2048, SUPERBLOCK_SECTORS + 31] {
+        let mut c = MemDevice::new(sectors);
+        let r = checked(&mut c);
+        assert!(!r.sound);
+        assert!(
+            r.problems.iter().any(|p| p.kind == ProblemKind::TooSmall),
+            "{r}"
+        );
+        assert!(r.geometry.is_none() && r.replay.is_none());
+        let d = dumped(&mut c, None);
+        assert!(d.segments.is_empty() && d.unreadable.is_some());
+    }
+}
+
+#[test]
+fn check_against_a_backing_device_finds_blocks_past_its_end() {
+    let mut e = fresh(5, 4, 128);
+    e.write(100 * SECTORS_PER_BLOCK, &blk(1), true).unwrap();
+    let (mut c, _) = e.into_devices();
+    let before = c.bytes().to_vec();
+    let fits = check_against_backing(&mut ReadOnly(&mut c), 128 * SECTORS_PER_BLOCK).unwrap();
+    assert!(fits.sound, "{fits}");
+    assert_eq!(
+        fits.replay.unwrap().backing_sectors_needed,
+        101 * SECTORS_PER_BLOCK
+    );
+    let small = check_against_backing(&mut ReadOnly(&mut c), 16 * SECTORS_PER_BLOCK).unwrap();
+    assert!(!small.sound);
+    assert!(small
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::BackingTooSmall));
+    let odd = check_against_backing(&mut ReadOnly(&mut c), 1001).unwrap();
+    assert!(odd
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::BackingSize));
+    assert!(c.bytes() == before.as_slice());
+    let err = open(c, MemDevice::new(16 * SECTORS_PER_BLOCK))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::SegmentOutOfRange { .. }), "{err}");
+}
+
+// ----- upstream images -----
+
+/// An order-10 segment as upstream writes it: no CRC marker, a clean read-cache entry.
+fn upstream_segment(id: u64, blocks: &[(u64, u8, u8)]) -> Vec<u8> {
+    let mut seg = vec![0u8; format::segment_len_bytes(blocks.len())];
+    for (i, &(sector, dirty, fill)) in blocks.iter().enumerate() {
+        format::encode_metablock(
+            &mut seg,
+            i,
+            &Metablock {
+                sector,
+                dirty_bits: dirty,
+                block_crc: None,
+            },
+        );
+        seg[BLOCK_SIZE * (1 + i)..BLOCK_SIZE * (2 + i)].fill(fill);
+    }
+    format::seal_segment(&mut seg, id, blocks.len());
+    seg
+}
+
+fn upstream_image(record: u64) -> MemDevice {
+    let size = SUPERBLOCK_SECTORS + 3 * 1024;
+    let mut image = vec![0u8; size as usize * SECTOR_SIZE];
+    image[..4].copy_from_slice(&SUPERBLOCK_MAGIC.to_le_bytes());
+    image[EXT_OFFSET..EXT_OFFSET + 36].fill(0xA5);
+    let r = RECORD_SECTOR as usize * SECTOR_SIZE;
+    image[r..r + 8].copy_from_slice(&record.to_le_bytes());
+    let geo = Geometry::new(10, size).unwrap();
+    let seg1 = upstream_segment(1, &[(0, 0xFF, 0x11), (8, 0x00, 0x22), (16, 0x0F, 0x33)]);
+    let seg2 = upstream_segment(2, &[(0, 0xF0, 0x44)]);
+    for (slot, seg) in [(0u64, &seg1), (1, &seg2)] {
+        let at = slot_byte(&geo, slot);
+        image[at..at + seg.len()].copy_from_slice(seg);
+    }
+    MemDevice::from_bytes(image)
+}
+
+#[test]
+fn upstream_image_is_reported_as_upstream() {
+    for record in [0, 1] {
+        let mut c = upstream_image(record);
+        let r = checked(&mut c);
+        assert!(r.sound, "{r}");
+        assert_eq!(r.superblock.kind, SuperblockKind::Upstream);
+        assert!(r.superblock.ext.is_none());
+        assert_eq!(r.geometry.map(|g| (g.order, g.nr_segments)), Some((10, 3)));
+        let rec = r.records.unwrap();
+        assert_eq!(
+            (rec.record, rec.source),
+            (Some(record), Some(RecordSource::UpstreamPrimary))
+        );
+        let plan = r.replay.unwrap();
+        // Block 0 in both segments, block 2 in segment 1; block 1 is clean.
+        let (applied, dirty) = if record == 0 { (2, 2) } else { (1, 1) };
+        assert_eq!((plan.segments_applied, plan.dirty_blocks), (applied, dirty));
+        assert!(r.to_string().contains("superblock: upstream"));
+        assert!(r.to_json().contains("\"kind\":\"upstream\""));
+        let (_, rep) = open(c, MemDevice::new(64 * SECTORS_PER_BLOCK)).unwrap();
+        assert_agrees(&r, &rep, "upstream");
+    }
+    // Upstream blocks have no CRC to check; dump says so.
+    let d = dumped(&mut upstream_image(0), Some(1));
+    assert_eq!(d.segments[0].blocks[1].dirty_bits, 0);
+    assert!(d.segments[0]
+        .blocks
+        .iter()
+        .all(|b| b.crc.is_none() && b.crc_ok.is_none()));
+}
+
+// ----- dump -----
+
+#[test]
+fn dump_lists_the_blocks_of_a_segment_and_says_when_one_is_missing() {
+    let mut e = fresh(5, 4, 64);
+    // Segment 1: block 3 whole, sectors 2..4 of block 7.
+    write_block(&mut e, 3, 1);
+    e.write(7 * SECTORS_PER_BLOCK + 2, &[9u8; 2 * SECTOR_SIZE], false)
+        .unwrap();
+    e.flush().unwrap();
+    // Segment 2: block 5.
+    write_block(&mut e, 5, 2);
+    e.flush().unwrap();
+    let (mut c, _) = e.into_devices();
+
+    let d = dumped(&mut c, Some(1));
+    assert_eq!(d.requested, Some(1));
+    assert!(d.missing.is_none());
+    assert_eq!(d.segments.len(), 1);
+    let s = &d.segments[0];
+    assert_eq!((s.id, s.slot, s.length), (1, 0, 2));
+    assert!(s.checksum_ok && s.length_ok && s.in_its_slot && !s.blocks_omitted);
+    let listed: Vec<(u64, u8, Option<bool>)> = s
+        .blocks
+        .iter()
+        .map(|b| (b.sector, b.dirty_bits, b.crc_ok))
+        .collect();
+    assert_eq!(
+        listed,
+        [(24, 0xFF, Some(true)), (56, 0b0000_1100, Some(true))]
+    );
+    let text = d.to_string();
+    assert!(text.contains("segment 1 in slot 0"), "{text}");
+    assert!(
+        text.contains("sector           56  dirty 00001100"),
+        "{text}"
+    );
+
+    // Everything: both segments.
+    let all = dumped(&mut c, None);
+    assert_eq!(
+        all.segments.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(all.segments[1].blocks[0].sector, 40);
+
+    // Missing: an empty slot, another lap's id, id 0.
+    let d = dumped(&mut c, Some(3));
+    assert!(d.segments.is_empty());
+    let m = d.missing.unwrap();
+    assert_eq!((m.id, m.slot, m.found), (3, Some(2), 0));
+    assert!(d
+        .to_string()
+        .contains("segment 3 is not on the device: slot 2 is empty"));
+    let d = dumped(&mut c, Some(5));
+    let m = d.missing.unwrap();
+    assert_eq!((m.slot, m.found), (Some(0), 1));
+    assert!(d.to_string().contains("slot 0 holds id 1"));
+    assert!(d
+        .to_json()
+        .contains("\"missing\":{\"id\":5,\"slot\":0,\"found\":1}"));
+    let d = dumped(&mut c, Some(0));
+    assert_eq!(d.missing.unwrap().slot, None);
+
+    // A torn segment is still dumped, with its checksum marked bad.
+    let geo = Geometry::new(5, c.size_sectors()).unwrap();
+    let at = geo.block_sector(0, 1) as usize * SECTOR_SIZE;
+    c.bytes_mut()[at] ^= 1;
+    let d = dumped(&mut c, Some(1));
+    assert!(!d.segments[0].checksum_ok);
+    assert_eq!(d.segments[0].blocks[1].crc_ok, Some(false));
+}
+
+#[test]
+fn dump_of_a_header_claiming_too_many_blocks_lists_only_what_fits() {
+    let (mut c, _) = fresh(4, 2, 16).into_devices();
+    let geo = Geometry::new(4, c.size_sectors()).unwrap();
+    let at = slot_byte(&geo, 1);
+    c.bytes_mut()[at..at + 8].copy_from_slice(&2u64.to_le_bytes());
+    c.bytes_mut()[at + format::HEADER_LENGTH_OFFSET] = 200;
+    let d = dumped(&mut c, Some(2));
+    let s = &d.segments[0];
+    assert!(!s.length_ok && !s.checksum_ok);
+    assert_eq!(s.blocks.len(), geo.blocks_per_segment());
+    let r = checked(&mut c);
+    assert_eq!(r.slots[0].class, SlotClass::Torn);
+    assert!(!r.slots[0].length_ok);
+}
+
+// ----- random bytes -----
+
+/// An image of `sectors` sectors: random bytes, optionally with the superblock magic, or with a
+/// valid extension of a random order (so the slots, full of garbage, are scanned), or a valid
+/// extension and valid records, with random or sparse garbage in the slots.
+fn random_image(seed: u64, sectors: u64, shape: u8) -> MemDevice {
+    let mut rng = Rng(seed);
+    let mut image = vec![0u8; sectors as usize * SECTOR_SIZE];
+    let sparse = shape >= 3;
+    for chunk in image.chunks_mut(8) {
+        let v = if sparse && !rng.chance(2) {
+            0
+        } else {
+            rng.next()
+        };
+        let n = chunk.len();
+        chunk.copy_from_slice(&v.to_le_bytes()[..n]);
+    }
+    if shape >= 1 && sectors > 0 {
+        image[..4].copy_from_slice(&SUPERBLOCK_MAGIC.to_le_bytes());
+    }
+    if shape >= 2 && sectors > 0 {
+        let ext = SuperblockExt {
+            format_version: FORMAT_VERSION,
+            order: 4 + rng.below(3) as u8,
+            cache_type: 0,
+            flags: 0,
+            generation: GENERATION,
+            cache_sectors: sectors,
+        };
+        image[..SECTOR_SIZE].copy_from_slice(&encode_superblock(&ext)[..SECTOR_SIZE]);
+        if sectors > RECORD_SECTOR {
+            let rec = format::encode_record_block(&RecordExt {
+                last_writeback_id: rng.below(6),
+                flags: 0,
+                generation: GENERATION,
+            });
+            for s in [
+                format::RECORD_BLOCK_SECTOR,
+                format::BACKUP_RECORD_BLOCK_SECTOR,
+            ] {
+                let at = s as usize * SECTOR_SIZE;
+                image[at..at + BLOCK_SIZE].copy_from_slice(&rec);
+            }
+        }
+    }
+    MemDevice::from_bytes(image)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Any bytes: check and dump return (a report, never a panic), write nothing, and agree
+    /// with `open` on whether the device recovers.
+    #[test]
+    fn random_images_never_panic(
+        seed in any::<u64>(),
+        sectors in prop_oneof![
+            0u64..=16,
+            (SUPERBLOCK_SECTORS - 2)..=(SUPERBLOCK_SECTORS + 40),
+            (SUPERBLOCK_SECTORS + 32)..=(SUPERBLOCK_SECTORS + 8 * 64),
+        ],
+        shape in 0u8..=4,
+        segment in prop::option::of(0u64..20),
+    ) {
+        const BACKING: u64 = 1 << 16;
+        let mut c = random_image(seed, sectors, shape);
+        // Against the backing device open gets, so a garbage metablock past its end counts.
+        let r = checked_with(&mut c, Some(BACKING));
+        prop_assert_eq!(r.sound, r.problems.is_empty());
+        if let Some(g) = r.geometry {
+            let counted = r.slot_counts.empty + r.slots.len() as u64;
+            prop_assert_eq!(counted, g.nr_segments);
+        }
+        dumped(&mut c, segment);
+        dumped(&mut c, None);
+        {
+            match open(c, MemDevice::new(BACKING)) {
+                Ok((_, rep)) => {
+                    // Garbage may hold a block CRC mismatch open does not look at; anything
+                    // else check flags makes open fail.
+                    let benign = r.problems.iter().all(|p| p.kind == ProblemKind::BlockCrcMismatch);
+                    prop_assert!(benign, "open recovered\n{}", r);
+                    let plan = r.replay.unwrap();
+                    prop_assert_eq!(
+                        (plan.record, plan.segments_applied, plan.dirty_blocks, plan.invalidated_slots),
+                        (rep.record, rep.segments_applied, rep.dirty_blocks, rep.stale_invalidated)
+                    );
+                }
+                Err(Error::Io { .. }) => prop_assert!(false, "I/O error on a MemDevice"),
+                Err(_) => prop_assert!(!r.sound, "open failed, check said sound\n{}", r),
+            }
+        }
+    }
+}
+
+// ----- a minimal JSON validator, so the hand-written output is checked for well-formedness -----
+
+fn json_is_valid(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    json_value(b, &mut i) && {
+        json_ws(b, &mut i);
+        i == b.len()
+    }
+}
+
+fn json_ws(b: &[u8], i: &mut usize) {
+    while *i < b.len() && b" \t\n\r".contains(&b[*i]) {
+        *i += 1;
+    }
+}
+
+fn json_value(b: &[u8], i: &mut usize) -> bool {
+    json_ws(b, i);
+    match b.get(*i) {
+        Some(b'{') => json_seq(b, i, b'}', |b, i| {
+            json_ws(b, i);
+            json_string(b, i) && {
+                json_ws(b, i);
+                b.get(*i) == Some(&b':') && {
+                    *i += 1;
+                    json_value(b, i)
+                }
+            }
+        }),
+        Some(b'[') => json_seq(b, i, b']', json_value),
+        Some(b'"') => json_string(b, i),
+        Some(b't') => json_lit(b, i, b"true"),
+        Some(b'f') => json_lit(b, i, b"false"),
+        Some(b'n') => json_lit(b, i, b"null"),
+        Some(c) if c.is_ascii_digit() || *c == b'-' => {
+            *i += 1;
+            while *i < b.len() && (b[*i].is_ascii_digit() || b".eE+-".contains(&b[*i])) {
+                *i += 1;
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+fn json_seq(b: &[u8], i: &mut usize, close: u8, item: impl Fn(&[u8], &mut usize) -> bool) -> bool {
+    *i += 1;
+    json_ws(b, i);
+    if b.get(*i) == Some(&close) {
+        *i += 1;
+        return true;
+    }
+    loop {
+        if !item(b, i) {
+            return false;
+        }
+        json_ws(b, i);
+        match b.get(*i) {
+            Some(&c) if c == close => {
+                *i += 1;
+                return true;
+            }
+            Some(b',') => *i += 1,
+            _ => return false,
+        }
+    }
+}
+
+fn json_string(b: &[u8], i: &mut usize) -> bool {
+    if b.get(*i) != Some(&b'"') {
+        return false;
+    }
+    *i += 1;
+    while let Some(&c) = b.get(*i) {
+        *i += 1;
+        match c {
+            b'"' => return true,
+            b'\\' => match b.get(*i) {
+                Some(b'u') => {
+                    let hex = b.get(*i + 1..*i + 5);
+                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                        return false;
+                    }
+                    *i += 5;
+                }
+                Some(e) if b"\"\\/bfnrt".contains(e) => *i += 1,
+                _ => return false,
+            },
+            c if c < 0x20 => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn json_lit(b: &[u8], i: &mut usize, lit: &[u8]) -> bool {
+    if b[*i..].starts_with(lit) {
+        *i += lit.len();
+        true
+    } else {
+        false
+    }
+}
+
+/// A device whose reads of one sector fail.
+struct FailingRead {
+    dev: MemDevice,
+    bad_sector: u64,
+}
+
+impl BlockDevice for FailingRead {
+    fn size_sectors(&self) -> u64 {
+        self.dev.size_sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let end = sector + (buf.len() / SECTOR_SIZE) as u64;
+        if (sector..end).contains(&self.bad_sector) {
+            return Err(IoError::new(
+                engine::IoOp::Read,
+                sector,
+                end - sector,
+                "medium error",
+            ));
+        }
+        self.dev.read(sector, buf)
+    }
+    fn write(&mut self, _: u64, _: &[u8], _: bool) -> Result<(), IoError> {
+        panic!("inspection wrote");
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        panic!("inspection flushed");
+    }
+}
+
+#[test]
+fn a_read_error_is_an_io_error_not_a_verdict() {
+    let mut e = fresh(4, 4, 16);
+    write_block(&mut e, 1, 1);
+    e.flush().unwrap();
+    let (dev, _) = e.into_devices();
+    let geo = Geometry::new(4, dev.size_sectors()).unwrap();
+    for bad_sector in [0, RECORD_SECTOR, geo.slot_sector(0), geo.block_sector(0, 0)] {
+        let mut d = FailingRead {
+            dev: dev.clone(),
+            bad_sector,
+        };
+        let err = check(&mut d).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    role: engine::DeviceRole::Cache,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(dump(&mut d, None), Err(Error::Io { .. })));
+    }
+}
