@@ -25,3 +25,7 @@ pub use error::{Error, Result};
 pub use recovery::{format_device, RecoveryReport};
 pub use status::{Stats, Status};
 pub use tunables::Tunables;
+
+/// Whether this build of the engine carries the seed hazards (`quirks` feature, test builds
+/// only). The runner reports it in `wbcache --version`.
+pub const QUIRKS_COMPILED: bool = cfg!(feature = "quirks");
