@@ -346,6 +346,17 @@ impl BlockDevice for FileDevice {
     }
 }
 
+impl std::fmt::Debug for FileDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDevice")
+            .field("path", &self.path)
+            .field("sectors", &self.sectors)
+            .field("direct", &self.direct)
+            .field("align", &self.align)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BusyTime for FileDevice {
     fn busy_ns(&self) -> u64 {
         self.busy_ns
