@@ -410,8 +410,7 @@ mod tests {
             d.align = a;
         }
         let mut model = vec![0u8; 64 * 1024];
-        let mut x = 1u8;
-        for (sector, count) in [
+        for (i, (sector, count)) in [
             (0u64, 1usize),
             (1, 2),
             (7, 3),
@@ -419,11 +418,14 @@ mod tests {
             (13, 1),
             (15, 17),
             (100, 4),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = i as u8 + 1;
             let data: Vec<u8> = (0..count * 512).map(|i| x.wrapping_add(i as u8)).collect();
             d.write(sector, &data, x % 2 == 0).unwrap();
             model[sector as usize * 512..][..data.len()].copy_from_slice(&data);
-            x += 1;
         }
         d.flush().unwrap();
         let mut all = vec![0u8; 64 * 1024];

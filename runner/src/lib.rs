@@ -9,6 +9,7 @@ pub mod control;
 pub mod core;
 pub mod engine_thread;
 pub mod filedev;
+pub mod inflight;
 pub mod nbd;
 pub mod queue;
 pub mod server;

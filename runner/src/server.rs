@@ -12,7 +12,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{bail, Context};
@@ -24,6 +24,8 @@ use crate::filedev::{FileDevice, IoMode};
 use crate::nbd::conn::{self, ConnEnd, Stream};
 use crate::nbd::proto::Export;
 use crate::queue::BoundedQueue;
+// The request path's Arc (loom's under `--cfg loom`); the rest of this file is plain std.
+use crate::sync::Arc;
 use crate::{control, log_line, signals};
 
 /// Client connections served at once; more are accepted and closed with a log line.

@@ -1,19 +1,18 @@
 //! One NBD client connection: handshake, then a reader (this thread) that parses requests and
 //! queues them for the engine thread, and a writer thread that sends replies as the engine
 //! finishes them. Replies may go out of request order (NBD allows it); per connection at most
-//! `IN_FLIGHT_BYTES` of requests are in flight (a semaphore the reader takes before it reads
-//! a payload and the writer gives back after the reply is sent), which also bounds the reply
-//! queue so the engine thread never blocks on a slow client.
+//! `IN_FLIGHT_BYTES` of requests are in flight (`inflight::Inflight`: units the reader takes
+//! before it reads a payload and the writer gives back after the reply is sent), which also
+//! bounds the reply queue so the engine thread never blocks on a slow client.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
-use engine::Error;
-
 use super::proto::{self, Command, Export, Next, ProtoError, Request};
-use crate::engine_thread::{EngineReq, Job, Outcome};
-use crate::queue::{BoundedQueue, Semaphore};
+use crate::engine_thread::{EngineReq, Job};
+use crate::inflight::Inflight;
+use crate::queue::BoundedQueue;
 use crate::sync::{thread, Arc};
 
 /// Bytes of requests (payloads and read buffers) one connection may have in flight.
@@ -21,7 +20,6 @@ pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// What a request without payload, or a small one, counts against `IN_FLIGHT_BYTES`: bounds
 /// the number of requests in flight to `IN_FLIGHT_BYTES / MIN_REQUEST_UNITS`.
 pub const MIN_REQUEST_UNITS: u64 = 256 << 10;
-pub const MAX_IN_FLIGHT_REQUESTS: usize = (IN_FLIGHT_BYTES / MIN_REQUEST_UNITS) as usize;
 /// Options a client may send before it must pick the export (a bound, not a courtesy limit).
 pub const MAX_OPTIONS: usize = 256;
 
@@ -102,22 +100,6 @@ pub fn handshake(s: &mut dyn Stream, export: &Export) -> Result<(), ConnEnd> {
     Err(ConnEnd::TooManyOptions)
 }
 
-/// A reply ready to send, with the in-flight units it gives back.
-struct Reply {
-    handle: u64,
-    errno: u32,
-    data: Option<Vec<u8>>,
-    units: u64,
-}
-
-fn errno_of(e: &Error, write: bool) -> u32 {
-    match e {
-        Error::OutOfRange { .. } if write => proto::ENOSPC,
-        Error::OutOfRange { .. } | Error::Unaligned { .. } => proto::EINVAL,
-        _ => proto::EIO,
-    }
-}
-
 /// Skips `len` payload bytes of a refused WRITE (in bounded chunks) to stay in sync.
 fn skip_payload(s: &mut dyn Stream, mut len: u64) -> Result<(), ConnEnd> {
     let mut scratch = [0u8; 64 * 1024];
@@ -127,10 +109,6 @@ fn skip_payload(s: &mut dyn Stream, mut len: u64) -> Result<(), ConnEnd> {
         len -= n as u64;
     }
     Ok(())
-}
-
-fn units_of(len: u64) -> u64 {
-    len.max(MIN_REQUEST_UNITS)
 }
 
 /// Serves one connection to its end. `log` gets one line per notable event.
@@ -147,17 +125,15 @@ pub fn serve(
         Ok(s) => s,
         Err(e) => return ConnEnd::Io(e),
     };
-    let replies: Arc<BoundedQueue<Reply>> = Arc::new(BoundedQueue::new(MAX_IN_FLIGHT_REQUESTS));
-    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
+    let window = Inflight::new(IN_FLIGHT_BYTES, MIN_REQUEST_UNITS);
     let writer = {
-        let (replies, budget) = (replies.clone(), budget.clone());
-        thread::spawn(move || write_replies(out.as_mut(), &replies, &budget))
+        let window = window.clone();
+        thread::spawn(move || write_replies(out.as_mut(), &window))
     };
-    let end = read_requests(stream.as_mut(), &jobs, &replies, &budget, &export, log);
+    let end = read_requests(stream.as_mut(), &jobs, &window, &export, log);
     // Every request read is answered before the connection closes: wait for the engine to
     // finish them and the writer to send them.
-    budget.wait_idle();
-    replies.close();
+    window.finish();
     let write_err = writer.join().expect("reply writer panicked");
     stream.shutdown_stream(true);
     match (end, write_err) {
@@ -166,15 +142,11 @@ pub fn serve(
     }
 }
 
-/// Sends replies until the queue is closed; after a socket error it keeps draining (and
+/// Sends replies until the window is finished; after a socket error it keeps draining (and
 /// releasing units) so nothing waits on a dead connection.
-fn write_replies(
-    out: &mut dyn Stream,
-    replies: &BoundedQueue<Reply>,
-    budget: &Semaphore,
-) -> Option<io::Error> {
+fn write_replies(out: &mut dyn Stream, window: &Inflight) -> Option<io::Error> {
     let mut failed: Option<io::Error> = None;
-    while let Some(r) = replies.pop() {
+    while let Some(r) = window.next_reply() {
         if failed.is_none() {
             let mut res = out.write_all(&proto::simple_reply(r.handle, r.errno));
             if let (Ok(()), Some(data)) = (&res, &r.data) {
@@ -186,16 +158,15 @@ fn write_replies(
                 failed = Some(e);
             }
         }
-        budget.release(r.units);
+        window.sent(&r);
     }
     failed
 }
 
 fn read_requests(
     s: &mut dyn Stream,
-    jobs: &Arc<BoundedQueue<Job>>,
-    replies: &Arc<BoundedQueue<Reply>>,
-    budget: &Arc<Semaphore>,
+    jobs: &BoundedQueue<Job>,
+    window: &Arc<Inflight>,
     export: &Export,
     log: &(dyn Fn(&str) + Sync),
 ) -> ConnEnd {
@@ -220,94 +191,46 @@ fn read_requests(
                 if let Err(end) = skip_payload(s, proto::payload_len(&req) as u64) {
                     return end;
                 }
-                budget.acquire(MIN_REQUEST_UNITS);
-                let r = Reply {
-                    handle: req.handle,
-                    errno: refusal.errno,
-                    data: None,
-                    units: MIN_REQUEST_UNITS,
-                };
-                if replies.push(r).is_err() {
-                    unreachable!("the reply queue is closed only after the reader returned");
-                }
+                let units = window.acquire(0);
+                window.refuse(req.handle, refusal.errno, units);
                 continue;
             }
         };
-        let units = units_of(req.length as u64);
-        budget.acquire(units);
-        let (engine_req, is_write) = match cmd {
-            Command::Read { sector, len } => (
-                EngineReq::Read {
-                    sector,
-                    len: len as usize,
-                },
-                false,
-            ),
+        let units = window.acquire(req.length as u64);
+        let engine_req = match cmd {
+            Command::Read { sector, len } => EngineReq::Read {
+                sector,
+                len: len as usize,
+            },
             Command::Write { sector, len, fua } => {
                 let mut data = vec![0u8; len as usize];
                 if let Err(end) = read_full(s, &mut data) {
-                    budget.release(units);
+                    window.release(units);
                     return end;
                 }
-                (EngineReq::Write { sector, data, fua }, true)
+                EngineReq::Write { sector, data, fua }
             }
-            Command::Flush => (EngineReq::Flush, false),
+            Command::Flush => EngineReq::Flush,
             Command::Trim {
                 sector,
                 sectors,
                 fua,
-            } => (
-                EngineReq::Trim {
-                    sector,
-                    sectors,
-                    fua,
-                },
-                true,
-            ),
+            } => EngineReq::Trim {
+                sector,
+                sectors,
+                fua,
+            },
             Command::WriteZeroes {
                 sector,
                 sectors,
                 fua,
-            } => (
-                EngineReq::WriteZeroes {
-                    sector,
-                    sectors,
-                    fua,
-                },
-                true,
-            ),
+            } => EngineReq::WriteZeroes {
+                sector,
+                sectors,
+                fua,
+            },
             Command::Disconnect => unreachable!("handled above"),
         };
-        let handle = req.handle;
-        let to = replies.clone();
-        let job = Job {
-            req: engine_req,
-            reply: Box::new(move |outcome| {
-                let (errno, data) = match outcome {
-                    Outcome::Done => (0, None),
-                    Outcome::Data(d) => (0, Some(d)),
-                    Outcome::Failed(e) => (errno_of(&e, is_write), None),
-                    Outcome::Status(_) => (proto::EIO, None),
-                };
-                // Never blocks: the queue holds MAX_IN_FLIGHT_REQUESTS and at most that many
-                // requests hold units.
-                let _ = to.push(Reply {
-                    handle,
-                    errno,
-                    data,
-                    units,
-                });
-            }),
-        };
-        if jobs.push(job).is_err() {
-            // The server is shutting down and this request was never started (its reply
-            // callback was dropped unused): answer ESHUTDOWN, as the spec asks.
-            let _ = replies.push(Reply {
-                handle,
-                errno: proto::ESHUTDOWN,
-                data: None,
-                units,
-            });
-        }
+        Inflight::submit(window, jobs, engine_req, req.handle, units);
     }
 }
