@@ -184,3 +184,119 @@ pub fn run<C: Core>(
     }
     core.shutdown()
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::core::{BusyTime, EngineCore};
+    use crate::inflight::Inflight;
+    use crate::nbd::proto;
+    use crate::sync::{thread, Arc};
+    use engine::{BlockDevice, Config, Engine, IoError, IoOp, MemDevice};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// A memory device whose writes and flushes fail once `broken` is set.
+    struct Breakable {
+        mem: MemDevice,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl BlockDevice for Breakable {
+        fn size_sectors(&self) -> u64 {
+            self.mem.size_sectors()
+        }
+        fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.mem.read(sector, buf)
+        }
+        fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(IoError::new(IoOp::Write, sector, 1, "injected EIO"));
+            }
+            self.mem.write(sector, data, fua)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(IoError::new(IoOp::Flush, 0, 0, "injected EIO"));
+            }
+            self.mem.flush()
+        }
+    }
+
+    impl BusyTime for Breakable {
+        fn busy_ns(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_dead_cache_answers_eio_and_is_logged_once() {
+        let broken = Arc::new(AtomicBool::new(false));
+        let dev = |sectors| Breakable {
+            mem: MemDevice::new(sectors),
+            broken: broken.clone(),
+        };
+        let cfg = Config {
+            segment_size_order: 5,
+            ..Config::default()
+        };
+        let (engine, _) = Engine::open(dev(2048 + 4 * 32), dev(256), cfg).unwrap();
+        let jobs = Arc::new(BoundedQueue::new(4));
+        let logged = Arc::new(Mutex::new(Vec::<String>::new()));
+        let t = {
+            let (jobs, logged) = (jobs.clone(), logged.clone());
+            thread::spawn(move || {
+                let log = |m: &str| logged.lock().unwrap().push(m.to_string());
+                run(EngineCore::new(engine), &jobs, &MonotonicClock::new(), &log)
+            })
+        };
+        let w = Inflight::new(4, 1);
+        let ask = |req, h| {
+            let units = w.acquire(1);
+            Inflight::submit(&w, &jobs, req, h, units);
+            let r = w.next_reply().unwrap();
+            w.sent(&r);
+            r.errno
+        };
+        let write = |fua| EngineReq::Write {
+            sector: 0,
+            data: vec![1; 4096],
+            fua,
+        };
+        assert_eq!(ask(write(false), 1), 0);
+        broken.store(true, Ordering::SeqCst);
+        assert_eq!(
+            ask(write(true), 2),
+            proto::EIO,
+            "FUA write hits the broken device"
+        );
+        broken.store(false, Ordering::SeqCst);
+        assert_eq!(
+            ask(
+                EngineReq::Read {
+                    sector: 0,
+                    len: 4096
+                },
+                3
+            ),
+            proto::EIO,
+            "dead: reads fail too"
+        );
+        assert_eq!(ask(EngineReq::Flush, 4), proto::EIO);
+        jobs.close();
+        assert!(
+            t.join().unwrap().is_err(),
+            "a dead cache cannot shut down cleanly"
+        );
+        let logged = logged.lock().unwrap();
+        let dead: Vec<_> = logged
+            .iter()
+            .filter(|l| l.contains("the cache is dead"))
+            .collect();
+        assert_eq!(dead.len(), 1, "{logged:?}");
+        assert!(
+            dead[0].contains("injected EIO"),
+            "the log says why: {logged:?}"
+        );
+    }
+}
