@@ -28,3 +28,7 @@ pub use inspect::{check, check_against_backing, dump, CheckReport, Dump};
 pub use recovery::{format_device, format_device_with_plog, RecoveryReport};
 pub use status::{Stats, Status};
 pub use tunables::Tunables;
+
+/// Whether this build of the engine carries the seed hazards (`quirks` feature, test builds
+/// only). The runner reports it in `wbcache --version`.
+pub const QUIRKS_COMPILED: bool = cfg!(feature = "quirks");

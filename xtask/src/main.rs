@@ -20,6 +20,8 @@ enum Task {
     Test,
     /// Check crash states of simulated runs against the oracles (the main job).
     CrashTest(Box<crash_test::CrashTestArgs>),
+    /// Check the runner's request handoff, reply ordering and shutdown with loom.
+    Loom,
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -38,8 +40,24 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The loom models of the runner (runner/tests/loom.rs), in their own target directory so
+/// the `--cfg loom` build does not invalidate the normal one.
+fn task_loom() -> Result<(), String> {
+    run(cargo().env("RUSTFLAGS", "--cfg loom").args([
+        "test",
+        "-p",
+        "wbcache-runner",
+        "--release",
+        "--target-dir",
+        "target/loom",
+        "--test",
+        "loom",
+    ]))
+}
+
 fn task_test() -> Result<(), String> {
     run(cargo().args(["test", "--workspace"]))?;
+    task_loom()?;
     // The default crash-test, one with garbage in torn units and 4 KiB atomic units, and the
     // bounded-exhaustive core at L = 4: all must find nothing. The tester's own regression tests
     // (lying flush and FUA, quirks, replay, shrinking) are in crashsim/tests.
@@ -64,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => task_test().map(|()| true),
+        Task::Loom => task_loom().map(|()| true),
         Task::CrashTest(args) => crash_test::run(*args),
     };
     match result {

@@ -1,0 +1,276 @@
+//! `wbcache`: the production runner. See `wbcache --help` and README.md, "Use it".
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
+use engine::tunables::{Tunables, TUNABLE_RANGES};
+
+use runner::commands;
+use runner::filedev::IoMode;
+use runner::server::{self, Listen, ServeOptions};
+
+fn long_version() -> &'static str {
+    // The seed hazards are a test-only engine feature; this line says whether this binary
+    // was built with them (see runner/tests/build_info.rs).
+    if engine::QUIRKS_COMPILED {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            "\nquirks: compiled in (a workspace test build; all off at run time)"
+        )
+    } else {
+        concat!(env!("CARGO_PKG_VERSION"), "\nquirks: off")
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "wbcache",
+    version,
+    long_version = long_version(),
+    about = "A write-back block cache (dm-writeboost design) served over NBD",
+    long_about = "A write-back block cache in the dm-writeboost design. `format` prepares a cache \
+device, `serve` puts it in front of a backing device and exports the result over NBD, `status` \
+and `message` talk to a running server, `writeback` drains a cache offline."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format a cache device (refuses one that holds anything, unless --force).
+    Format {
+        /// Cache device: a regular file or a block device, a multiple of 4 KiB.
+        #[arg(long, value_name = "C")]
+        cache: PathBuf,
+        /// Segment size order: segments of 2^N sectors (4..=10; 10 = 512 KiB, as upstream).
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        order: u8,
+        /// Overwrite a device whose first MiB is not all zero or holds a cache superblock.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Recover the cache and serve backing+cache over NBD until SIGTERM or SIGINT.
+    Serve(Box<ServeArgs>),
+    /// Show the status of a running server.
+    Status {
+        /// Print a JSON object instead of `key: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Send a message to a running server: drop_caches, clear_stat, or TUNABLE VALUE.
+    #[command(
+        long_about = "Send a message to a running server: `drop_caches` (write every dirty \
+block back; shows progress until the cache is clean), `clear_stat` (zero the counters), or \
+`TUNABLE VALUE` (set one engine tunable, e.g. `allow_writeback 1`)."
+    )]
+    Message {
+        /// The message words, e.g. `drop_caches` or `allow_writeback 1`.
+        #[arg(required = true, num_args = 1..=2, value_name = "WORDS")]
+        words: Vec<String>,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Offline: recover the cache and write every dirty block back to the backing device.
+    Writeback {
+        /// Backing device (the slow one that holds the data).
+        #[arg(long, value_name = "B")]
+        backing: PathBuf,
+        /// Cache device (wbcache or upstream dm-writeboost format).
+        #[arg(long, value_name = "C")]
+        cache: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    /// Control socket of the server [default: <SOCKET>.ctl with --socket, else
+    /// $XDG_RUNTIME_DIR/wbcache.ctl or /tmp/wbcache.ctl].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// NBD socket of the server; its control socket is <SOCKET>.ctl.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "control")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Backing device (the slow one that holds the data).
+    #[arg(long, value_name = "B")]
+    backing: PathBuf,
+    /// Cache device, formatted with `wbcache format`.
+    #[arg(long, value_name = "C")]
+    cache: PathBuf,
+    /// Serve NBD on this Unix socket (e.g. for `nbd+unix:///?socket=PATH`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "listen",
+        conflicts_with = "listen"
+    )]
+    socket: Option<PathBuf>,
+    /// Serve NBD on TCP at ADDR:PORT (loopback only unless --allow-remote).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Allow --listen on a non-loopback address (NBD has no authentication here).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Control socket for `wbcache status` / `message` [default: <SOCKET>.ctl with --socket,
+    /// else $XDG_RUNTIME_DIR/wbcache.ctl or /tmp/wbcache.ctl].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// RAM buffers (segments being filled or waiting to be written), 1..=1024.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    nr_rambuf_pool: usize,
+    /// Open the devices without O_DIRECT (through the page cache).
+    #[arg(long)]
+    buffered: bool,
+    // The persistent-log device (`--plog P`, type 1) joins these options when the engine
+    // supports it.
+    #[command(flatten)]
+    tunables: TunableArgs,
+}
+
+/// One `--NAME VALUE` flag per engine tunable, generated from the engine's own table so a
+/// new tunable needs no runner change.
+struct TunableArgs {
+    given: Vec<(&'static str, u64)>,
+}
+
+fn tunable_help(name: &str) -> &'static str {
+    match name {
+        "allow_writeback" => "Write back in the background (0/1)",
+        "enable_writeback_modulator" => {
+            "Let the backing device's load decide background writeback (0/1)"
+        }
+        "writeback_threshold" => "Backing load (%) below which the modulator writes back",
+        "nr_max_batched_writeback" => "Segments written back per batch",
+        "update_record_interval" => "Seconds between superblock-record updates (0 = off)",
+        "sync_interval" => "Seconds between forced syncs of the RAM buffer (0 = off)",
+        _ => "Engine tunable",
+    }
+}
+
+impl Args for TunableArgs {
+    fn augment_args(cmd: Command) -> Command {
+        TUNABLE_RANGES.iter().fold(cmd, |cmd, &(name, min, max)| {
+            cmd.arg(
+                Arg::new(name)
+                    .long(name)
+                    // Built once per process for a handful of names: leaking is the simplest way
+                    // to give clap the `'static` alias it wants.
+                    .alias(&*Box::leak(name.replace('_', "-").into_boxed_str()))
+                    .value_name("VALUE")
+                    .value_parser(clap::value_parser!(u64))
+                    .help_heading("Engine tunables (also settable later with `wbcache message`)")
+                    .help(format!("{} [{min}..={max}]", tunable_help(name))),
+            )
+        })
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for TunableArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = TUNABLE_RANGES
+            .iter()
+            .filter_map(|&(name, ..)| m.get_one::<u64>(name).map(|&v| (name, v)))
+            .collect();
+        Ok(TunableArgs { given })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+fn default_control() -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    dir.join("wbcache.ctl")
+}
+
+fn control_of_socket(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".ctl");
+    PathBuf::from(s)
+}
+
+fn control_path(c: &ControlArgs) -> PathBuf {
+    match (&c.control, &c.socket) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => control_of_socket(s),
+        (None, None) => default_control(),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // Every tunable is range-checked by the engine's own rules before anything is opened.
+    let mut check = Tunables::defaults(engine::format::UPSTREAM_ORDER);
+    for &(name, value) in &a.tunables.given {
+        check
+            .set(name, value)
+            .map_err(|e| anyhow::anyhow!("--{name}: {e}"))?;
+    }
+    let listen = match (a.socket, a.listen) {
+        (Some(p), _) => Listen::Unix(p),
+        (None, Some(addr)) => {
+            if !addr.ip().is_loopback() && !a.allow_remote {
+                anyhow::bail!(
+                    "--listen {addr} is not a loopback address; NBD has no authentication here, \
+                     so pass --allow-remote to serve other machines"
+                );
+            }
+            Listen::Tcp(addr)
+        }
+        (None, None) => unreachable!("clap requires --socket or --listen"),
+    };
+    let control = match (&a.control, &listen) {
+        (Some(p), _) => p.clone(),
+        (None, Listen::Unix(s)) => control_of_socket(s),
+        (None, Listen::Tcp(_)) => default_control(),
+    };
+    server::run(ServeOptions {
+        backing: a.backing,
+        cache: a.cache,
+        listen,
+        control,
+        tunables: a.tunables.given,
+        nr_rambuf_pool: a.nr_rambuf_pool,
+        io_mode: if a.buffered {
+            IoMode::Buffered
+        } else {
+            IoMode::DirectIfSupported
+        },
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Format {
+            cache,
+            order,
+            force,
+        } => commands::format_cache(&cache, order, force),
+        Cmd::Serve(a) => serve(*a),
+        Cmd::Status { json, control } => commands::status(&control_path(&control), json),
+        Cmd::Message { words, control } => commands::message(&control_path(&control), &words),
+        Cmd::Writeback { backing, cache } => commands::writeback(&backing, &cache),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wbcache: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `wbcache serve`: recover the cache, then serve it over NBD until SIGTERM/SIGINT.
+//!
+//! Threads: the main thread accepts NBD clients; one thread per client connection (plus its
+//! reply writer); one control-socket thread; one engine thread that owns the cache. Shutdown:
+//! stop accepting, stop reading from every client (in-flight requests still finish and are
+//! answered), stop the control thread, close the job queue, and the engine thread shuts the
+//! cache down cleanly (seal, make durable, record) before the process exits 0.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::thread::{self, JoinHandle};
+
+use anyhow::{bail, Context};
+use engine::{Config, Engine, FormatPolicy, RecoveryReport};
+
+use crate::core::EngineCore;
+use crate::engine_thread::{self, Job, MonotonicClock, JOB_QUEUE_CAPACITY};
+use crate::filedev::{FileDevice, IoMode};
+use crate::nbd::conn::{self, ConnEnd, Stream};
+use crate::nbd::proto::Export;
+use crate::queue::BoundedQueue;
+// The request path's Arc (loom's under `--cfg loom`); the rest of this file is plain std.
+use crate::sync::Arc;
+use crate::{control, log_line, signals};
+
+/// Client connections served at once; more are accepted and closed with a log line.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How often accept loops look at the stop flag.
+const POLL_MS: i32 = 100;
+
+/// Where NBD clients connect.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+pub struct ServeOptions {
+    pub backing: PathBuf,
+    pub cache: PathBuf,
+    pub listen: Listen,
+    pub control: PathBuf,
+    /// Tunables given on the command line, already range-checked.
+    pub tunables: Vec<(&'static str, u64)>,
+    pub nr_rambuf_pool: usize,
+    pub io_mode: IoMode,
+}
+
+/// Binds a Unix socket at `path`; a stale socket file (nobody answering) is replaced, a live
+/// one or any other file is an error.
+pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by a running server", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
+}
+
+/// The recovery report in words.
+pub fn describe_recovery(r: &RecoveryReport, order: u8, nr_segments: u64) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(if r.upstream_image {
+        format!(
+            "cache device holds an upstream dm-writeboost image (order 10, {nr_segments} segments)"
+        )
+    } else {
+        format!(
+            "cache device holds a wbcache image (segment order {order}, {nr_segments} segments)"
+        )
+    });
+    if r.formatted {
+        v.push("the cache device was formatted".into());
+    }
+    v.push(format!(
+        "superblock record: segments up to id {} are written back",
+        r.record
+    ));
+    if r.segments_applied == 0 {
+        v.push("no segment to replay: the log is empty past the record".into());
+    } else {
+        v.push(format!(
+            "replayed {} segment(s), ids {}..={}",
+            r.segments_applied,
+            r.record + 1,
+            r.last_applied
+        ));
+    }
+    if let Some(why) = &r.stop_reason {
+        v.push(format!("replay stopped there because {why}"));
+    }
+    if r.stale_invalidated > 0 {
+        v.push(format!(
+            "invalidated {} stale segment header(s) past the end of the log",
+            r.stale_invalidated
+        ));
+    }
+    v.push(format!(
+        "{} dirty block(s) in the cache; recovery read {} bytes and wrote {} bytes",
+        r.dirty_blocks, r.bytes_read, r.bytes_written
+    ));
+    v
+}
+
+/// Opens both devices and recovers the cache (never formats).
+pub fn open_engine(
+    backing: &Path,
+    cache: &Path,
+    io_mode: IoMode,
+    nr_rambuf_pool: usize,
+) -> anyhow::Result<(Engine<FileDevice>, RecoveryReport)> {
+    let cache_dev = FileDevice::open(cache, io_mode, 0)?;
+    let backing_dev = FileDevice::open(backing, io_mode, 0)?;
+    let cfg = Config {
+        nr_rambuf_pool,
+        format: FormatPolicy::Never,
+        ..Config::default()
+    };
+    Engine::open(cache_dev, backing_dev, cfg).map_err(|e| match e {
+        engine::Error::Unformatted => anyhow::anyhow!(
+            "{}: {e}; run `wbcache format --cache {}` first",
+            cache.display(),
+            cache.display()
+        ),
+        e => anyhow::anyhow!("{}: {e}", cache.display()),
+    })
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> i32 {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+    fn accept(&self) -> std::io::Result<(Box<dyn Stream>, String)> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| (Box::new(s) as _, "unix".into())),
+            Listener::Tcp(l) => l.accept().map(|(s, a)| {
+                let _ = s.set_nodelay(true);
+                (Box::new(s) as _, a.to_string())
+            }),
+        }
+    }
+}
+
+fn control_loop(listener: UnixListener, jobs: Arc<BoundedQueue<Job>>, stop: Arc<AtomicBool>) {
+    // Ends when the server stops.
+    while !stop.load(Ordering::SeqCst) {
+        if !signals::wait_readable(listener.as_raw_fd(), POLL_MS) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((s, _)) => {
+                if let Err(e) = control::serve_connection(s, &jobs) {
+                    log_line(&format!("control connection: {e}"));
+                }
+            }
+            Err(e) => log_line(&format!("control accept: {e}")),
+        }
+    }
+}
+
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    signals::install();
+    let listener = match &opts.listen {
+        Listen::Unix(p) => Listener::Unix(bind_unix(p)?),
+        Listen::Tcp(a) => {
+            Listener::Tcp(TcpListener::bind(a).with_context(|| format!("binding {a}"))?)
+        }
+    };
+    let control_listener = control::bind(&opts.control)?;
+    let cleanup = || {
+        if let Listen::Unix(p) = &opts.listen {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_file(&opts.control);
+    };
+    let opened = open_engine(
+        &opts.backing,
+        &opts.cache,
+        opts.io_mode,
+        opts.nr_rambuf_pool,
+    );
+    let (mut engine, report) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    };
+    let geo = engine.geometry();
+    for line in describe_recovery(&report, geo.order, geo.nr_segments) {
+        log_line(&line);
+    }
+    for &(name, value) in &opts.tunables {
+        engine
+            .set_tunable(name, value)
+            .expect("tunables were range-checked before opening");
+    }
+    for (dev, name) in [
+        (engine.cache_device(), "cache"),
+        (engine.backing_device(), "backing"),
+    ] {
+        log_line(&format!(
+            "{name} device {}: {}",
+            dev.path().display(),
+            if dev.is_direct() {
+                format!("O_DIRECT, {}-byte alignment", dev.alignment())
+            } else {
+                "buffered I/O".to_string()
+            }
+        ));
+    }
+    let export = Export {
+        size_bytes: engine.size_sectors() * 512,
+    };
+
+    let jobs = Arc::new(BoundedQueue::new(JOB_QUEUE_CAPACITY));
+    let engine_thread = {
+        let jobs = jobs.clone();
+        thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                engine_thread::run(
+                    EngineCore::new(engine),
+                    &jobs,
+                    &MonotonicClock::new(),
+                    &log_line,
+                )
+            })?
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let control_thread = {
+        let (jobs, stop) = (jobs.clone(), stop.clone());
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_loop(control_listener, jobs, stop))?
+    };
+    match &opts.listen {
+        Listen::Unix(p) => log_line(&format!(
+            "serving {} bytes over NBD on unix socket {} (control: {})",
+            export.size_bytes,
+            p.display(),
+            opts.control.display()
+        )),
+        Listen::Tcp(a) => log_line(&format!(
+            "serving {} bytes over NBD on {a} (control: {})",
+            export.size_bytes,
+            opts.control.display()
+        )),
+    }
+
+    let conns: Arc<Mutex<BTreeMap<u64, Box<dyn Stream>>>> = Arc::default();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id = 0u64;
+    // Ends at SIGTERM/SIGINT.
+    while !signals::stop_requested() {
+        threads.retain(|t| !t.is_finished());
+        if !signals::wait_readable(listener.fd(), POLL_MS) {
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                log_line(&format!("accept: {e}"));
+                continue;
+            }
+        };
+        if threads.len() >= MAX_CONNECTIONS {
+            log_line(&format!(
+                "refusing client {peer}: {MAX_CONNECTIONS} connections already"
+            ));
+            continue;
+        }
+        let id = next_id;
+        next_id += 1;
+        match stream.try_clone_stream() {
+            Ok(c) => {
+                conns.lock().unwrap().insert(id, c);
+            }
+            Err(e) => {
+                log_line(&format!("client {peer}: {e}"));
+                continue;
+            }
+        }
+        let (jobs, conns) = (jobs.clone(), conns.clone());
+        threads.push(
+            thread::Builder::new()
+                .name(format!("nbd-{id}"))
+                .spawn(move || {
+                    let end = conn::serve(stream, jobs, export, &log_line);
+                    conns.lock().unwrap().remove(&id);
+                    match end {
+                        ConnEnd::Disconnected => {}
+                        end => log_line(&format!("client {peer} (connection {id}): {end}")),
+                    }
+                })?,
+        );
+    }
+
+    log_line("stopping: no new clients; finishing requests in flight");
+    for s in conns.lock().unwrap().values() {
+        s.shutdown_stream(false);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = control_thread.join();
+    jobs.close();
+    let result = engine_thread.join().expect("engine thread panicked");
+    cleanup();
+    match result {
+        Ok(()) => {
+            log_line("clean shutdown: everything acknowledged is durable and recorded");
+            Ok(())
+        }
+        Err(e) => bail!("shutdown failed: {e}; the next start replays the log"),
+    }
+}
