@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's tasks, one command each.
 
+mod bench;
 mod crash_test;
 mod zoo;
 
@@ -20,6 +21,8 @@ enum Task {
     Test,
     /// Check crash states of simulated runs against the oracles (the main job).
     CrashTest(Box<crash_test::CrashTestArgs>),
+    /// Benchmarks (SPEC §8): writes a markdown report (docs/BENCH.md) and prints it.
+    Bench(bench::BenchArgs),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test => task_test().map(|()| true),
         Task::CrashTest(args) => crash_test::run(*args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
