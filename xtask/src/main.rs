@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's tasks, one command each.
 
+mod bench;
 mod crash_test;
 mod zoo;
 
@@ -22,6 +23,8 @@ enum Task {
     CrashTest(Box<crash_test::CrashTestArgs>),
     /// Check the runner's request handoff, reply ordering and shutdown with loom.
     Loom,
+    /// Benchmarks (SPEC §8): writes a markdown report (docs/BENCH.md) and prints it.
+    Bench(bench::BenchArgs),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Task::Test => task_test().map(|()| true),
         Task::Loom => task_loom().map(|()| true),
         Task::CrashTest(args) => crash_test::run(*args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
