@@ -76,6 +76,9 @@ fn task_test() -> Result<(), String> {
         "4096",
     ]))?;
     run(Command::new(&exe).args(["crash-test", "--bounded", "4"]))?;
+    // Type 1 (plog): every scenario and the seeded workloads in order, for at most 150 s (well
+    // over 100,000 states on 2 cores); the whole default set is a longer manual run.
+    run(Command::new(&exe).args(["crash-test", "--type", "1", "--time", "150"]))?;
     // Every seed quirk must be caught (each hunted for at most 60 s).
     run(Command::new(&exe).args(["crash-test", "--zoo"]))?;
     Ok(())

@@ -217,7 +217,12 @@ pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Cho
             if let Ok(tears) = state.tears_of(i, others) {
                 // Every tear of a write of up to 32 units (a whole segment up to order 5);
                 // an even sample of about 128 of a longer one.
-                let step = if w.unit_count() <= 32 {
+                // A plog entry is void when any of its units is missing (one CRC covers the
+                // header and the data), so its tears differ only in bytes recovery ignores:
+                // about eight of them suffice.
+                let step = if w.role == DeviceRole::Plog {
+                    (tears.len() / 8).max(1)
+                } else if w.unit_count() <= 32 {
                     1
                 } else {
                     (tears.len() / 128).max(1)
