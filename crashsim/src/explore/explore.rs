@@ -422,7 +422,11 @@ fn explore_world(
             if bad || level != Level::Top {
                 continue;
             }
-            let wrote = recovered.report.formatted || recovered.report.stale_invalidated > 0;
+            // Power is cut inside every recovery that writes: a format, stale-slot
+            // invalidation, and in type 1 always (voided regions, rebuilt segments, the new
+            // epoch).
+            let r = &recovered.report;
+            let wrote = r.formatted || r.stale_invalidated > 0 || r.plog_epoch > 0;
             if ctx.opts.recovery_crash && wrote {
                 if let Ok(images) = state.image(&choice) {
                     explore_recovery(ctx, world, images, &hist, &path);
