@@ -1704,7 +1704,7 @@ fn fmt_geometry(f: &mut fmt::Formatter<'_>, g: &Option<Geometry>) -> fmt::Result
 
 fn fmt_plog_sb(sb: &PlogSuperblock) -> String {
     format!(
-        "version {}, generation {:#x}, epoch {}, formatted at {} sectors, {} regions of {} \
+        "version {}, generation {}, epoch {}, formatted at {} sectors, {} regions of {} \
          sectors, segment order {}",
         sb.version,
         sb.generation,
@@ -1747,10 +1747,22 @@ fn fmt_plog_info(f: &mut fmt::Formatter<'_>, p: &PlogInfo) -> fmt::Result {
             "  in use: not judged (the cache device gives no generation)"
         )?,
     }
-    for r in &p.regions {
+    let empty = p
+        .regions
+        .iter()
+        .filter(|r| r.state == RegionState::Empty)
+        .count();
+    if !p.regions.is_empty() {
+        writeln!(
+            f,
+            "  regions: {}, {empty} of them empty (not listed)",
+            p.regions.len()
+        )?;
+    }
+    for r in p.regions.iter().filter(|r| r.state != RegionState::Empty) {
         write!(
             f,
-            "  region {:>2} (sector {:>8}): {:9}",
+            "  region {:>2} (sector {:>8}): {}",
             r.region,
             r.sector,
             r.state.as_str()
@@ -1758,7 +1770,7 @@ fn fmt_plog_info(f: &mut fmt::Formatter<'_>, p: &PlogInfo) -> fmt::Result {
         if let Some(h) = &r.first {
             write!(
                 f,
-                "  first entry: segment {}, epoch {}, prev_entries {}",
+                "; first entry: segment {}, epoch {}, prev_entries {}",
                 h.segment_id, h.epoch, h.prev_entries
             )?;
         }

@@ -1461,7 +1461,9 @@ fn type1_dump_shows_the_plog_superblocks_and_regions() {
     );
     let text = d.to_string();
     assert!(
-        text.contains("plog device") && text.contains("region  0"),
+        text.contains("plog device")
+            && text.contains("region  0")
+            && text.contains("3 of them empty"),
         "{text}"
     );
     // Without the plog, a type-1 dump still lists the cache device.
