@@ -50,7 +50,7 @@ enum Cmd {
         cache: PathBuf,
         /// Persistent-log device: formats a type-1 cache, whose FLUSH and FUA need only this
         /// log durable. Needs 8 KiB of superblocks and room for 2 regions of 18 sectors per
-        /// block of a segment (about 2.3 MiB at order 10); uses at most 64 regions. Refused if
+        /// block of a segment (about 2.25 MiB at order 10); uses at most 64 regions. Refused if
         /// it holds anything, unless --force.
         #[arg(long, value_name = "P")]
         plog: Option<PathBuf>,
