@@ -12,16 +12,28 @@
 //! `record + 1` demanding exact ids, a sane length and a matching checksum, and the same set of
 //! slots invalidated after it. `engine/tests/inspect.rs` holds the two to agreement on many
 //! random crash images.
+//!
+//! Type 1 ([`check_with_plog`], [`dump_with_plog`]): the plog superblock decision is
+//! recovery's own `open_superblock`, a region's run of valid entries is recovery's own
+//! `verified_run`, and what replay would apply is found by running `Engine::open_with_plog`
+//! itself on copy-on-write overlays ([`OverlayDevice`]): one implementation of the type-1
+//! walk, and still nothing is written to the devices. The overlays hold only what recovery
+//! writes (the rebuilt segments, zeroed headers, voided region starts, the new superblocks).
 
 use std::fmt;
 
-use crate::device::{BlockDevice, DeviceRole};
+use crate::cache::{Config, Engine, FormatPolicy};
+use crate::device::{check_access, BlockDevice, DeviceRole, IoError, IoOp};
 use crate::error::{Error, Result};
+use crate::format::plog::{
+    EntryHeader, PlogSuperblock, PLOG_BACKUP_SB_SECTOR, PLOG_FIRST_REGION_SECTOR, PLOG_SB_SECTOR,
+};
 use crate::format::{
     self, Geometry, RecordExt, Superblock, SuperblockExt, BLOCK_SIZE, FORMAT_VERSION,
     SECTORS_PER_BLOCK, SECTOR_SIZE,
 };
-use crate::recovery::chosen_record;
+use crate::plog::{verified_run, RunOwner};
+use crate::recovery::{chosen_record, RecoveryReport};
 
 /// Recovery refuses a record above this as corrupt (ids grow by one per segment).
 const MAX_PLAUSIBLE_RECORD: u64 = u64::MAX / 4;
@@ -301,6 +313,22 @@ pub enum ProblemKind {
     /// A segment replay applies passes its checksum but a block fails its own CRC: reads of it
     /// would fail and kill the cache.
     BlockCrcMismatch,
+    /// The cache is of type 1 but no plog device was given: it cannot be opened (or checked)
+    /// without one.
+    PlogMissing,
+    /// A plog device was given for a type-0 or upstream cache: `open` refuses the pair.
+    PlogUnexpected,
+    /// Neither plog superblock copy is valid (or the plog device is too small to hold them).
+    PlogSuperblock,
+    /// The plog belongs to another format of a cache (its generation differs).
+    PlogGeneration,
+    PlogVersion,
+    /// The plog device was formatted at another size.
+    PlogResized,
+    /// The stored plog geometry or segment order does not fit the device or the cache.
+    PlogGeometry,
+    /// Type 1: recovery, run on copy-on-write overlays of the devices, fails.
+    RecoveryFails,
 }
 
 impl ProblemKind {
@@ -320,6 +348,14 @@ impl ProblemKind {
             ProblemKind::BackingTooSmall => "backing-too-small",
             ProblemKind::BackingSize => "backing-size",
             ProblemKind::BlockCrcMismatch => "block-crc-mismatch",
+            ProblemKind::PlogMissing => "plog-missing",
+            ProblemKind::PlogUnexpected => "plog-unexpected",
+            ProblemKind::PlogSuperblock => "plog-superblock",
+            ProblemKind::PlogGeneration => "plog-generation",
+            ProblemKind::PlogVersion => "plog-version",
+            ProblemKind::PlogResized => "plog-resized",
+            ProblemKind::PlogGeometry => "plog-geometry",
+            ProblemKind::RecoveryFails => "recovery-fails",
         }
     }
 }
@@ -338,6 +374,12 @@ pub enum NoteKind {
     RecordCopyInvalid,
     /// Both copies are valid but differ (a power cut between the backup and primary writes).
     RecordCopiesDiffer,
+    /// One plog superblock copy is invalid or older (a torn superblock update; the other is
+    /// used).
+    PlogSuperblockCopy,
+    /// Type 1: recovery would rebuild segments from the plog (the acknowledged writes that only
+    /// the plog holds; normal after a power cut).
+    PlogReplay,
 }
 
 impl NoteKind {
@@ -349,6 +391,8 @@ impl NoteKind {
             NoteKind::MisplacedSlots => "misplaced-slots",
             NoteKind::RecordCopyInvalid => "record-copy-invalid",
             NoteKind::RecordCopiesDiffer => "record-copies-differ",
+            NoteKind::PlogSuperblockCopy => "plog-superblock-copy",
+            NoteKind::PlogReplay => "plog-replay",
         }
     }
 }
@@ -386,12 +430,15 @@ pub struct CheckReport {
     /// inconsistent. Torn or unreachable slots past the end of the walk are normal after a crash
     /// and do not make a device unsound.
     pub sound: bool,
+    /// Type 1 ([`check_with_plog`]): the plog and what the whole recovery would do. For a
+    /// type-1 cache, `replay` above is the cache-device part of the walk only.
+    pub plog: Option<PlogReport>,
 }
 
 /// Offline fsck of a cache device; reads only. `Err` only for a device I/O error: whatever the
 /// content, the answer is a report (with problems when it is not sound).
 pub fn check<D: BlockDevice>(cache: &mut D) -> Result<CheckReport> {
-    check_inner(cache, None)
+    check_inner(cache, None, None)
 }
 
 /// [`check`], also verifying that every block replay applies fits a backing device of
@@ -400,7 +447,20 @@ pub fn check_against_backing<D: BlockDevice>(
     cache: &mut D,
     backing_sectors: u64,
 ) -> Result<CheckReport> {
-    check_inner(cache, Some(backing_sectors))
+    check_inner(cache, None, Some(backing_sectors))
+}
+
+/// [`check`] of a cache with its plog device (type 1), optionally against a backing device of
+/// `backing_sectors`. Besides the cache device it reports both plog superblock copies, every
+/// region, and what recovery would do: the real `Engine::open_with_plog` runs on
+/// copy-on-write overlays ([`OverlayDevice`]), so nothing is written to either device and the
+/// plog walk has one implementation. Sound means that recovery would succeed.
+pub fn check_with_plog<D: BlockDevice>(
+    cache: &mut D,
+    plog: &mut D,
+    backing_sectors: Option<u64>,
+) -> Result<CheckReport> {
+    check_inner(cache, Some(plog), backing_sectors)
 }
 
 fn io<T>(r: std::result::Result<T, crate::device::IoError>) -> Result<T> {
@@ -520,7 +580,8 @@ fn read_records<D: BlockDevice>(
 }
 
 /// Reads what `open` reads before the slots and decides as it does (recovery.rs, `open`).
-fn read_layout<D: BlockDevice>(cache: &mut D) -> Result<Layout> {
+/// `plog_given`: a plog device goes with the cache (type 1 needs one, type 0 refuses one).
+fn read_layout<D: BlockDevice>(cache: &mut D, plog_given: bool) -> Result<Layout> {
     let sectors = cache.size_sectors();
     let superblock = read_superblock(cache)?;
     let records = read_records(cache, &superblock)?;
@@ -591,18 +652,32 @@ fn read_layout<D: BlockDevice>(cache: &mut D) -> Result<Layout> {
                 ));
                 recovers = false;
             }
-            if ext.cache_type != 0 {
-                layout.problems.push(problem(
-                    ProblemKind::UnsupportedType,
-                    Error::UnsupportedType(ext.cache_type).to_string(),
-                ));
+            // The type decisions of `open`.
+            let refusal = match (ext.cache_type, plog_given) {
+                (0, false) | (1, true) => None,
+                (0, true) => Some((ProblemKind::PlogUnexpected, Error::PlogUnexpected)),
+                (1, false) => Some((ProblemKind::PlogMissing, Error::PlogMissing)),
+                (t, _) => Some((ProblemKind::UnsupportedType, Error::UnsupportedType(t))),
+            };
+            if let Some((kind, e)) = refusal {
+                layout.problems.push(problem(kind, e.to_string()));
                 recovers = false;
             }
             // Slots are laid out from sector 2048 whatever the size; scan only those that
             // existed when the device was formatted.
             Geometry::new(ext.order, ext.cache_sectors.min(sectors))
         }
-        None => Geometry::new(format::UPSTREAM_ORDER, sectors),
+        None => {
+            if plog_given {
+                layout.problems.push(problem(
+                    ProblemKind::PlogUnexpected,
+                    "a plog device was given but the cache device is an upstream dm-writeboost \
+                     image (type 0)",
+                ));
+                recovers = false;
+            }
+            Geometry::new(format::UPSTREAM_ORDER, sectors)
+        }
     };
     match geometry {
         Ok(g) => layout.geometry = Some(g),
@@ -795,7 +870,11 @@ fn applied_dirty_blocks<D: BlockDevice>(
     Ok((blocks.len() as u64, needed))
 }
 
-fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> Result<CheckReport> {
+fn check_inner<D: BlockDevice>(
+    cache: &mut D,
+    plog: Option<&mut D>,
+    backing_sectors: Option<u64>,
+) -> Result<CheckReport> {
     let device_sectors = cache.size_sectors();
     let Layout {
         superblock,
@@ -804,7 +883,7 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
         recovers,
         mut problems,
         mut notes,
-    } = read_layout(cache)?;
+    } = read_layout(cache, plog.is_some())?;
     let mut report = CheckReport {
         device_sectors,
         superblock,
@@ -816,9 +895,11 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
         problems: Vec::new(),
         notes: Vec::new(),
         sound: false,
+        plog: None,
     };
+    let backing_ok = backing_sectors.is_none_or(|b| b != 0 && b % SECTORS_PER_BLOCK == 0);
     if let Some(b) = backing_sectors {
-        if b == 0 || b % SECTORS_PER_BLOCK != 0 {
+        if !backing_ok {
             problems.push(problem(
                 ProblemKind::BackingSize,
                 Error::BackingSize { sectors: b }.to_string(),
@@ -965,6 +1046,53 @@ fn check_inner<D: BlockDevice>(cache: &mut D, backing_sectors: Option<u64>) -> R
         }
         report.slots = slots;
     }
+    if let Some(plog) = plog {
+        let info = read_plog_info(plog, superblock.ext, geometry, backing_sectors)?;
+        problems.extend(info.problem.clone());
+        for copy in &info.copies {
+            let used = copy.superblock.is_some() && copy.superblock == info.superblock;
+            if info.superblock.is_some() && !used {
+                notes.push(note(
+                    NoteKind::PlogSuperblockCopy,
+                    format!(
+                        "the {} plog superblock copy (sector {}) is {}; the other copy is used",
+                        copy.name.as_str(),
+                        copy.sector,
+                        if copy.superblock.is_some() {
+                            "older or of another generation"
+                        } else {
+                            "not valid"
+                        }
+                    ),
+                ));
+            }
+        }
+        // Recovery runs only where `open` would get that far: a cache it recovers (which
+        // includes being of type 1 with a plog given) and a plog superblock it accepts.
+        let recovery = if recovers && backing_ok && info.superblock.is_some() {
+            match recover_on_overlays(cache, plog, backing_sectors)? {
+                Ok(rep) => {
+                    if rep.plog_segments_rebuilt > 0 {
+                        notes.push(note(
+                            NoteKind::PlogReplay,
+                            format!(
+                                "recovery rebuilds {} segment(s) from {} plog entries",
+                                rep.plog_segments_rebuilt, rep.plog_entries_replayed
+                            ),
+                        ));
+                    }
+                    Some(rep)
+                }
+                Err(e) => {
+                    problems.push(problem(ProblemKind::RecoveryFails, e.to_string()));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        report.plog = Some(PlogReport { info, recovery });
+    }
     report.sound = problems.is_empty();
     report.problems = problems;
     report.notes = notes;
@@ -983,6 +1111,330 @@ fn number_list(ids: &[u64]) -> String {
         s.push_str(", ...");
     }
     s
+}
+
+// ----- type 1: the plog -----
+
+/// Stands in for the backing device's size when the check is given none: recovery then rejects
+/// no block for lying past the end of the backing device.
+const UNKNOWN_BACKING_SECTORS: u64 = 1 << 60;
+
+/// RAM buffers of the recovery that [`check_with_plog`] runs: the outcome does not depend on
+/// it, only how much of the rebuilt log is held in RAM rather than in the overlay.
+const CHECK_RAMBUF_POOL: usize = 2;
+
+/// A copy-on-write view of a device: reads fall through to the underlying device (or read
+/// zeros when there is none) unless the sector was written through the overlay; writes and
+/// flushes stay in memory. The underlying device is never written or flushed, so the engine's
+/// own recovery can run on it to find out what it would do.
+///
+/// Memory: one entry per written sector (all-zero sectors, such as invalidated headers and
+/// voided regions, take no data buffer).
+pub struct OverlayDevice<'a, D: BlockDevice> {
+    base: Option<&'a mut D>,
+    sectors: u64,
+    /// Sectors written through the overlay; `None` = all zero.
+    written: std::collections::BTreeMap<u64, Option<Box<[u8]>>>,
+}
+
+impl<'a, D: BlockDevice> OverlayDevice<'a, D> {
+    /// An overlay over `base`.
+    pub fn new(base: &'a mut D) -> Self {
+        OverlayDevice {
+            sectors: base.size_sectors(),
+            base: Some(base),
+            written: Default::default(),
+        }
+    }
+
+    /// An overlay over nothing: a device of `sectors` zero sectors.
+    pub fn zeros(sectors: u64) -> Self {
+        OverlayDevice {
+            base: None,
+            sectors,
+            written: Default::default(),
+        }
+    }
+
+    /// Sectors written through the overlay.
+    pub fn sectors_written(&self) -> usize {
+        self.written.len()
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for OverlayDevice<'_, D> {
+    fn size_sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> std::result::Result<(), IoError> {
+        check_access(IoOp::Read, self.sectors, sector, buf.len())?;
+        match self.base.as_deref_mut() {
+            Some(base) => base.read(sector, buf)?,
+            None => buf.fill(0),
+        }
+        let end = sector + (buf.len() / SECTOR_SIZE) as u64;
+        for (&s, data) in self.written.range(sector..end) {
+            let at = (s - sector) as usize * SECTOR_SIZE;
+            let dst = &mut buf[at..at + SECTOR_SIZE];
+            match data {
+                Some(d) => dst.copy_from_slice(d),
+                None => dst.fill(0),
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> std::result::Result<(), IoError> {
+        check_access(IoOp::Write, self.sectors, sector, data.len())?;
+        for (i, d) in data.chunks_exact(SECTOR_SIZE).enumerate() {
+            let kept = d.iter().any(|&b| b != 0).then(|| d.into());
+            self.written.insert(sector + i as u64, kept);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), IoError> {
+        Ok(())
+    }
+}
+
+/// One plog superblock copy (primary: sector 0, backup: sector 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlogSuperblockCopy {
+    pub name: RecordCopyName,
+    pub sector: u64,
+    /// The copy, when its magic and CRC are right.
+    pub superblock: Option<PlogSuperblock>,
+    /// It decodes and carries the cache superblock's generation.
+    pub generation_matches: bool,
+}
+
+/// What a plog region holds, judged against the superblock recovery uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionState {
+    /// Entry 0 does not decode: never written, voided by recovery, or garbage.
+    Empty,
+    /// Entry 0 is of the current generation and epoch and the run of valid entries starts
+    /// there (`valid_entries` ≥ 1).
+    Current,
+    /// Entry 0 names the current generation and epoch but fails verification (CRC, shape,
+    /// position): a torn first entry; the region holds nothing recovery would use.
+    Invalid,
+    /// Entry 0 is of an older epoch or another generation: void, recovery ignores it.
+    Stale,
+    /// Entry 0 is current but names a segment that does not log into this region.
+    Misplaced,
+}
+
+impl RegionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Empty => "empty",
+            RegionState::Current => "current",
+            RegionState::Invalid => "invalid",
+            RegionState::Stale => "stale",
+            RegionState::Misplaced => "misplaced",
+        }
+    }
+}
+
+/// One plog region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionReport {
+    pub region: u32,
+    /// First sector of the region on the plog device.
+    pub sector: u64,
+    /// Entry 0's header, when it decodes (whatever its epoch).
+    pub first: Option<EntryHeader>,
+    pub state: RegionState,
+    /// Entries of the current epoch that verify, from entry 0 on (what recovery could replay
+    /// of this region).
+    pub valid_entries: u32,
+    /// Sectors those entries take (headers and data).
+    pub sectors_used: u64,
+    /// The smallest backing device (sectors) those entries fit in.
+    pub backing_sectors_needed: u64,
+}
+
+/// The plog device, decoded: superblocks and regions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlogInfo {
+    pub device_sectors: u64,
+    /// Primary, backup; `None` copies when the device is too small to hold them.
+    pub copies: [PlogSuperblockCopy; 2],
+    /// The superblock recovery would use (`None` when it would refuse the plog, or when the
+    /// cache device gives no generation and order to judge it by).
+    pub superblock: Option<PlogSuperblock>,
+    /// Why recovery would refuse the plog.
+    pub problem: Option<Problem>,
+    /// Every region, when `superblock` is known.
+    pub regions: Vec<RegionReport>,
+}
+
+/// The type-1 part of a [`CheckReport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlogReport {
+    pub info: PlogInfo,
+    /// What `Engine::open_with_plog` reports when run on copy-on-write overlays of the devices:
+    /// the whole recovery (cache segments applied, plog segments rebuilt, entries replayed,
+    /// regions voided, where and why it stops, the epoch it moves to). `None` when recovery
+    /// fails or `open` would not get that far (the problems say why).
+    pub recovery: Option<RecoveryReport>,
+}
+
+fn plog_io<T>(r: std::result::Result<T, IoError>) -> Result<T> {
+    r.map_err(|source| Error::Io {
+        role: DeviceRole::Plog,
+        source,
+    })
+}
+
+/// Names why recovery refuses a plog superblock (`open_superblock`'s error).
+fn plog_problem(e: Error, any_copy_valid: bool) -> Problem {
+    let kind = match &e {
+        Error::PlogMismatch { .. } => ProblemKind::PlogGeneration,
+        Error::UnsupportedVersion(_) => ProblemKind::PlogVersion,
+        Error::PlogResized { .. } => ProblemKind::PlogResized,
+        Error::PlogGeometry(_) => ProblemKind::PlogGeometry,
+        // Its own "corrupt" covers both: no valid copy, and a segment order of another cache.
+        Error::Corrupt { .. } if any_copy_valid => ProblemKind::PlogGeometry,
+        _ => ProblemKind::PlogSuperblock,
+    };
+    problem(kind, format!("plog: {e}"))
+}
+
+/// Reads both plog superblock copies and, when the cache device gives a generation and a
+/// geometry, decides as recovery does (`open_superblock`, the same function) and summarises
+/// every region. Reads only; `Err` only for an I/O error.
+fn read_plog_info<D: BlockDevice>(
+    plog: &mut D,
+    cache_ext: Option<SuperblockExt>,
+    geometry: Option<Geometry>,
+    backing_sectors: Option<u64>,
+) -> Result<PlogInfo> {
+    let device_sectors = plog.size_sectors();
+    let generation = cache_ext.map(|e| e.generation);
+    let decoded = if device_sectors >= PLOG_FIRST_REGION_SECTOR {
+        crate::plog::read_superblocks(plog)?
+    } else {
+        [None; 2]
+    };
+    let copy = |i: usize, name, sector| PlogSuperblockCopy {
+        name,
+        sector,
+        superblock: decoded[i],
+        generation_matches: decoded[i].is_some_and(|s| Some(s.generation) == generation),
+    };
+    let mut info = PlogInfo {
+        device_sectors,
+        copies: [
+            copy(0, RecordCopyName::Primary, PLOG_SB_SECTOR),
+            copy(1, RecordCopyName::Backup, PLOG_BACKUP_SB_SECTOR),
+        ],
+        superblock: None,
+        problem: None,
+        regions: Vec::new(),
+    };
+    // Without our superblock and a geometry there is nothing to judge the plog by; the cache
+    // device's own problems say why.
+    let (Some(ext), Some(geo)) = (cache_ext, geometry) else {
+        return Ok(info);
+    };
+    let any_valid = decoded.iter().any(|c| c.is_some());
+    if device_sectors < PLOG_FIRST_REGION_SECTOR {
+        info.problem = Some(problem(
+            ProblemKind::PlogSuperblock,
+            format!(
+                "plog: the device has {device_sectors} sectors, too few for its superblocks \
+                 ({PLOG_FIRST_REGION_SECTOR})"
+            ),
+        ));
+        return Ok(info);
+    }
+    let sb = match crate::plog::open_superblock(plog, ext.generation, geo.order, false) {
+        Ok(sb) => sb,
+        Err(e @ Error::Io { .. }) => return Err(e),
+        Err(e) => {
+            info.problem = Some(plog_problem(e, any_valid));
+            return Ok(info);
+        }
+    };
+    info.superblock = Some(sb);
+    let pgeo = sb.geometry;
+    // `open_superblock` validated the geometry: regions lie inside the device, each at most
+    // `MAX_REGION_SECTORS` long, at most `MAX_REGIONS` of them.
+    let mut buf = vec![0u8; pgeo.region_sectors as usize * SECTOR_SIZE];
+    let backing = backing_sectors.unwrap_or(UNKNOWN_BACKING_SECTORS);
+    for region in 0..pgeo.nr_regions {
+        let sector = pgeo.region_sector(region);
+        plog_io(plog.read(sector, &mut buf))?;
+        let first = crate::format::plog::decode_entry_header(&buf[..SECTOR_SIZE]);
+        let mut r = RegionReport {
+            region,
+            sector,
+            first,
+            state: RegionState::Empty,
+            valid_entries: 0,
+            sectors_used: 0,
+            backing_sectors_needed: 0,
+        };
+        if let Some(h) = first {
+            r.state = if h.generation != sb.generation || h.epoch != sb.epoch {
+                RegionState::Stale
+            } else if pgeo.region_of(h.segment_id) != region {
+                RegionState::Misplaced
+            } else {
+                let owner = RunOwner {
+                    segment_id: h.segment_id,
+                    generation: Some(sb.generation),
+                    epoch: Some(sb.epoch),
+                };
+                let run = verified_run(&buf, owner, backing);
+                r.valid_entries = run.len() as u32;
+                for (_, e) in &run {
+                    r.sectors_used += e.footprint();
+                    r.backing_sectors_needed = r
+                        .backing_sectors_needed
+                        .max(e.sector.saturating_add(e.len as u64));
+                }
+                if run.is_empty() {
+                    RegionState::Invalid
+                } else {
+                    RegionState::Current
+                }
+            };
+        }
+        info.regions.push(r);
+    }
+    Ok(info)
+}
+
+/// Runs the engine's own recovery (`FormatPolicy::Never`) on overlays of the devices and
+/// returns its report, or the error it fails with. Nothing reaches the devices: the overlays
+/// keep what recovery writes (stale headers zeroed, regions voided, the rebuilt segments, the
+/// new plog epoch) in memory and drop it. The outer `Err` is an I/O error of a device.
+fn recover_on_overlays<D: BlockDevice>(
+    cache: &mut D,
+    plog: &mut D,
+    backing_sectors: Option<u64>,
+) -> Result<std::result::Result<RecoveryReport, Error>> {
+    let cfg = Config {
+        nr_rambuf_pool: CHECK_RAMBUF_POOL,
+        format: FormatPolicy::Never,
+        ..Config::default()
+    };
+    let backing = OverlayDevice::zeros(backing_sectors.unwrap_or(UNKNOWN_BACKING_SECTORS));
+    match Engine::open_with_plog(
+        OverlayDevice::new(cache),
+        backing,
+        Some(OverlayDevice::new(plog)),
+        cfg,
+    ) {
+        Ok((_engine, report)) => Ok(Ok(report)),
+        Err(e @ Error::Io { .. }) => Err(e),
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 // ----- dump -----
@@ -1041,12 +1493,41 @@ pub struct Dump {
     pub missing: Option<MissingSegment>,
     /// Why there are no segments (no geometry), if that is the case.
     pub unreadable: Option<String>,
+    /// The plog device ([`dump_with_plog`]).
+    pub plog: Option<PlogInfo>,
 }
 
 /// Decodes the metadata of a cache device: superblock, both records, geometry, and for every
 /// non-empty slot (or only for segment `segment`) the header and metablocks. Reads only.
 pub fn dump<D: BlockDevice>(cache: &mut D, segment: Option<u64>) -> Result<Dump> {
-    let layout = read_layout(cache)?;
+    dump_inner(cache, None, segment)
+}
+
+/// [`dump`], and the plog device of a type-1 cache: both superblock copies (and the one
+/// recovery would use) and a summary of every region. Reads only.
+pub fn dump_with_plog<D: BlockDevice>(
+    cache: &mut D,
+    plog: &mut D,
+    segment: Option<u64>,
+) -> Result<Dump> {
+    dump_inner(cache, Some(plog), segment)
+}
+
+fn dump_inner<D: BlockDevice>(
+    cache: &mut D,
+    plog: Option<&mut D>,
+    segment: Option<u64>,
+) -> Result<Dump> {
+    let layout = read_layout(cache, plog.is_some())?;
+    let plog = match plog {
+        Some(p) => Some(read_plog_info(
+            p,
+            layout.superblock.ext,
+            layout.geometry,
+            None,
+        )?),
+        None => None,
+    };
     let mut out = Dump {
         device_sectors: cache.size_sectors(),
         superblock: layout.superblock,
@@ -1056,6 +1537,7 @@ pub fn dump<D: BlockDevice>(cache: &mut D, segment: Option<u64>) -> Result<Dump>
         segments: Vec::new(),
         missing: None,
         unreadable: None,
+        plog,
     };
     let Some(geo) = layout.geometry else {
         out.unreadable = Some(
@@ -1220,6 +1702,124 @@ fn fmt_geometry(f: &mut fmt::Formatter<'_>, g: &Option<Geometry>) -> fmt::Result
     }
 }
 
+fn fmt_plog_sb(sb: &PlogSuperblock) -> String {
+    format!(
+        "version {}, generation {}, epoch {}, formatted at {} sectors, {} regions of {} \
+         sectors, segment order {}",
+        sb.version,
+        sb.generation,
+        sb.epoch,
+        sb.plog_sectors,
+        sb.geometry.nr_regions,
+        sb.geometry.region_sectors,
+        sb.segment_order
+    )
+}
+
+fn fmt_plog_info(f: &mut fmt::Formatter<'_>, p: &PlogInfo) -> fmt::Result {
+    writeln!(f, "plog device: {} sectors", p.device_sectors)?;
+    for c in &p.copies {
+        write!(
+            f,
+            "  superblock {:7} (sector {}): ",
+            c.name.as_str(),
+            c.sector
+        )?;
+        match &c.superblock {
+            Some(sb) => writeln!(
+                f,
+                "{}{}",
+                fmt_plog_sb(sb),
+                if c.generation_matches {
+                    ""
+                } else {
+                    " (NOT this cache's generation)"
+                }
+            )?,
+            None => writeln!(f, "not valid")?,
+        }
+    }
+    match (&p.superblock, &p.problem) {
+        (Some(sb), _) => writeln!(f, "  in use: epoch {}", sb.epoch)?,
+        (None, Some(pr)) => writeln!(f, "  in use: none ({})", pr.detail)?,
+        (None, None) => writeln!(
+            f,
+            "  in use: not judged (the cache device gives no generation)"
+        )?,
+    }
+    let empty = p
+        .regions
+        .iter()
+        .filter(|r| r.state == RegionState::Empty)
+        .count();
+    if !p.regions.is_empty() {
+        writeln!(
+            f,
+            "  regions: {}, {empty} of them empty (not listed)",
+            p.regions.len()
+        )?;
+    }
+    for r in p.regions.iter().filter(|r| r.state != RegionState::Empty) {
+        write!(
+            f,
+            "  region {:>2} (sector {:>8}): {}",
+            r.region,
+            r.sector,
+            r.state.as_str()
+        )?;
+        if let Some(h) = &r.first {
+            write!(
+                f,
+                "; first entry: segment {}, epoch {}, prev_entries {}",
+                h.segment_id, h.epoch, h.prev_entries
+            )?;
+        }
+        if r.state == RegionState::Current {
+            write!(
+                f,
+                "; {} valid entries, {} sectors",
+                r.valid_entries, r.sectors_used
+            )?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
+fn fmt_plog_recovery(f: &mut fmt::Formatter<'_>, r: &RecoveryReport) -> fmt::Result {
+    writeln!(
+        f,
+        "recovery with the plog (the engine's own, run on in-memory overlays):"
+    )?;
+    if r.segments_applied == 0 {
+        writeln!(f, "  from record {}, applies nothing", r.record)?;
+    } else {
+        writeln!(
+            f,
+            "  from record {}, applies ids {}..={} ({} segments, {} dirty blocks)",
+            r.record,
+            r.record + 1,
+            r.last_applied,
+            r.segments_applied,
+            r.dirty_blocks
+        )?;
+    }
+    writeln!(
+        f,
+        "  rebuilds {} segment(s) from the plog ({} entries replayed); voids {} region(s); \
+         invalidates {} slot(s); moves the plog to epoch {}",
+        r.plog_segments_rebuilt,
+        r.plog_entries_replayed,
+        r.plog_regions_voided,
+        r.stale_invalidated,
+        r.plog_epoch
+    )?;
+    if let Some(why) = &r.stop_reason {
+        writeln!(f, "  stops: {why}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -1273,6 +1873,12 @@ impl fmt::Display for CheckReport {
                 "replay: none (opening would refuse or format the device)"
             )?,
         }
+        if let Some(p) = &self.plog {
+            fmt_plog_info(f, &p.info)?;
+            if let Some(r) = &p.recovery {
+                fmt_plog_recovery(f, r)?;
+            }
+        }
         for p in &self.problems {
             writeln!(f, "PROBLEM {}: {}", p.kind.as_str(), p.detail)?;
         }
@@ -1322,6 +1928,9 @@ impl fmt::Display for Dump {
         fmt_superblock(f, &self.superblock)?;
         fmt_records(f, &self.records)?;
         fmt_geometry(f, &self.geometry)?;
+        if let Some(p) = &self.plog {
+            fmt_plog_info(f, p)?;
+        }
         if let Some(why) = &self.unreadable {
             writeln!(f, "segments: not readable: {why}")?;
         }
@@ -1477,6 +2086,87 @@ fn json_geometry(g: &Option<Geometry>) -> String {
     })
 }
 
+fn json_plog_sb(sb: &PlogSuperblock) -> String {
+    json_obj(&[
+        ("version", sb.version.to_string()),
+        ("generation", sb.generation.to_string()),
+        ("epoch", sb.epoch.to_string()),
+        ("plog_sectors", sb.plog_sectors.to_string()),
+        ("region_sectors", sb.geometry.region_sectors.to_string()),
+        ("nr_regions", sb.geometry.nr_regions.to_string()),
+        ("segment_order", sb.segment_order.to_string()),
+    ])
+}
+
+fn json_problem(p: &Problem) -> String {
+    json_obj(&[
+        ("kind", json_str(p.kind.as_str())),
+        ("detail", json_str(&p.detail)),
+    ])
+}
+
+fn json_plog_info(p: &PlogInfo) -> String {
+    json_obj(&[
+        ("device_sectors", p.device_sectors.to_string()),
+        (
+            "superblock_copies",
+            json_arr(p.copies.iter().map(|c| {
+                json_obj(&[
+                    ("name", json_str(c.name.as_str())),
+                    ("sector", c.sector.to_string()),
+                    ("superblock", json_opt(c.superblock.as_ref(), json_plog_sb)),
+                    ("generation_matches", c.generation_matches.to_string()),
+                ])
+            })),
+        ),
+        ("superblock", json_opt(p.superblock.as_ref(), json_plog_sb)),
+        ("problem", json_opt(p.problem.as_ref(), json_problem)),
+        (
+            "regions",
+            json_arr(p.regions.iter().map(|r| {
+                json_obj(&[
+                    ("region", r.region.to_string()),
+                    ("sector", r.sector.to_string()),
+                    ("state", json_str(r.state.as_str())),
+                    (
+                        "first",
+                        json_opt(r.first.as_ref(), |h| {
+                            json_obj(&[
+                                ("segment_id", h.segment_id.to_string()),
+                                ("generation", h.generation.to_string()),
+                                ("epoch", h.epoch.to_string()),
+                                ("seq", h.seq.to_string()),
+                                ("prev_entries", h.prev_entries.to_string()),
+                            ])
+                        }),
+                    ),
+                    ("valid_entries", r.valid_entries.to_string()),
+                    ("sectors_used", r.sectors_used.to_string()),
+                    (
+                        "backing_sectors_needed",
+                        r.backing_sectors_needed.to_string(),
+                    ),
+                ])
+            })),
+        ),
+    ])
+}
+
+fn json_recovery(r: &RecoveryReport) -> String {
+    json_obj(&[
+        ("record", r.record.to_string()),
+        ("segments_applied", r.segments_applied.to_string()),
+        ("last_applied", r.last_applied.to_string()),
+        ("dirty_blocks", r.dirty_blocks.to_string()),
+        ("stop_reason", json_opt(r.stop_reason.as_deref(), json_str)),
+        ("stale_invalidated", r.stale_invalidated.to_string()),
+        ("plog_segments_rebuilt", r.plog_segments_rebuilt.to_string()),
+        ("plog_entries_replayed", r.plog_entries_replayed.to_string()),
+        ("plog_regions_voided", r.plog_regions_voided.to_string()),
+        ("plog_epoch", r.plog_epoch.to_string()),
+    ])
+}
+
 impl CheckReport {
     /// The whole report as one JSON object (every non-empty slot listed).
     pub fn to_json(&self) -> String {
@@ -1505,6 +2195,12 @@ impl CheckReport {
                     "backing_sectors_needed",
                     r.backing_sectors_needed.to_string(),
                 ),
+            ])
+        });
+        let plog = json_opt(self.plog.as_ref(), |p| {
+            json_obj(&[
+                ("info", json_plog_info(&p.info)),
+                ("recovery", json_opt(p.recovery.as_ref(), json_recovery)),
             ])
         });
         json_obj(&[
@@ -1543,6 +2239,7 @@ impl CheckReport {
                     ])
                 })),
             ),
+            ("plog", plog),
             (
                 "slots",
                 json_arr(self.slots.iter().map(|s| {
@@ -1583,6 +2280,7 @@ impl Dump {
                 }),
             ),
             ("unreadable", json_opt(self.unreadable.as_deref(), json_str)),
+            ("plog", json_opt(self.plog.as_ref(), json_plog_info)),
             (
                 "segments",
                 json_arr(self.segments.iter().map(|s| {

@@ -24,7 +24,9 @@ pub use background::{Step, StepOutcome};
 pub use cache::{Config, Engine, FormatPolicy};
 pub use device::{BlockDevice, DeviceRole, IoError, IoOp, MemDevice, ReadReq, WriteReq};
 pub use error::{Error, Result};
-pub use inspect::{check, check_against_backing, dump, CheckReport, Dump};
+pub use inspect::{
+    check, check_against_backing, check_with_plog, dump, dump_with_plog, CheckReport, Dump,
+};
 pub use recovery::{format_device, format_device_with_plog, RecoveryReport};
 pub use status::{Stats, Status};
 pub use tunables::Tunables;

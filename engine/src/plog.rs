@@ -188,6 +188,57 @@ impl PlanItem {
     }
 }
 
+/// Whose entries a region's run must be: recovery's expectation, also used by `inspect`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunOwner {
+    pub segment_id: u64,
+    /// `None`: any generation (seed quirks only).
+    pub generation: Option<u64>,
+    /// `None`: any epoch (seed quirk H4 only).
+    pub epoch: Option<u64>,
+}
+
+/// The run of entries of one region (`region` holds the whole region) that verify, from entry
+/// 0 on: each must carry the owner's segment id, generation and epoch and its own position, be
+/// well formed, fit the region and a backing device of `backing_sectors`, and pass its CRC.
+/// Returns (offset in sectors, header) of each. Bounded by the region size (H4): every entry
+/// takes at least two sectors. Recovery and `inspect` both read runs through this function.
+pub(crate) fn verified_run(
+    region: &[u8],
+    owner: RunOwner,
+    backing_sectors: u64,
+) -> Vec<(u64, EntryHeader)> {
+    let region_sectors = (region.len() / SECTOR_SIZE) as u64;
+    let mut entries = Vec::new();
+    let mut at = 0u64;
+    while at < region_sectors {
+        let hs = at as usize * SECTOR_SIZE;
+        let Some(h) = pf::decode_entry_header(&region[hs..hs + SECTOR_SIZE]) else {
+            break;
+        };
+        let end = at + h.footprint();
+        // Checked: the sector comes off the device and may be anything.
+        let fits = end <= region_sectors
+            && h.sector
+                .checked_add(h.len as u64)
+                .is_some_and(|e| e <= backing_sectors);
+        let ours = h.segment_id == owner.segment_id
+            && h.seq == entries.len() as u32
+            && owner.generation.is_none_or(|g| h.generation == g)
+            && owner.epoch.is_none_or(|e| h.epoch == e);
+        if !fits || !ours {
+            break;
+        }
+        let data = &region[hs + SECTOR_SIZE..end as usize * SECTOR_SIZE];
+        if !pf::entry_crc_ok(&region[hs..hs + SECTOR_SIZE], data) {
+            break;
+        }
+        entries.push((at, h));
+        at = end;
+    }
+    entries
+}
+
 impl<D: BlockDevice> Engine<D> {
     pub(crate) fn is_type1(&self) -> bool {
         self.plog.is_some()
@@ -306,30 +357,12 @@ impl<D: BlockDevice> Engine<D> {
         let region_sectors = geo.region_sectors as u64;
         let mut buf = vec![0u8; region_sectors as usize * SECTOR_SIZE];
         plog_io(p.dev.read(geo.region_sector(geo.region_of(id)), &mut buf))?;
-        let mut entries = Vec::new();
-        let mut at = 0u64;
-        // Bounded: every entry takes at least two sectors of the region.
-        while at < region_sectors {
-            let hs = at as usize * SECTOR_SIZE;
-            let Some(h) = pf::decode_entry_header(&buf[hs..hs + SECTOR_SIZE]) else {
-                break;
-            };
-            let end = at + h.footprint();
-            let fits = end <= region_sectors && h.sector + h.len as u64 <= backing_sectors;
-            let ours = h.segment_id == id
-                && h.seq == entries.len() as u32
-                && (ignore_generation || h.generation == p.sb.generation)
-                && (ignore_epoch || h.epoch == p.sb.epoch);
-            if !fits || !ours {
-                break;
-            }
-            let data = &buf[hs + SECTOR_SIZE..end as usize * SECTOR_SIZE];
-            if !pf::entry_crc_ok(&buf[hs..hs + SECTOR_SIZE], data) {
-                break;
-            }
-            entries.push((at, h));
-            at = end;
-        }
+        let expect = RunOwner {
+            segment_id: id,
+            generation: (!ignore_generation).then_some(p.sb.generation),
+            epoch: (!ignore_epoch).then_some(p.sb.epoch),
+        };
+        let entries = verified_run(&buf, expect, backing_sectors);
         Ok(Region { buf, entries })
     }
 

@@ -600,13 +600,23 @@ fn corrupt_superblocks_and_records_are_named() {
     let r = assert_refused(c, ProblemKind::CacheResized);
     assert_eq!(r.geometry.map(|g| g.nr_segments), Some(3));
 
-    // A persistent-log type.
+    // A persistent-log type checked without its plog, and a type this build does not know.
     let mut c = formatted_image(4, 4);
     put_sector0(
         &mut c,
         &encode_superblock(&SuperblockExt {
             format_version: FORMAT_VERSION,
             cache_type: 1,
+            ..ext
+        }),
+    );
+    assert_refused(c, ProblemKind::PlogMissing);
+    let mut c = formatted_image(4, 4);
+    put_sector0(
+        &mut c,
+        &encode_superblock(&SuperblockExt {
+            format_version: FORMAT_VERSION,
+            cache_type: 2,
             ..ext
         }),
     );
@@ -1136,4 +1146,356 @@ fn a_read_error_is_an_io_error_not_a_verdict() {
         );
         assert!(matches!(dump(&mut d, None), Err(Error::Io { .. })));
     }
+}
+
+// ----- type 1: check and dump with the plog -----
+
+use engine::format::plog::{PLOG_FIRST_REGION_SECTOR, PLOG_SB_SECTOR};
+use engine::inspect::{OverlayDevice, RegionState};
+use engine::{check_with_plog, dump_with_plog};
+
+/// Order 5 (3 blocks per segment): a region is 2 * 9 * 3 = 54 sectors.
+const T1_ORDER: u8 = 5;
+const T1_REGION: u64 = 54;
+
+/// A fresh type-1 cache: `nr` slots, a plog of `regions` regions, `backing_blocks` blocks.
+fn fresh_type1(nr: u64, regions: u64, backing_blocks: u64, generation: u64) -> Engine<MemDevice> {
+    let cache = MemDevice::new(SUPERBLOCK_SECTORS + (nr << T1_ORDER));
+    let backing = MemDevice::new(backing_blocks * SECTORS_PER_BLOCK);
+    let plog = MemDevice::new(PLOG_FIRST_REGION_SECTOR + regions * T1_REGION);
+    let cfg = Config {
+        generation,
+        ..cfg(T1_ORDER, FormatPolicy::IfBlank)
+    };
+    let (e, rep) = Engine::open_with_plog(cache, backing, Some(plog), cfg).unwrap();
+    assert!(rep.formatted && e.cache_type() == 1);
+    e
+}
+
+fn open_type1(
+    cache: MemDevice,
+    backing: MemDevice,
+    plog: MemDevice,
+) -> Result<(Engine<MemDevice>, RecoveryReport), Error> {
+    Engine::open_with_plog(
+        cache,
+        backing,
+        Some(plog),
+        cfg(T1_ORDER, FormatPolicy::Never),
+    )
+}
+
+/// `check_with_plog` through read-only wrappers on both devices; asserts both images are
+/// byte-identical afterwards and both renderings are well-formed.
+fn checked_plog(cache: &mut MemDevice, plog: &mut MemDevice, backing: Option<u64>) -> CheckReport {
+    let (cache_before, plog_before) = (cache.bytes().to_vec(), plog.bytes().to_vec());
+    let report = check_with_plog(&mut ReadOnly(cache), &mut ReadOnly(plog), backing)
+        .expect("check reads MemDevices without I/O errors");
+    assert!(
+        cache.bytes() == cache_before.as_slice(),
+        "check changed the cache"
+    );
+    assert!(
+        plog.bytes() == plog_before.as_slice(),
+        "check changed the plog"
+    );
+    let json = report.to_json();
+    assert!(json_is_valid(&json), "invalid JSON: {json}");
+    let _ = report.to_string();
+    report
+}
+
+fn has_problem(r: &CheckReport, kind: ProblemKind) -> bool {
+    r.problems.iter().any(|p| p.kind == kind)
+}
+
+/// Asserts that check's recovery is exactly what `open_with_plog` then reports.
+fn assert_type1_agrees(report: &CheckReport, opened: &RecoveryReport, context: &str) {
+    let plan = report
+        .plog
+        .as_ref()
+        .and_then(|p| p.recovery.as_ref())
+        .unwrap_or_else(|| panic!("{context}: open recovered, check has no recovery\n{report}"));
+    assert!(report.sound, "{context}: open recovered\n{report}");
+    assert_eq!(plan, opened, "{context}\n{report}");
+}
+
+#[test]
+fn type1_cut_after_flush_check_says_what_plog_replay_rebuilds() {
+    let mut e = fresh_type1(8, 4, 64, GENERATION);
+    // Segment 1 fills (3 blocks) and is sealed; 2 blocks go into segment 2; a FLUSH makes only
+    // the plog durable: neither segment reaches the cache device.
+    for b in 0..5 {
+        write_block(&mut e, b, b as u32 + 1);
+    }
+    e.flush().unwrap();
+    assert!(e.status().plog_flushes >= 1);
+    let (mut cache, backing, plog) = e.into_all_devices();
+    let mut plog = plog.unwrap();
+    let r = checked_plog(&mut cache, &mut plog, Some(backing.size_sectors()));
+    assert!(r.sound, "{r}");
+    assert!(
+        r.notes.iter().any(|n| n.kind == NoteKind::PlogReplay),
+        "{r}"
+    );
+    // The cache device holds no segment: its walk applies nothing.
+    assert_eq!(r.replay.unwrap().segments_applied, 0, "{r}");
+    let p = r.plog.as_ref().unwrap();
+    let sb = p.info.superblock.unwrap();
+    assert_eq!((sb.generation, sb.geometry.nr_regions), (GENERATION, 4));
+    assert!(p.info.copies.iter().all(|c| c.generation_matches));
+    let states: Vec<(RegionState, u32, Option<u64>)> = p
+        .info
+        .regions
+        .iter()
+        .map(|r| (r.state, r.valid_entries, r.first.map(|h| h.segment_id)))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (RegionState::Current, 3, Some(1)),
+            (RegionState::Current, 2, Some(2)),
+            (RegionState::Empty, 0, None),
+            (RegionState::Empty, 0, None),
+        ]
+    );
+    let rec = p.recovery.as_ref().unwrap();
+    assert_eq!(
+        (
+            rec.plog_segments_rebuilt,
+            rec.plog_entries_replayed,
+            rec.last_applied,
+            rec.dirty_blocks
+        ),
+        (2, 5, 2, 5),
+        "{r}"
+    );
+    assert!(r.to_string().contains("rebuilds 2 segment(s)"), "{r}");
+    let (mut e, opened) = open_type1(cache, backing, plog).unwrap();
+    assert_type1_agrees(&r, &opened, "cut after FLUSH");
+    for b in 0..5 {
+        let mut got = vec![0u8; BLOCK_SIZE];
+        e.read(b * SECTORS_PER_BLOCK, &mut got).unwrap();
+        assert!(got == blk(b as u32 + 1), "block {b}");
+    }
+    // After recovery the segments are on the cache device and the plog is in a new epoch: a
+    // second check rebuilds nothing and finds the old regions stale.
+    let (mut cache, _, plog) = e.into_all_devices();
+    let mut plog = plog.unwrap();
+    let r = checked_plog(&mut cache, &mut plog, None);
+    let p = r.plog.as_ref().unwrap();
+    assert!(r.sound, "{r}");
+    assert_eq!(p.recovery.as_ref().unwrap().plog_segments_rebuilt, 0);
+    assert_eq!(r.replay.unwrap().segments_applied, 2, "{r}");
+    assert_eq!(p.info.regions[0].state, RegionState::Stale, "{r}");
+}
+
+#[test]
+fn type1_corrupt_entry_in_the_middle_cuts_the_replayed_run_there() {
+    let mut e = fresh_type1(8, 4, 64, GENERATION);
+    // Five one-sector pieces into block 0 (overwrites in the open segment): five entries in
+    // region 0, each a header sector and a data sector.
+    for s in 0..5u64 {
+        e.write(s, &[0x40 + s as u8; SECTOR_SIZE], false).unwrap();
+    }
+    e.flush().unwrap();
+    let (mut cache, backing, plog) = e.into_all_devices();
+    let mut plog = plog.unwrap();
+    // Entry 2's data sector: a bit flip fails its CRC.
+    let data_sector = PLOG_FIRST_REGION_SECTOR + 2 * 2 + 1;
+    plog.bytes_mut()[data_sector as usize * SECTOR_SIZE + 100] ^= 0x01;
+    let r = checked_plog(&mut cache, &mut plog, None);
+    // A torn tail is what a power cut leaves: recovery replays the prefix, still sound.
+    assert!(r.sound, "{r}");
+    let p = r.plog.as_ref().unwrap();
+    assert_eq!(
+        (p.info.regions[0].state, p.info.regions[0].valid_entries),
+        (RegionState::Current, 2),
+        "{r}"
+    );
+    let rec = p.recovery.as_ref().unwrap();
+    assert_eq!(
+        (rec.plog_segments_rebuilt, rec.plog_entries_replayed),
+        (1, 2)
+    );
+    let (mut e, opened) = open_type1(cache, backing, plog).unwrap();
+    assert_type1_agrees(&r, &opened, "corrupt entry 2");
+    let mut got = vec![0u8; BLOCK_SIZE];
+    e.read(0, &mut got).unwrap();
+    for s in 0..5usize {
+        let want = if s < 2 { 0x40 + s as u8 } else { 0 };
+        assert!(
+            got[s * SECTOR_SIZE..(s + 1) * SECTOR_SIZE]
+                .iter()
+                .all(|&b| b == want),
+            "sector {s}"
+        );
+    }
+}
+
+#[test]
+fn type1_plog_of_another_cache_missing_or_resized_is_unsound_and_named() {
+    let mut e = fresh_type1(8, 4, 64, GENERATION);
+    write_block(&mut e, 3, 3);
+    e.flush().unwrap();
+    let (mut cache, backing, plog) = e.into_all_devices();
+    let mut plog = plog.unwrap();
+    // Another cache's plog (same geometry, another generation).
+    let (_, _, other) = fresh_type1(8, 4, 64, 0xbad).into_all_devices();
+    let mut other = other.unwrap();
+    let r = checked_plog(&mut cache, &mut other, None);
+    assert!(
+        !r.sound && has_problem(&r, ProblemKind::PlogGeneration),
+        "{r}"
+    );
+    let p = r.plog.as_ref().unwrap();
+    assert!(p.recovery.is_none() && p.info.superblock.is_none());
+    assert!(p
+        .info
+        .copies
+        .iter()
+        .all(|c| !c.generation_matches && c.superblock.is_some()));
+    assert!(matches!(
+        open_type1(cache.clone(), backing.clone(), other),
+        Err(Error::PlogMismatch { .. })
+    ));
+    // A blank plog: no superblock.
+    let mut blank = MemDevice::new(plog.size_sectors());
+    let r = checked_plog(&mut cache, &mut blank, None);
+    assert!(
+        !r.sound && has_problem(&r, ProblemKind::PlogSuperblock),
+        "{r}"
+    );
+    // A resized plog.
+    let mut bigger = plog.bytes().to_vec();
+    bigger.resize(bigger.len() + 8 * SECTOR_SIZE, 0);
+    let mut bigger = MemDevice::from_bytes(bigger);
+    let r = checked_plog(&mut cache, &mut bigger, None);
+    assert!(!r.sound && has_problem(&r, ProblemKind::PlogResized), "{r}");
+    // One torn superblock copy is only a note: the backup is used.
+    let mut torn = plog.clone();
+    torn.bytes_mut()[PLOG_SB_SECTOR as usize * SECTOR_SIZE + 20] ^= 0xff;
+    let r = checked_plog(&mut cache, &mut torn, None);
+    assert!(r.sound, "{r}");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.kind == NoteKind::PlogSuperblockCopy),
+        "{r}"
+    );
+    // The type-1 cache without its plog, and a type-0 cache with one.
+    let r = checked(&mut cache);
+    assert!(!r.sound && has_problem(&r, ProblemKind::PlogMissing), "{r}");
+    assert!(r.replay.is_none(), "open refuses it: {r}");
+    let (mut type0, _) = fresh(T1_ORDER, 8, 64).into_devices();
+    let r = checked_plog(&mut type0, &mut plog, None);
+    assert!(
+        !r.sound && has_problem(&r, ProblemKind::PlogUnexpected),
+        "{r}"
+    );
+    // The intact pair is sound.
+    let r = checked_plog(&mut cache, &mut plog, None);
+    assert!(r.sound, "{r}");
+}
+
+#[test]
+fn type1_check_agrees_with_recovery_on_random_crash_images() {
+    for seed in 0..60u64 {
+        let mut rng = Rng(seed);
+        let backing_blocks = 24;
+        let mut e = fresh_type1(6, 3, backing_blocks, GENERATION);
+        let ops = 5 + rng.below(60);
+        run_workload(&mut e, &mut rng, ops, backing_blocks);
+        let (mut cache, backing, plog) = e.into_all_devices();
+        let mut plog = plog.unwrap();
+        let what = match rng.below(4) {
+            0 => "intact",
+            1 => {
+                // A bit flip somewhere in the regions: a torn entry.
+                let regions = plog.size_sectors() - PLOG_FIRST_REGION_SECTOR;
+                let at = (PLOG_FIRST_REGION_SECTOR + rng.below(regions)) as usize * SECTOR_SIZE
+                    + rng.below(SECTOR_SIZE as u64) as usize;
+                plog.bytes_mut()[at] ^= 1 << rng.below(8);
+                "plog bit flip"
+            }
+            2 => {
+                let geo = Geometry::new(T1_ORDER, cache.size_sectors()).unwrap();
+                damage(&mut cache, &geo, &mut rng)
+            }
+            _ => {
+                // A voided region start, as a cut recovery leaves.
+                let r = rng.below(3);
+                let at = (PLOG_FIRST_REGION_SECTOR + r * T1_REGION) as usize * SECTOR_SIZE;
+                plog.bytes_mut()[at..at + SECTOR_SIZE].fill(0);
+                "voided region"
+            }
+        };
+        let context = format!("seed {seed} ({what}, {ops} ops)");
+        let r = checked_plog(&mut cache, &mut plog, Some(backing.size_sectors()));
+        match open_type1(cache, backing, plog) {
+            Ok((_, opened)) => assert_type1_agrees(&r, &opened, &context),
+            Err(e) => assert!(
+                !r.sound,
+                "{context}: open failed ({e}) but check says sound\n{r}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn type1_dump_shows_the_plog_superblocks_and_regions() {
+    let mut e = fresh_type1(8, 4, 64, GENERATION);
+    write_block(&mut e, 1, 1);
+    e.flush().unwrap();
+    let (mut cache, _, plog) = e.into_all_devices();
+    let mut plog = plog.unwrap();
+    let before = (cache.bytes().to_vec(), plog.bytes().to_vec());
+    let d = dump_with_plog(&mut ReadOnly(&mut cache), &mut ReadOnly(&mut plog), None).unwrap();
+    assert!(cache.bytes() == before.0.as_slice() && plog.bytes() == before.1.as_slice());
+    assert!(json_is_valid(&d.to_json()), "{}", d.to_json());
+    let p = d.plog.as_ref().unwrap();
+    assert_eq!(p.regions.len(), 4);
+    assert_eq!(
+        (p.regions[0].state, p.regions[0].valid_entries),
+        (RegionState::Current, 1)
+    );
+    let text = d.to_string();
+    assert!(
+        text.contains("plog device")
+            && text.contains("region  0")
+            && text.contains("3 of them empty"),
+        "{text}"
+    );
+    // Without the plog, a type-1 dump still lists the cache device.
+    let d = dumped(&mut cache, None);
+    assert!(d.plog.is_none() && d.geometry.is_some());
+}
+
+#[test]
+fn overlay_reads_through_and_keeps_writes_in_memory() {
+    let mut base = MemDevice::from_bytes((0..4 * SECTOR_SIZE).map(|i| i as u8).collect());
+    let orig = base.bytes().to_vec();
+    let mut o = OverlayDevice::new(&mut base);
+    o.write(1, &[7u8; SECTOR_SIZE], false).unwrap();
+    o.write(2, &[0u8; SECTOR_SIZE], true).unwrap();
+    o.flush().unwrap();
+    let mut got = vec![0u8; 4 * SECTOR_SIZE];
+    o.read(0, &mut got).unwrap();
+    assert_eq!(&got[..SECTOR_SIZE], &orig[..SECTOR_SIZE]);
+    assert!(got[SECTOR_SIZE..2 * SECTOR_SIZE].iter().all(|&b| b == 7));
+    assert!(got[2 * SECTOR_SIZE..3 * SECTOR_SIZE]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(&got[3 * SECTOR_SIZE..], &orig[3 * SECTOR_SIZE..]);
+    assert_eq!(o.sectors_written(), 2);
+    assert!(
+        o.write(4, &[0u8; SECTOR_SIZE], false).is_err(),
+        "past the end"
+    );
+    drop(o);
+    assert_eq!(base.bytes(), orig.as_slice(), "the base is never written");
+    let mut z = OverlayDevice::<MemDevice>::zeros(8);
+    let mut s = [1u8; SECTOR_SIZE];
+    z.read(7, &mut s).unwrap();
+    assert!(s.iter().all(|&b| b == 0));
 }

@@ -1,5 +1,6 @@
-//! The offline subcommands (`format`, `writeback`) and the control clients (`status`,
-//! `message`). Each is a few calls into the engine or the control socket.
+//! The offline subcommands (`format`, `writeback`, `check`, `dump`) and the control clients
+//! (`status`, `message`). Each is a few calls into the engine or the control socket; `check`
+//! and `dump` print what `engine::inspect` reports and decide nothing themselves.
 
 use std::io::Read;
 use std::path::Path;
@@ -13,6 +14,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::control;
 use crate::filedev::{FileDevice, IoMode};
 use crate::server::{describe_recovery, open_engine};
+
+/// `wbcache check` exit status: the devices are sound.
+pub const CHECK_SOUND: u8 = 0;
+/// `wbcache check` exit status: not sound (recovery would refuse the devices, or fail).
+pub const CHECK_UNSOUND: u8 = 1;
+/// `wbcache check` / `dump` exit status: a usage or I/O error (no verdict).
+pub const CHECK_ERROR: u8 = 2;
 
 /// How much of a device `format` inspects for existing content.
 pub const INSPECT_BYTES: usize = 1 << 20;
@@ -42,6 +50,12 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
     let len = INSPECT_BYTES.min(dev.size_sectors() as usize * SECTOR_SIZE);
     let mut buf = vec![0u8; len];
     dev.read(0, &mut buf)?;
+    if let Some(sb) = format::plog::decode_superblock(&buf) {
+        return Ok(Some(format!(
+            "a wbcache plog device (generation {:#x}, epoch {})",
+            sb.generation, sb.epoch
+        )));
+    }
     if let Superblock::Valid(ext) = format::decode_superblock(&buf) {
         return Ok(Some(match ext {
             Some(ext) => format!(
@@ -57,24 +71,77 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
         .map(|at| format!("data (first non-zero byte at offset {at})")))
 }
 
-pub fn format_cache(cache: &Path, order: u8, force: bool) -> anyhow::Result<()> {
-    let mut dev = FileDevice::open(cache, IoMode::DirectIfSupported, 0)?;
-    // The geometry check first: a device too small is refused before anything is written.
-    let geo = Geometry::new(order, dev.size_sectors())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
-    if let Some(what) = existing_content(&mut dev)? {
+/// Whether two paths name the same file or device.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
+/// Refuses a device that holds anything, unless `force`.
+fn refuse_content(dev: &mut FileDevice, path: &Path, force: bool) -> anyhow::Result<()> {
+    if let Some(what) = existing_content(dev)? {
         if !force {
             bail!(
                 "{} holds {what}; refusing to format it (use --force to overwrite)",
-                cache.display()
+                path.display()
             );
         }
-        eprintln!("wbcache: {}: overwriting {what} (--force)", cache.display());
+        eprintln!("wbcache: {}: overwriting {what} (--force)", path.display());
     }
-    let generation = new_generation();
-    engine::format_device(&mut dev, order, generation)
+    Ok(())
+}
+
+/// Formats a cache device: type 0, or type 1 with the plog device `plog`.
+pub fn format_cache(
+    cache: &Path,
+    plog: Option<&Path>,
+    order: u8,
+    force: bool,
+) -> anyhow::Result<()> {
+    let mut dev = FileDevice::open(cache, IoMode::DirectIfSupported, 0)?;
+    // The geometry checks first: a device too small is refused before anything is written.
+    let geo = Geometry::new(order, dev.size_sectors())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    let mut plog_dev = match plog {
+        Some(p) => {
+            let mut pd = FileDevice::open(p, IoMode::DirectIfSupported, 0)?;
+            let pgeo =
+                format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            if same_file(p, cache) {
+                bail!(
+                    "{}: the plog device must be another device than the cache",
+                    p.display()
+                );
+            }
+            refuse_content(&mut pd, p, force)?;
+            Some((pd, pgeo))
+        }
+        None => None,
+    };
+    refuse_content(&mut dev, cache, force)?;
+    let generation = new_generation();
+    match plog_dev.as_mut() {
+        Some((pd, _)) => engine::format_device_with_plog(&mut dev, pd, order, generation),
+        None => engine::format_device(&mut dev, order, generation),
+    }
+    .map_err(|e| match (&e, plog) {
+        (
+            engine::Error::Io {
+                role: engine::DeviceRole::Plog,
+                ..
+            },
+            Some(p),
+        ) => anyhow::anyhow!("{}: {e}", p.display()),
+        _ => anyhow::anyhow!("{}: {e}", cache.display()),
+    })?;
     dev.flush()?;
+    if let Some((pd, _)) = plog_dev.as_mut() {
+        pd.flush()?;
+    }
     println!(
         "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation:#x}",
         cache.display(),
@@ -82,6 +149,14 @@ pub fn format_cache(cache: &Path, order: u8, force: bool) -> anyhow::Result<()> 
         geo.nr_segments,
         geo.blocks_per_segment()
     );
+    if let (Some(p), Some((_, pgeo))) = (plog, &plog_dev) {
+        println!(
+            "type 1: plog {}: {} regions of {} sectors",
+            p.display(),
+            pgeo.nr_regions,
+            pgeo.region_sectors
+        );
+    }
     Ok(())
 }
 
@@ -98,8 +173,8 @@ fn dirty_bar(total: u64) -> ProgressBar {
 }
 
 /// Offline writeback: recover, drain every dirty block to the backing device, shut down.
-pub fn writeback(backing: &Path, cache: &Path) -> anyhow::Result<()> {
-    let (mut engine, report) = open_engine(backing, cache, IoMode::DirectIfSupported, 8)?;
+pub fn writeback(backing: &Path, cache: &Path, plog: Option<&Path>) -> anyhow::Result<()> {
+    let (mut engine, report) = open_engine(backing, cache, plog, IoMode::DirectIfSupported, 8)?;
     let geo = engine.geometry();
     for line in describe_recovery(&report, geo.order, geo.nr_segments) {
         eprintln!("wbcache: {line}");
@@ -130,9 +205,12 @@ pub fn writeback(backing: &Path, cache: &Path) -> anyhow::Result<()> {
     }
     bar.finish();
     let st = engine.status();
-    engine
-        .shutdown()
+    let (_, _, plog_dev) = engine
+        .shutdown_all()
         .map_err(|e| anyhow::anyhow!("clean shutdown failed: {e}"))?;
+    if let Some(mut p) = plog_dev {
+        p.flush()?;
+    }
     println!(
         "wrote back {total} dirty block(s); cache is clean (last written-back segment {}, recorded)",
         st.last_writeback_id
@@ -197,4 +275,100 @@ pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
         }
         std::thread::sleep(POLL);
     }
+}
+
+fn open_for_inspection(path: &Path) -> anyhow::Result<FileDevice> {
+    Ok(FileDevice::open_read_only(path, IoMode::DirectIfSupported)?)
+}
+
+/// `wbcache check`: prints `engine::inspect`'s report and returns the exit status
+/// ([`CHECK_SOUND`], [`CHECK_UNSOUND`]); `Err` is a usage or I/O error ([`CHECK_ERROR`]).
+pub fn check(
+    cache: &Path,
+    plog: Option<&Path>,
+    backing: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut dev = open_for_inspection(cache)?;
+    let backing_sectors = match backing {
+        Some(b) => Some(open_for_inspection(b)?.size_sectors()),
+        None => None,
+    };
+    let report = match plog {
+        Some(p) => {
+            let mut pd = open_for_inspection(p)?;
+            engine::check_with_plog(&mut dev, &mut pd, backing_sectors)
+        }
+        None => match backing_sectors {
+            Some(b) => engine::check_against_backing(&mut dev, b),
+            None => engine::check(&mut dev),
+        },
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    // A plog given for the wrong type, or none for a type-1 cache, is a usage error: the
+    // device is not judged without the right set of devices.
+    for p in &report.problems {
+        match p.kind {
+            engine::inspect::ProblemKind::PlogMissing => bail!(
+                "{} is a type-1 cache: check it with its plog device (--plog P)",
+                cache.display()
+            ),
+            engine::inspect::ProblemKind::PlogUnexpected => bail!(
+                "{} is a type-0 cache (no persistent log): check it without --plog",
+                cache.display()
+            ),
+            _ => {}
+        }
+    }
+    Ok(if report.sound {
+        CHECK_SOUND
+    } else {
+        CHECK_UNSOUND
+    })
+}
+
+/// `wbcache dump`: prints `engine::inspect::dump` (with the plog's superblocks and regions
+/// when given). `Err` when the requested segment is not on the device.
+pub fn dump(
+    cache: &Path,
+    plog: Option<&Path>,
+    segment: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut dev = open_for_inspection(cache)?;
+    let d = match plog {
+        Some(p) => {
+            let mut pd = open_for_inspection(p)?;
+            engine::dump_with_plog(&mut dev, &mut pd, segment)
+        }
+        None => engine::dump(&mut dev, segment),
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    if json {
+        println!("{}", d.to_json());
+    } else {
+        print!("{d}");
+    }
+    if let Some(m) = d.missing {
+        match m.slot {
+            None => bail!("segment 0 does not exist (id 0 marks an empty slot)"),
+            Some(slot) if m.found == 0 => {
+                bail!(
+                    "segment {} is not on the device: its slot {slot} is empty",
+                    m.id
+                )
+            }
+            Some(slot) => bail!(
+                "segment {} is not on the device: its slot {slot} holds segment {}",
+                m.id,
+                m.found
+            ),
+        }
+    }
+    Ok(())
 }

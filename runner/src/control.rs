@@ -62,6 +62,10 @@ pub fn status_pairs(s: &Status) -> Vec<(String, String)> {
     kv("writeback_allowed", (s.writeback_allowed as u8).to_string());
     kv("draining", (s.draining as u8).to_string());
     kv("dead", s.dead.clone().unwrap_or_else(|| "-".into()));
+    kv("cache_type", s.cache_type.to_string());
+    kv("plog_entries", s.plog_entries.to_string());
+    kv("plog_flushes", s.plog_flushes.to_string());
+    kv("plog_epoch", s.plog_epoch.to_string());
     kv("status_line", s.to_string());
     v
 }

@@ -113,6 +113,16 @@ impl<D: BlockDevice + BusyTime> Core for EngineCore<D> {
         }
     }
     fn shutdown(self) -> Result<(), Error> {
-        self.engine.shutdown().map(|_| ())
+        // Every device back, the plog too: after `shutdown_all` the cache device holds
+        // everything, and the plog is flushed as well so nothing the engine wrote to it is
+        // left in a volatile cache when the process exits.
+        let (_, _, plog) = self.engine.shutdown_all()?;
+        if let Some(mut p) = plog {
+            p.flush().map_err(|source| Error::Io {
+                role: engine::DeviceRole::Plog,
+                source,
+            })?;
+        }
+        Ok(())
     }
 }

@@ -129,9 +129,9 @@ pub struct FileDevice {
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
-fn open_file(path: &Path, direct: bool) -> io::Result<File> {
+fn open_file(path: &Path, direct: bool, writable: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true);
+    o.read(true).write(writable);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
@@ -161,6 +161,22 @@ fn ioctl_int(file: &File, req: libc::c_ulong) -> io::Result<u64> {
 impl FileDevice {
     /// Opens `path` for reading and writing. `min_bytes`: the smallest size the caller accepts.
     pub fn open(path: &Path, mode: IoMode, min_bytes: u64) -> Result<Self, DeviceError> {
+        Self::open_with(path, mode, min_bytes, true)
+    }
+
+    /// Opens `path` for reading only (the offline `check` and `dump`): every write or flush
+    /// through it fails, so an inspection cannot change the device even by mistake, and a
+    /// read-only image can be inspected.
+    pub fn open_read_only(path: &Path, mode: IoMode) -> Result<Self, DeviceError> {
+        Self::open_with(path, mode, 0, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        mode: IoMode,
+        min_bytes: u64,
+        writable: bool,
+    ) -> Result<Self, DeviceError> {
         let p = || path.to_path_buf();
         let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => DeviceError::NotFound { path: p() },
@@ -172,7 +188,7 @@ impl FileDevice {
             return Err(DeviceError::NotFileOrBlockDevice { path: p() });
         }
         let mut direct = mode == IoMode::DirectIfSupported;
-        let file = match open_file(path, direct) {
+        let file = match open_file(path, direct, writable) {
             Ok(f) => f,
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 eprintln!(
@@ -180,7 +196,8 @@ impl FileDevice {
                     path.display()
                 );
                 direct = false;
-                open_file(path, false).map_err(|source| DeviceError::Open { path: p(), source })?
+                open_file(path, false, writable)
+                    .map_err(|source| DeviceError::Open { path: p(), source })?
             }
             Err(source) => return Err(DeviceError::Open { path: p(), source }),
         };
@@ -228,7 +245,7 @@ impl FileDevice {
                     "wbcache: {}: O_DIRECT reads fail at 512 and 4096 bytes; using buffered I/O",
                     path.display()
                 );
-                dev.file = open_file(path, false)
+                dev.file = open_file(path, false, writable)
                     .map_err(|source| DeviceError::Open { path: p(), source })?;
                 dev.direct = false;
                 dev.align = 1;

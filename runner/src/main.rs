@@ -31,8 +31,10 @@ fn long_version() -> &'static str {
     long_version = long_version(),
     about = "A write-back block cache (dm-writeboost design) served over NBD",
     long_about = "A write-back block cache in the dm-writeboost design. `format` prepares a cache \
-device, `serve` puts it in front of a backing device and exports the result over NBD, `status` \
-and `message` talk to a running server, `writeback` drains a cache offline."
+device (type 0, or type 1 with a persistent-log device given by --plog), `serve` puts it in front \
+of a backing device and exports the result over NBD, `status` and `message` talk to a running \
+server, `writeback` drains a cache offline, `check` says whether recovery would accept the \
+devices and what it would replay, `dump` decodes their metadata."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,10 +48,17 @@ enum Cmd {
         /// Cache device: a regular file or a block device, a multiple of 4 KiB.
         #[arg(long, value_name = "C")]
         cache: PathBuf,
+        /// Persistent-log device: formats a type-1 cache, whose FLUSH and FUA need only this
+        /// log durable. Needs 8 KiB of superblocks and room for 2 regions of 18 sectors per
+        /// block of a segment (about 2.25 MiB at order 10); uses at most 64 regions. Refused if
+        /// it holds anything, unless --force.
+        #[arg(long, value_name = "P")]
+        plog: Option<PathBuf>,
         /// Segment size order: segments of 2^N sectors (4..=10; 10 = 512 KiB, as upstream).
         #[arg(long, value_name = "N", default_value_t = 10)]
         order: u8,
-        /// Overwrite a device whose first MiB is not all zero or holds a cache superblock.
+        /// Overwrite a device (cache or plog) whose first MiB is not all zero or holds a
+        /// wbcache superblock.
         #[arg(long)]
         force: bool,
     },
@@ -84,6 +93,60 @@ block back; shows progress until the cache is clean), `clear_stat` (zero the cou
         /// Cache device (wbcache or upstream dm-writeboost format).
         #[arg(long, value_name = "C")]
         cache: PathBuf,
+        /// Persistent-log device of a type-1 cache (required for one, refused for type 0).
+        #[arg(long, value_name = "P")]
+        plog: Option<PathBuf>,
+    },
+    /// Offline fsck: would recovery accept the devices, and what would it replay? Reads only.
+    #[command(
+        long_about = "Offline fsck of a cache device (and its plog, for type 1); reads \
+only, never writes or flushes. Says what `serve` would do on start: the superblock and record it \
+would use, every non-empty segment slot (valid, stale, unreachable, torn, misplaced), the \
+segments replay applies and where it stops; for type 1 also both plog superblock copies, every \
+plog region, and what the engine's own recovery (run on in-memory copy-on-write overlays) would \
+apply: plog segments rebuilt, entries replayed, regions voided. Torn segments or entries at the \
+end of a log are normal after a power cut and are notes, not problems.
+
+Exit status: 0 sound (recovery would succeed), 1 not sound (the problems say why), 2 usage or \
+I/O error (including a type-1 cache without --plog or a type-0 cache with one)."
+    )]
+    Check {
+        /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
+        #[arg(value_name = "C")]
+        cache: PathBuf,
+        /// Persistent-log device of a type-1 cache.
+        #[arg(long, value_name = "P")]
+        plog: Option<PathBuf>,
+        /// Backing device: also check that every replayed block fits in it.
+        #[arg(long, value_name = "B")]
+        backing: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline: decode the metadata (superblock, records, segment headers and metablocks).
+    #[command(
+        long_about = "Decode the metadata of a cache device: superblock, both record \
+copies, geometry, and for every non-empty slot (or only segment ID) the header, its checksum \
+verdict and each metablock (backing sector, dirty bits, block CRC verdict). With --plog, also \
+both plog superblock copies and a summary of every plog region. Reads only.
+
+Exit status: 0, or 1 when --segment names a segment that is not on the device (the output \
+says what its slot holds instead) or on an error."
+    )]
+    Dump {
+        /// Cache device (file or block device).
+        #[arg(value_name = "C")]
+        cache: PathBuf,
+        /// Only this segment id (with its metablocks).
+        #[arg(long, value_name = "ID")]
+        segment: Option<u64>,
+        /// Persistent-log device of a type-1 cache: also its superblocks and regions.
+        #[arg(long, value_name = "P")]
+        plog: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -106,6 +169,10 @@ struct ServeArgs {
     /// Cache device, formatted with `wbcache format`.
     #[arg(long, value_name = "C")]
     cache: PathBuf,
+    /// Persistent-log device of a type-1 cache (`wbcache format --plog`): required for one,
+    /// refused for a type-0 cache.
+    #[arg(long, value_name = "P")]
+    plog: Option<PathBuf>,
     /// Serve NBD on this Unix socket (e.g. for `nbd+unix:///?socket=PATH`).
     #[arg(
         long,
@@ -130,8 +197,6 @@ struct ServeArgs {
     /// Open the devices without O_DIRECT (through the page cache).
     #[arg(long)]
     buffered: bool,
-    // The persistent-log device (`--plog P`, type 1) joins these options when the engine
-    // supports it.
     #[command(flatten)]
     tunables: TunableArgs,
 }
@@ -241,6 +306,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     server::run(ServeOptions {
         backing: a.backing,
         cache: a.cache,
+        plog: a.plog,
         listen,
         control,
         tunables: a.tunables.given,
@@ -258,13 +324,38 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Format {
             cache,
+            plog,
             order,
             force,
-        } => commands::format_cache(&cache, order, force),
+        } => commands::format_cache(&cache, plog.as_deref(), order, force),
         Cmd::Serve(a) => serve(*a),
         Cmd::Status { json, control } => commands::status(&control_path(&control), json),
         Cmd::Message { words, control } => commands::message(&control_path(&control), &words),
-        Cmd::Writeback { backing, cache } => commands::writeback(&backing, &cache),
+        Cmd::Writeback {
+            backing,
+            cache,
+            plog,
+        } => commands::writeback(&backing, &cache, plog.as_deref()),
+        Cmd::Check {
+            cache,
+            plog,
+            backing,
+            json,
+        } => {
+            return match commands::check(&cache, plog.as_deref(), backing.as_deref(), json) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("wbcache: error: {e:#}");
+                    ExitCode::from(commands::CHECK_ERROR)
+                }
+            }
+        }
+        Cmd::Dump {
+            cache,
+            segment,
+            plog,
+            json,
+        } => commands::dump(&cache, plog.as_deref(), segment, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,6 +43,8 @@ pub enum Listen {
 pub struct ServeOptions {
     pub backing: PathBuf,
     pub cache: PathBuf,
+    /// The persistent-log device of a type-1 cache.
+    pub plog: Option<PathBuf>,
     pub listen: Listen,
     pub control: PathBuf,
     /// Tunables given on the command line, already range-checked.
@@ -109,6 +111,14 @@ pub fn describe_recovery(r: &RecoveryReport, order: u8, nr_segments: u64) -> Vec
             r.stale_invalidated
         ));
     }
+    if r.plog_epoch != 0 {
+        // Type 1: the segments and entries only the plog held.
+        v.push(format!(
+            "plog: rebuilt {} segment(s) from {} plog entries, voided {} region(s) past the \
+             end; plog now at epoch {}",
+            r.plog_segments_rebuilt, r.plog_entries_replayed, r.plog_regions_voided, r.plog_epoch
+        ));
+    }
     v.push(format!(
         "{} dirty block(s) in the cache; recovery read {} bytes and wrote {} bytes",
         r.dirty_blocks, r.bytes_read, r.bytes_written
@@ -116,28 +126,60 @@ pub fn describe_recovery(r: &RecoveryReport, order: u8, nr_segments: u64) -> Vec
     v
 }
 
-/// Opens both devices and recovers the cache (never formats).
+/// An engine error on open, in the operator's words: what is wrong and which flag fixes it.
+pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -> anyhow::Error {
+    let c = cache.display();
+    match (&e, plog) {
+        (engine::Error::Unformatted, _) => {
+            anyhow::anyhow!("{c}: {e}; run `wbcache format --cache {c}` first")
+        }
+        (engine::Error::PlogMissing, _) => anyhow::anyhow!(
+            "{c}: {e}: it was formatted with a persistent log (type 1); give its plog device \
+             with --plog P"
+        ),
+        (engine::Error::PlogUnexpected, Some(p)) => anyhow::anyhow!(
+            "{c}: {e}; drop --plog {} (or format the cache with --plog to make it type 1)",
+            p.display()
+        ),
+        (
+            engine::Error::PlogMismatch { .. }
+            | engine::Error::PlogResized { .. }
+            | engine::Error::PlogGeometry(_)
+            | engine::Error::Corrupt {
+                role: engine::DeviceRole::Plog,
+                ..
+            }
+            | engine::Error::Io {
+                role: engine::DeviceRole::Plog,
+                ..
+            },
+            Some(p),
+        ) => anyhow::anyhow!("{}: {e}", p.display()),
+        _ => anyhow::anyhow!("{c}: {e}"),
+    }
+}
+
+/// Opens the devices (with the plog of a type-1 cache) and recovers the cache (never formats).
 pub fn open_engine(
     backing: &Path,
     cache: &Path,
+    plog: Option<&Path>,
     io_mode: IoMode,
     nr_rambuf_pool: usize,
 ) -> anyhow::Result<(Engine<FileDevice>, RecoveryReport)> {
     let cache_dev = FileDevice::open(cache, io_mode, 0)?;
     let backing_dev = FileDevice::open(backing, io_mode, 0)?;
+    let plog_dev = match plog {
+        Some(p) => Some(FileDevice::open(p, io_mode, 0)?),
+        None => None,
+    };
     let cfg = Config {
         nr_rambuf_pool,
         format: FormatPolicy::Never,
         ..Config::default()
     };
-    Engine::open(cache_dev, backing_dev, cfg).map_err(|e| match e {
-        engine::Error::Unformatted => anyhow::anyhow!(
-            "{}: {e}; run `wbcache format --cache {}` first",
-            cache.display(),
-            cache.display()
-        ),
-        e => anyhow::anyhow!("{}: {e}", cache.display()),
-    })
+    Engine::open_with_plog(cache_dev, backing_dev, plog_dev, cfg)
+        .map_err(|e| explain_open_error(e, cache, plog))
 }
 
 enum Listener {
@@ -198,6 +240,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let opened = open_engine(
         &opts.backing,
         &opts.cache,
+        opts.plog.as_deref(),
         opts.io_mode,
         opts.nr_rambuf_pool,
     );
@@ -217,10 +260,12 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .set_tunable(name, value)
             .expect("tunables were range-checked before opening");
     }
-    for (dev, name) in [
-        (engine.cache_device(), "cache"),
-        (engine.backing_device(), "backing"),
-    ] {
+    let devices = [
+        Some((engine.cache_device(), "cache")),
+        Some((engine.backing_device(), "backing")),
+        engine.plog_device().map(|d| (d, "plog")),
+    ];
+    for (dev, name) in devices.into_iter().flatten() {
         log_line(&format!(
             "{name} device {}: {}",
             dev.path().display(),
