@@ -659,10 +659,11 @@ fn nbdcopy_round_trips_a_64_mib_image_through_a_16_mib_cache() {
 // fio
 // ---------------------------------------------------------------------------------------------
 
-fn fio(uri: &str, extra: &[&str]) -> Output {
+/// fio in `dir` (a temp dir: fio may write state files into its working directory).
+fn fio(dir: &Path, uri: &str, extra: &[&str]) -> Output {
     let uri_arg = format!("--uri={uri}");
     let mut c = Command::new(tool("fio"));
-    c.args([
+    c.current_dir(dir).args([
         "--name=wbcache",
         "--ioengine=nbd",
         &uri_arg,
@@ -674,6 +675,7 @@ fn fio(uri: &str, extra: &[&str]) -> Output {
         "--verify=crc32c",
         "--verify_fatal=1",
         "--randseed=20240601",
+        "--verify_state_save=0",
     ]);
     c.args(extra);
     run_limited(&mut c, Duration::from_secs(300))
@@ -696,7 +698,7 @@ fn fio_nbd_engine_random_writes_verify_crc32c() {
     );
     let d = Devices::formatted(64 * MIB, 16 * MIB, 10);
     let srv = Server::start(&d, &["--allow_writeback", "1"]);
-    let o = fio(&uri(&srv), &["--do_verify=1"]);
+    let o = fio(d.dir.path(), &uri(&srv), &["--do_verify=1"]);
     let out = text(&o);
     assert!(o.status.success() && out.contains("err= 0"), "fio: {out}");
     assert!(!out.contains("verify: bad"), "{out}");
@@ -711,7 +713,7 @@ fn fio_nbd_engine_random_writes_verify_crc32c() {
     let (es, log) = srv.stop();
     assert!(es.success(), "{log}");
     let srv = Server::start(&d, &[]);
-    let o = fio(&uri(&srv), &["--verify_only=1"]);
+    let o = fio(d.dir.path(), &uri(&srv), &["--verify_only=1"]);
     let out = text(&o);
     assert!(
         o.status.success() && out.contains("err= 0"),
@@ -723,7 +725,7 @@ fn fio_nbd_engine_random_writes_verify_crc32c() {
     let mut c = srv.connect();
     assert_eq!(c.write(12 * MIB, &pattern(77, 4096), false), 0);
     c.disconnect();
-    let o = fio(&uri(&srv), &["--verify_only=1"]);
+    let o = fio(d.dir.path(), &uri(&srv), &["--verify_only=1"]);
     let out = text(&o);
     assert!(
         !o.status.success() && out.contains("verify"),
