@@ -330,10 +330,11 @@ fn offline_writeback_drains_an_upstream_dm_writeboost_image() {
 #[test]
 fn qemu_io_pattern_write_read_flush() {
     let qemu_io = Path::new("/usr/bin/qemu-io");
-    if !qemu_io.exists() {
-        eprintln!("skipped: /usr/bin/qemu-io is not installed");
-        return;
-    }
+    assert!(
+        qemu_io.exists(),
+        "/usr/bin/qemu-io is not installed: `apt-get install -y qemu-utils` \
+         (`cargo xtask test` installs it when missing)"
+    );
     let d = Devices::formatted(16 * MIB, 4 * MIB, 7);
     let srv = Server::start(&d, &[]);
     let url = format!("nbd+unix:///?socket={}", srv.socket.display());

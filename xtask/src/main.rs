@@ -17,7 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run every test of the workspace and a quick crash-test (what CI runs).
+    /// Run every test of the workspace and a quick crash-test (what CI runs); installs the
+    /// real NBD clients the runner's tests drive (fio, libnbd-bin, nbdkit, qemu-utils) with
+    /// apt-get when missing.
     Test,
     /// Check crash states of simulated runs against the oracles (the main job).
     CrashTest(Box<crash_test::CrashTestArgs>),
@@ -58,7 +60,93 @@ fn task_loom() -> Result<(), String> {
     ]))
 }
 
+/// The real NBD clients `runner/tests/clients.rs` drives: (command, Debian package).
+const CLIENT_TOOLS: &[(&str, &str)] = &[
+    ("fio", "fio"),
+    ("nbdinfo", "libnbd-bin"),
+    ("nbdcopy", "libnbd-bin"),
+    ("nbdkit", "nbdkit"),
+    ("qemu-io", "qemu-utils"),
+];
+
+/// Whether `cmd` is an executable file on `PATH` (what `which` does).
+fn on_path(cmd: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(cmd))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// The Debian packages of the client tools that are not installed.
+fn missing_client_packages() -> Vec<&'static str> {
+    let mut pkgs: Vec<&str> = CLIENT_TOOLS
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    pkgs.sort_unstable();
+    pkgs.dedup();
+    pkgs
+}
+
+/// Installs the real-client test tools with apt-get when any is missing (through sudo unless
+/// root; `apt-get update` and a second try if the first install fails), so the tests never
+/// meet a missing tool; fails with the command to run by hand if they cannot be had.
+fn ensure_client_tools() -> Result<(), String> {
+    let missing = missing_client_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let by_hand = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    eprintln!(
+        "xtask: the real-client tests (runner/tests/clients.rs) need {}; installing with apt-get",
+        missing.join(", ")
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| {
+        let mut c = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        c
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    if run(&mut apt(&install)).is_err() {
+        // A fresh machine often has no package lists yet.
+        let _ = run(&mut apt(&["update"]));
+        let _ = run(&mut apt(&install));
+    }
+    let still = missing_client_packages();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot install {} (needed by runner/tests/clients.rs: fio, nbdinfo, nbdcopy, nbdkit, \
+             qemu-io); install them with `{}`{} and rerun",
+            still.join(", "),
+            by_hand,
+            if root { "" } else { " as root" }
+        ))
+    }
+}
+
 fn task_test() -> Result<(), String> {
+    ensure_client_tools()?;
     run(cargo().args(["test", "--workspace"]))?;
     task_loom()?;
     // The default crash-test, one with garbage in torn units and 4 KiB atomic units, and the
