@@ -391,8 +391,7 @@ fn explore_world(
             };
             // The same images under another client cut are another check (more writes may be
             // durable by now), so the cut is part of what is deduplicated.
-            let fp = fp ^ cut_key;
-            if !dedup.insert_fingerprint(fp) {
+            if !dedup.insert_fingerprint(fp ^ cut_key) {
                 continue;
             }
             let Ok(images) = state.image(&choice) else {
