@@ -308,11 +308,20 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             p.display(),
             opts.control.display()
         )),
-        Listen::Tcp(a) => log_line(&format!(
-            "serving {} bytes over NBD on {a} (control: {})",
-            export.size_bytes,
-            opts.control.display()
-        )),
+        Listen::Tcp(a) => {
+            // The address actually bound: with port 0 the system picks one, and a client needs it.
+            let bound = match &listener {
+                Listener::Tcp(l) => l
+                    .local_addr()
+                    .map_or_else(|_| a.to_string(), |x| x.to_string()),
+                Listener::Unix(_) => a.to_string(),
+            };
+            log_line(&format!(
+                "serving {} bytes over NBD on {bound} (control: {})",
+                export.size_bytes,
+                opts.control.display()
+            ))
+        }
     }
 
     let conns: Arc<Mutex<BTreeMap<u64, Box<dyn Stream>>>> = Arc::default();
