@@ -94,6 +94,10 @@ impl Core for FakeCore {
             writeback_allowed: false,
             draining: false,
             dead: None,
+            cache_type: 0,
+            plog_entries: 0,
+            plog_flushes: 0,
+            plog_epoch: 0,
         }
     }
     fn message(&mut self, _msg: &str) -> Result<(), Error> {
