@@ -2,6 +2,7 @@
 
 mod bench;
 mod crash_test;
+mod fuzz;
 mod zoo;
 
 use std::process::{Command, ExitCode};
@@ -27,6 +28,8 @@ enum Task {
     Loom,
     /// Benchmarks (SPEC §8): writes a markdown report (docs/BENCH.md) and prints it.
     Bench(bench::BenchArgs),
+    /// Fuzz one target (or every target in turn) with cargo-fuzz on nightly; prints exec counts.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
         Task::Loom => task_loom().map(|()| true),
         Task::CrashTest(args) => crash_test::run(*args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -18,7 +18,10 @@ pub use explore::{
     choices_for, explore_workload, parse_case, replay_case, ExploreOpts, Level, PathStep,
     Violation, WorkloadResult,
 };
-pub use run::{drive, engine_config, initial_backing, record, sector_data, Recording, RunFailure};
+pub use run::{
+    drive, engine_config, initial_backing, new_world, open_on, record, recovery_config,
+    sector_data, Recording, RunFailure,
+};
 pub use scenarios::{scenario_workloads, SCENARIOS};
 pub use shrink::shrink;
 pub use workload::{continuation, generate, FaultSet, GenParams, WlConfig, WlOp, Workload};

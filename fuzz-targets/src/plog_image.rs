@@ -1,0 +1,30 @@
+//! `plog_image`: a valid type-1 cache device (written by the engine, crashed without shutdown)
+//! with arbitrary bytes as its plog device (a valid plog image patched by the input, at most
+//! [`image::MAX_PLOG_SECTORS`]). The same properties as `cache_image`: a typed error or a
+//! working engine, reads that succeed or fail with a typed error, a written block that reads
+//! back and survives a clean shutdown.
+
+use engine::{Engine, MemDevice};
+
+use crate::cache_image::exercise;
+use crate::image::{self, backing_image, open_config};
+
+pub fn run(data: &[u8]) {
+    let d = image::decode(
+        data,
+        |t| t.plog.is_some(),
+        |t| t.plog.as_deref().unwrap_or_default(),
+        image::MAX_PLOG_SECTORS,
+    );
+    let opened = Engine::open_with_plog(
+        MemDevice::from_bytes(d.template.cache.clone()),
+        MemDevice::from_bytes(backing_image()),
+        Some(MemDevice::from_bytes(d.image)),
+        open_config(),
+    );
+    if let Ok((engine, _report)) = opened {
+        exercise(engine, d.probe, |c, b, p| {
+            Engine::open_with_plog(c, b, p, open_config()).map(|(e, _)| e)
+        });
+    }
+}
