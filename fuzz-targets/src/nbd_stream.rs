@@ -1,8 +1,8 @@
 //! `nbd_stream`: arbitrary bytes as what an NBD client sends, through the server's own code:
 //! the handshake is `runner::nbd::conn::handshake` itself over an in-memory stream, and the
-//! transmission phase runs the reader's steps with the protocol layer's functions
-//! (`parse_request`, `validate`, `payload_len`, `simple_reply`) against an in-memory engine
-//! behind the runner's `EngineCore`. Never a panic or an unbounded allocation; every reply is
+//! transmission phase runs the connection reader's own steps (`read_incoming`,
+//! `read_engine_req`) and the engine thread's `execute` against an in-memory engine behind the
+//! runner's `EngineCore`; only the queue and the threads between them are left out. Never a panic or an unbounded allocation; every reply is
 //! well formed; reads return what the model disk says.
 //!
 //! Input: `mode: u8` (odd: skip the handshake and start in transmission, so the fuzzer reaches
@@ -14,8 +14,8 @@ use engine::format::SECTOR_SIZE;
 use engine::{Config, Engine, FormatPolicy, MemDevice};
 use models::ModelDisk;
 use runner::core::{Core, EngineCore};
-use runner::inflight::errno_of;
-use runner::nbd::conn::{handshake, Stream};
+use runner::engine_thread::{execute, EngineReq, Outcome};
+use runner::nbd::conn::{handshake, read_engine_req, read_incoming, Incoming, Stream};
 use runner::nbd::proto::{self, Command, Export};
 
 use crate::image::{backing_image, backing_sectors};
@@ -92,109 +92,73 @@ pub fn run(data: &[u8]) {
     transmission(&mut s, &export);
 }
 
-/// The connection reader's loop (runner/src/nbd/conn.rs, `read_requests`), with the engine
-/// called in place and the replies checked.
+/// The connection reader's steps (`read_incoming`, `read_engine_req`) and the engine thread's
+/// `execute`, called in place of the queue and threads, with the replies checked against a model.
 fn transmission(s: &mut MemStream, export: &Export) {
     let mut core = engine();
     let mut model = ModelDisk::from_bytes(backing_image()).expect("model of the backing");
     for _ in 0..MAX_REQUESTS {
-        let mut hdr = [0u8; proto::REQUEST_LEN];
-        if s.input.read_exact(&mut hdr).is_err() {
-            return;
-        }
-        let Ok(req) = proto::parse_request(&hdr) else {
-            return;
-        };
-        let cmd = match proto::validate(&req, export) {
-            Ok(Command::Disconnect) => return,
-            Ok(cmd) => cmd,
-            Err(refusal) => {
-                assert!(refusal.errno != 0, "a refusal with errno 0");
-                // Skip the payload of a refused WRITE, as the server does, in bounded chunks.
-                let mut left = proto::payload_len(&req) as u64;
-                let mut scratch = [0u8; 4096];
-                while left > 0 {
-                    let n = left.min(scratch.len() as u64) as usize;
-                    if s.input.read_exact(&mut scratch[..n]).is_err() {
-                        return;
-                    }
-                    left -= n as u64;
-                }
-                check_reply(&proto::simple_reply(req.handle, refusal.errno), req.handle);
+        let (handle, length, cmd) = match read_incoming(s, export) {
+            Ok(Incoming::Execute {
+                handle,
+                length,
+                cmd,
+            }) => (handle, length, cmd),
+            Ok(Incoming::Refused { handle, errno, .. }) => {
+                assert!(errno != 0, "a refusal with errno 0");
+                check_reply(&proto::simple_reply(handle, errno), handle);
                 continue;
             }
+            Err(_) => return,
         };
-        let result =
-            match cmd {
-                Command::Read { sector, len } => {
-                    // `validate` bounds `len` by the export's size.
-                    assert!(
-                        len as u64 <= export.size_bytes,
-                        "a read larger than the export"
-                    );
-                    let mut buf = vec![0u8; len as usize];
-                    let r = core.read(sector, &mut buf);
-                    if r.is_ok() {
-                        let want = model
-                            .read_vec(sector, len as u64 / SECTOR_SIZE as u64)
-                            .expect("a validated read is inside the model");
-                        assert!(buf == want, "read {sector}+{len}B differs from the model");
-                    }
-                    r.map_err(|e| errno_of(&e, false))
-                }
-                Command::Write { sector, len, fua } => {
-                    assert!(
-                        len as u64 <= export.size_bytes,
-                        "a write larger than the export"
-                    );
-                    let mut payload = vec![0u8; len as usize];
-                    if s.input.read_exact(&mut payload).is_err() {
-                        return;
-                    }
-                    let r = core.write(sector, &payload, fua);
-                    if r.is_ok() {
-                        model.write(sector, &payload).expect("model write");
-                    }
-                    r.map_err(|e| errno_of(&e, true))
-                }
-                Command::Flush => core.flush().map_err(|e| errno_of(&e, true)),
-                Command::Trim {
-                    sector,
-                    sectors,
-                    fua,
-                } => {
-                    let r = core.discard(sector, sectors).and_then(|()| {
-                        if fua {
-                            core.flush()
-                        } else {
-                            Ok(())
-                        }
-                    });
-                    if r.is_ok() {
-                        model.write_zeroes(sector, sectors).expect("model trim");
-                    }
-                    r.map_err(|e| errno_of(&e, true))
-                }
-                Command::WriteZeroes {
-                    sector,
-                    sectors,
-                    fua,
-                } => {
-                    let r = core.write_zeroes(sector, sectors, fua);
-                    if r.is_ok() {
-                        model
-                            .write_zeroes(sector, sectors)
-                            .expect("model write-zeroes");
-                    }
-                    r.map_err(|e| errno_of(&e, true))
-                }
-                Command::Disconnect => unreachable!("handled above"),
-            };
+        // `validate` bounds every length by the export's size.
+        assert!(
+            u64::from(length) <= export.size_bytes,
+            "a request larger than the export"
+        );
+        let Ok(req) = read_engine_req(s, cmd) else {
+            return;
+        };
+        let write_payload = match &req {
+            EngineReq::Write { data, .. } => Some(data.clone()),
+            _ => None,
+        };
+        let outcome = execute(&mut core, req);
         // An in-memory engine never fails a validated request.
-        if let Err(errno) = result {
-            panic!("{cmd:?} failed with errno {errno}");
+        let data = match outcome {
+            Outcome::Done => None,
+            Outcome::Data(d) => Some(d),
+            Outcome::Failed(e) => panic!("{cmd:?} failed: {e}"),
+            Outcome::Status(_) => panic!("{cmd:?} answered with a status"),
+        };
+        match cmd {
+            Command::Read { sector, len } => {
+                let want = model
+                    .read_vec(sector, len as u64 / SECTOR_SIZE as u64)
+                    .expect("a validated read is inside the model");
+                assert!(
+                    data.as_deref() == Some(&want[..]),
+                    "read {sector}+{len}B differs from the model"
+                );
+            }
+            Command::Write { sector, .. } => {
+                let payload = write_payload.expect("a WRITE carries its payload");
+                model.write(sector, &payload).expect("model write");
+            }
+            Command::Trim {
+                sector, sectors, ..
+            } => model.write_zeroes(sector, sectors).expect("model trim"),
+            Command::WriteZeroes {
+                sector, sectors, ..
+            } => model
+                .write_zeroes(sector, sectors)
+                .expect("model write-zeroes"),
+            Command::Flush | Command::Disconnect => {}
         }
-        check_reply(&proto::simple_reply(req.handle, 0), req.handle);
+        if !matches!(cmd, Command::Read { .. }) {
+            assert!(data.is_none(), "{cmd:?} returned data");
+        }
+        check_reply(&proto::simple_reply(handle, 0), handle);
         let _ = core.run_one_step();
     }
 }

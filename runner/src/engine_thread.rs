@@ -95,7 +95,9 @@ impl Clock for MonotonicClock {
     }
 }
 
-fn serve<C: Core>(core: &mut C, req: EngineReq) -> Outcome {
+/// Executes one request on the engine (the engine thread's work for each job; also called
+/// directly by the `nbd_stream` fuzz target).
+pub fn execute<C: Core>(core: &mut C, req: EngineReq) -> Outcome {
     let done = |r: Result<(), Error>| match r {
         Ok(()) => Outcome::Done,
         Err(e) => Outcome::Failed(e),
@@ -173,7 +175,7 @@ pub fn run<C: Core>(
         };
         match pop {
             Pop::Item(job) => {
-                let outcome = serve(&mut core, job.req);
+                let outcome = execute(&mut core, job.req);
                 check_dead(&core);
                 (job.reply)(outcome);
                 served_in_a_row += 1;

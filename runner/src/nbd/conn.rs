@@ -163,6 +163,83 @@ fn write_replies(out: &mut dyn Stream, window: &Inflight) -> Option<io::Error> {
     failed
 }
 
+/// One request as read off the wire, before its payload.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A request the server executes; `cmd` is validated against the export. A WRITE's payload
+    /// is still on the wire: `read_engine_req` reads it.
+    Execute {
+        handle: u64,
+        length: u32,
+        cmd: Command,
+    },
+    /// A request refused with `errno` (its payload, if any, already skipped).
+    Refused {
+        handle: u64,
+        errno: u32,
+        why: String,
+    },
+}
+
+/// Reads and validates one request header; a refused WRITE's payload is skipped here to stay
+/// in sync. `Err(Disconnected)` also stands for NBD_CMD_DISC.
+pub fn read_incoming(s: &mut dyn Stream, export: &Export) -> Result<Incoming, ConnEnd> {
+    let mut hdr = [0u8; proto::REQUEST_LEN];
+    read_full(s, &mut hdr)?;
+    let req: Request = proto::parse_request(&hdr).map_err(ConnEnd::Protocol)?;
+    match proto::validate(&req, export) {
+        Ok(Command::Disconnect) => Err(ConnEnd::Disconnected),
+        Ok(cmd) => Ok(Incoming::Execute {
+            handle: req.handle,
+            length: req.length,
+            cmd,
+        }),
+        Err(refusal) => {
+            skip_payload(s, proto::payload_len(&req) as u64)?;
+            Ok(Incoming::Refused {
+                handle: req.handle,
+                errno: refusal.errno,
+                why: refusal.why,
+            })
+        }
+    }
+}
+
+/// Turns a validated command into the engine thread's request, reading a WRITE's payload.
+pub fn read_engine_req(s: &mut dyn Stream, cmd: Command) -> Result<EngineReq, ConnEnd> {
+    Ok(match cmd {
+        Command::Read { sector, len } => EngineReq::Read {
+            sector,
+            len: len as usize,
+        },
+        Command::Write { sector, len, fua } => {
+            let mut data = vec![0u8; len as usize];
+            read_full(s, &mut data)?;
+            EngineReq::Write { sector, data, fua }
+        }
+        Command::Flush => EngineReq::Flush,
+        Command::Trim {
+            sector,
+            sectors,
+            fua,
+        } => EngineReq::Trim {
+            sector,
+            sectors,
+            fua,
+        },
+        Command::WriteZeroes {
+            sector,
+            sectors,
+            fua,
+        } => EngineReq::WriteZeroes {
+            sector,
+            sectors,
+            fua,
+        },
+        Command::Disconnect => unreachable!("read_incoming ends the connection at DISC"),
+    })
+}
+
 fn read_requests(
     s: &mut dyn Stream,
     jobs: &BoundedQueue<Job>,
@@ -172,65 +249,29 @@ fn read_requests(
 ) -> ConnEnd {
     // Bounded by the client: ends at DISC, EOF, a protocol violation or a socket error.
     loop {
-        let mut hdr = [0u8; proto::REQUEST_LEN];
-        if let Err(end) = read_full(s, &mut hdr) {
-            return end;
-        }
-        let req: Request = match proto::parse_request(&hdr) {
-            Ok(r) => r,
-            Err(e) => return ConnEnd::Protocol(e),
-        };
-        let cmd = match proto::validate(&req, export) {
-            Ok(Command::Disconnect) => return ConnEnd::Disconnected,
-            Ok(cmd) => cmd,
-            Err(refusal) => {
-                log(&format!(
-                    "refused request (handle {:#x}): {}",
-                    req.handle, refusal.why
-                ));
-                if let Err(end) = skip_payload(s, proto::payload_len(&req) as u64) {
-                    return end;
-                }
+        let (handle, length, cmd) = match read_incoming(s, export) {
+            Ok(Incoming::Execute {
+                handle,
+                length,
+                cmd,
+            }) => (handle, length, cmd),
+            Ok(Incoming::Refused { handle, errno, why }) => {
+                log(&format!("refused request (handle {handle:#x}): {why}"));
                 let units = window.acquire(0);
-                window.refuse(req.handle, refusal.errno, units);
+                window.refuse(handle, errno, units);
                 continue;
             }
+            Err(end) => return end,
         };
-        let units = window.acquire(req.length as u64);
-        let engine_req = match cmd {
-            Command::Read { sector, len } => EngineReq::Read {
-                sector,
-                len: len as usize,
-            },
-            Command::Write { sector, len, fua } => {
-                let mut data = vec![0u8; len as usize];
-                if let Err(end) = read_full(s, &mut data) {
-                    window.release(units);
-                    return end;
-                }
-                EngineReq::Write { sector, data, fua }
+        // Units are taken before a WRITE's payload is read: that bounds the memory a client
+        // can make the server hold.
+        let units = window.acquire(length as u64);
+        match read_engine_req(s, cmd) {
+            Ok(engine_req) => Inflight::submit(window, jobs, engine_req, handle, units),
+            Err(end) => {
+                window.release(units);
+                return end;
             }
-            Command::Flush => EngineReq::Flush,
-            Command::Trim {
-                sector,
-                sectors,
-                fua,
-            } => EngineReq::Trim {
-                sector,
-                sectors,
-                fua,
-            },
-            Command::WriteZeroes {
-                sector,
-                sectors,
-                fua,
-            } => EngineReq::WriteZeroes {
-                sector,
-                sectors,
-                fua,
-            },
-            Command::Disconnect => unreachable!("handled above"),
-        };
-        Inflight::submit(window, jobs, engine_req, req.handle, units);
+        }
     }
 }
