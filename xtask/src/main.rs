@@ -18,9 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run every test of the workspace and a quick crash-test (what CI runs); installs the
-    /// real NBD clients the runner's tests drive (fio, libnbd-bin, nbdkit, qemu-utils) with
-    /// apt-get when missing.
+    /// Run every test of the workspace, loom, the crash-tests, the quirk zoo and the quick
+    /// benchmark into target/bench-quick.md (what CI runs); installs the real NBD clients the
+    /// runner's tests and the bench drive (fio, libnbd-bin, nbdkit, qemu-utils) with apt-get
+    /// when missing.
     Test,
     /// Check crash states of simulated runs against the oracles (the main job).
     CrashTest(Box<crash_test::CrashTestArgs>),
@@ -172,6 +173,9 @@ fn task_test() -> Result<(), String> {
     run(Command::new(&exe).args(["crash-test", "--type", "1", "--time", "150"]))?;
     // Every seed quirk must be caught (each hunted for at most 60 s).
     run(Command::new(&exe).args(["crash-test", "--zoo"]))?;
+    // The quick benchmark end to end (every section verifies the data it writes), into target/
+    // so the committed docs/BENCH.md stays as it was measured.
+    run(Command::new(&exe).args(["bench", "--quick", "--out", "target/bench-quick.md"]))?;
     Ok(())
 }
 
