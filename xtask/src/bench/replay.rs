@@ -957,10 +957,15 @@ fn notes(rows: &[Row]) -> String {
                     if rt < rb / 2.0 {
                         out.push_str(&format!(
                             " Time gains less than bytes: ours still makes {} read requests (one \
-                             per slot for the ids, then two per dirty segment), about {per_op_us:.0} \
-                             µs each here on average; `FileDevice` serves a `read_batch` one \
-                             request at a time, so per-request latency, not bytes, bounds ours.",
-                            r.ours.read_ops
+                             per slot for the ids{}), about {per_op_us:.0} µs each here on \
+                             average; `FileDevice` serves a `read_batch` one request at a time, \
+                             so per-request latency, not bytes, bounds ours.",
+                            r.ours.read_ops,
+                            if r.dirty_blocks > 0 {
+                                ", then two per dirty segment"
+                            } else {
+                                ""
+                            }
                         ));
                     }
                     out.push('\n');
