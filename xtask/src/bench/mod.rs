@@ -6,6 +6,7 @@
 //! trait and list it in [`sections`].
 
 mod flush_heavy;
+mod ingest;
 pub mod latency;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub struct BenchArgs {
     /// Where to write the markdown report (default: docs/BENCH.md of the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these sections (repeatable; default: all). Names: flush-heavy.
+    /// Run only these sections (repeatable; default: all). Names: flush-heavy, ingest.
     #[arg(long = "section")]
     sections: Vec<String>,
 }
@@ -48,7 +49,7 @@ pub trait Section {
 /// Every section, in report order. Issue 8 adds: engine ingest vs memcpy, crash-test
 /// throughput, replay, fio through NBD, memory.
 fn sections() -> Vec<Box<dyn Section>> {
-    vec![Box::new(flush_heavy::FlushHeavy)]
+    vec![Box::new(flush_heavy::FlushHeavy), Box::new(ingest::Ingest)]
 }
 
 /// A markdown table whose columns are padded so it also reads well on a terminal.
