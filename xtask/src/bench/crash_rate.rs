@@ -47,6 +47,8 @@ const FIRST_SEED: u64 = 1;
 const TARGET: f64 = 100_000.0;
 /// SPEC §8: what kernel crash testers manage, states per second.
 const KERNEL_TESTERS: f64 = 1.0;
+/// A rate from fewer states than this is called rough in the notes.
+const FEW_STATES: u64 = 10_000;
 
 /// How much work: workloads per configuration, the time slice of each, and the time given to
 /// the phase breakdown of each configuration.
@@ -612,6 +614,18 @@ fn notes(rates: &[Rate], phase: &[Phases], scaling: Option<&Rate>) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    let few: Vec<String> = rates
+        .iter()
+        .filter(|r| r.states < FEW_STATES)
+        .map(|r| format!("order {} type {} ({})", r.order, r.cache_type, r.states))
+        .collect();
+    if !few.is_empty() {
+        out.push_str(&format!(
+            "- Rough: {} rest on fewer than {FEW_STATES} states, all from the first crash \
+             points of each workload; the full mode's longer slices give steadier numbers.\n",
+            few.join(", ")
         ));
     }
     for ty in [0u8, 1] {
