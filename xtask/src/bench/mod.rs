@@ -5,7 +5,9 @@
 //! [`Section`]. A section runs its measurements and returns markdown; to add one, implement the
 //! trait and list it in [`sections`].
 
+mod crash_rate;
 mod flush_heavy;
+mod ingest;
 pub mod latency;
 mod replay;
 
@@ -23,7 +25,8 @@ pub struct BenchArgs {
     /// Where to write the markdown report (default: docs/BENCH.md of the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these sections (repeatable; default: all). Names: flush-heavy, replay.
+    /// Run only these sections (repeatable; default: all). Names: flush-heavy, ingest,
+    /// crash-rate, replay.
     #[arg(long = "section")]
     sections: Vec<String>,
 }
@@ -49,7 +52,12 @@ pub trait Section {
 /// Every section, in report order. Issue 8 adds: engine ingest vs memcpy, crash-test
 /// throughput, replay, fio through NBD, memory.
 fn sections() -> Vec<Box<dyn Section>> {
-    vec![Box::new(flush_heavy::FlushHeavy), Box::new(replay::Replay)]
+    vec![
+        Box::new(flush_heavy::FlushHeavy),
+        Box::new(ingest::Ingest),
+        Box::new(crash_rate::CrashRate),
+        Box::new(replay::Replay),
+    ]
 }
 
 /// A markdown table whose columns are padded so it also reads well on a terminal.
