@@ -7,6 +7,9 @@
 
 mod flush_heavy;
 pub mod latency;
+mod memory;
+mod nbd_fio;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +25,7 @@ pub struct BenchArgs {
     /// Where to write the markdown report (default: docs/BENCH.md of the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these sections (repeatable; default: all). Names: flush-heavy.
+    /// Run only these sections (repeatable; default: all). Names: flush-heavy, nbd-fio, memory.
     #[arg(long = "section")]
     sections: Vec<String>,
 }
@@ -48,7 +51,11 @@ pub trait Section {
 /// Every section, in report order. Issue 8 adds: engine ingest vs memcpy, crash-test
 /// throughput, replay, fio through NBD, memory.
 fn sections() -> Vec<Box<dyn Section>> {
-    vec![Box::new(flush_heavy::FlushHeavy)]
+    vec![
+        Box::new(flush_heavy::FlushHeavy),
+        Box::new(nbd_fio::NbdFio),
+        Box::new(memory::Memory),
+    ]
 }
 
 /// A markdown table whose columns are padded so it also reads well on a terminal.
