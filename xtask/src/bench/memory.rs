@@ -281,7 +281,7 @@ impl Section for Memory {
         let scratch = Scratch::new("memory")?;
         let read_check_s = match mode {
             Mode::Quick => 3,
-            Mode::Full => 60,
+            Mode::Full => 20,
         };
         let mut runs = Vec::new();
         for size in sizes(mode) {
@@ -459,6 +459,40 @@ mod tests {
             m.insert(i, i as u32);
         }
         assert_eq!(m.capacity() as u64, hash_buckets(1000) / 8 * 7);
+    }
+
+    #[test]
+    fn the_report_fits_a_line_through_the_ends() {
+        let run = |cache: u64, rss: u64| {
+            let slots = cache / SEGMENT_BYTES - 1;
+            let blocks = slots * PER_SEG;
+            Run {
+                cache,
+                blocks,
+                slots,
+                dirty: blocks - PER_SEG,
+                rss_idle: 4 * MIB,
+                rss_full: rss,
+                hwm: rss,
+                anon_full: rss - 3 * MIB,
+                file_full: 3 * MIB,
+                checked: 0,
+                expected: expected_index_bytes(blocks, blocks - PER_SEG, slots),
+            }
+        };
+        // 10 MiB fixed + 16 MiB per GiB.
+        let runs = [run(64 * MIB, 11 * MIB), run(GIB, 26 * MIB)];
+        let (slope, fixed) = fit(&runs, |r| r.rss_full);
+        assert!((slope - 16.0).abs() < 1e-9 && (fixed - 10.0).abs() < 1e-9);
+        let md = report(&runs, 3);
+        assert!(
+            md.contains("**16.00 MiB per GiB of cache** plus a fixed **10.0 MiB**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("upstream dm-writeboost metadata (computed) | 12.69"),
+            "{md}"
+        );
     }
 
     #[test]
