@@ -397,21 +397,57 @@ fn report(runs: &[Run], read_check_s: u64) -> String {
     let pool = (POOL * SEGMENT_BYTES) as f64 / MIB as f64;
     let file = a.file_full as f64 / MIB as f64;
     let other_anon = a.other_anon_mib();
+    let exp_fixed = if exp_fixed.abs() < 0.05 {
+        0.0
+    } else {
+        exp_fixed
+    };
+    let residue = if other_anon >= 0.0 {
+        format!(
+            "which leaves {other_anon:.1} MiB: thread stacks, and allocator arenas that keep \
+             the freed request buffers of the fill ({} KiB writes, {FILL_QD} in flight)",
+            PER_SEG * 4
+        )
+    } else {
+        format!(
+            "which is {:.1} MiB more than there is, so not all RAM buffers were resident",
+            -other_anon
+        )
+    };
     md.push_str(&format!(
         "- Fixed part: {fixed:.1} MiB (the index's own is {exp_fixed:.1} MiB). With the {} MiB \
          cache, {file:.1} MiB of the resident memory are file-backed (the binary and its \
          libraries, RssFile) and {:.1} MiB anonymous; of that, the index should be {:.1} MiB \
          and the {POOL} RAM buffers at most {pool:.1} MiB (allocated zeroed, so resident only \
-         once used, and a run need not touch all of them), which leaves {other_anon:.1} MiB: \
-         thread stacks, and allocator arenas that keep the freed request buffers of the fill \
-         ({} KiB writes, {FILL_QD} in flight). That residue varies by a few MiB from run to \
-         run (last column), which is the error of the fit. The idle server had {} MiB \
-         resident.\n",
+         once used, and a run need not touch all of them), {residue}. What is neither index \
+         nor RAM buffers varies by a few MiB from run to run (last column), which is the error \
+         of the fit. The idle server had {} MiB resident.\n",
         a.cache / MIB,
         a.anon_full as f64 / MIB as f64,
         a.expected as f64 / MIB as f64,
-        PER_SEG * 4,
         mib(a.rss_idle)
+    ));
+    // The peak: while the map doubles, the old table (half the buckets) and the new one are
+    // both allocated.
+    let entry = std::mem::size_of::<(u64, u32)>() as u64 + 1;
+    let old_table = hash_buckets(b.dirty) / 2 * entry;
+    let peak = (b.hwm as f64 - b.rss_full as f64) / MIB as f64;
+    let old = old_table as f64 / MIB as f64;
+    md.push_str(&format!(
+        "- Peak: VmHWM exceeds VmRSS by {peak:.1} MiB with the {} MiB cache (VmHWM slope \
+         {hwm_slope:.2} MiB per GiB); {}\n",
+        b.cache / MIB,
+        if (peak - old).abs() <= old / 2.0 {
+            format!(
+                "that is the hash map's last resize, which held its old table ({old:.1} MiB) \
+                 next to the doubled one."
+            )
+        } else {
+            format!(
+                "the hash map's last resize, which held its old table next to the doubled \
+                 one, explains {old:.1} MiB of it."
+            )
+        }
     ));
     let vs = slope / up;
     md.push_str(&format!(
