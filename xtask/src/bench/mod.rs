@@ -9,7 +9,10 @@ mod crash_rate;
 mod flush_heavy;
 mod ingest;
 pub mod latency;
+mod memory;
+mod nbd_fio;
 mod replay;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,14 +22,14 @@ use clap::Args;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Small runs that finish in well under a minute (CI, a quick look).
+    /// Small runs: every section together in under 5 minutes (CI runs it).
     #[arg(long)]
     quick: bool,
     /// Where to write the markdown report (default: docs/BENCH.md of the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these sections (repeatable; default: all). Names: flush-heavy, ingest,
-    /// crash-rate, replay.
+    /// Run only these sections (repeatable; default: all). Names: ingest, crash-rate, replay,
+    /// nbd-fio, memory, flush-heavy.
     #[arg(long = "section")]
     sections: Vec<String>,
 }
@@ -49,14 +52,15 @@ pub trait Section {
     fn run(&self, mode: Mode) -> Result<String, String>;
 }
 
-/// Every section, in report order. Issue 8 adds: engine ingest vs memcpy, crash-test
-/// throughput, replay, fio through NBD, memory.
+/// Every section, in report order: the five of issue 8 in its order, then type 1 against type 0.
 fn sections() -> Vec<Box<dyn Section>> {
     vec![
-        Box::new(flush_heavy::FlushHeavy),
         Box::new(ingest::Ingest),
         Box::new(crash_rate::CrashRate),
         Box::new(replay::Replay),
+        Box::new(nbd_fio::NbdFio),
+        Box::new(memory::Memory),
+        Box::new(flush_heavy::FlushHeavy),
     ]
 }
 
