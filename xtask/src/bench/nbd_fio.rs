@@ -702,9 +702,10 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                 out.push_str(&format!(
                     " From then on a new segment waits for a forced writeback in the \
                      foreground ({} segments written back during the job; `allow_writeback` \
-                     is 0), and the runner issues those backing writes one synchronous 4 KiB \
-                     O_DIRECT write at a time (`FileDevice` has no `write_batch`) on its one \
-                     engine thread.",
+                     is 0), and the runner issues those backing writes synchronously on its \
+                     one engine thread: `FileDevice::write_batch` merges only contiguous \
+                     blocks, and the blocks of random writes are scattered, so it is about \
+                     one 4 KiB O_DIRECT write at a time.",
                     d.written_back
                 ));
             }
@@ -717,7 +718,7 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                     " The p99 latency ({wp:.1} ms against {kp:.1} and {qp:.1}) is that of a \
                      write that waits for a forced writeback batch: up to \
                      `nr_max_batched_writeback` (32 at order 10) segments, each live block \
-                     written on its own, then a backing flush."
+                     written back (scattered blocks, about one write each), then a backing flush."
                 ));
             }
         }
@@ -793,9 +794,9 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             out.push_str(&format!(
                 " The job wrote {:.0} MiB into a {} MiB cache, so it runs at the speed of \
                  forced writeback: {} segments (up to {:.0} MiB) were written back during it, \
-                 each block as its own synchronous 4 KiB O_DIRECT write to the backing file \
-                 (contiguous blocks are not merged), while the others stream 1 MiB writes \
-                 into the page cache.",
+                 on the one engine thread, synchronously (contiguous blocks merged into \
+                 writes of up to 4 MiB, one after another), while the others stream 1 MiB \
+                 writes into the page cache.",
                 written / MIB as f64,
                 p.backing / CACHE_DIVISOR / MIB,
                 d.written_back,
