@@ -799,12 +799,7 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-fn run_differential(
-    setup: impl Strategy<Value = Setup>,
-    nr_cases: u32,
-    max_ops: usize,
-    type1: bool,
-) {
+fn run_differential(setup: impl Strategy<Value = Setup>, nr_cases: u32, max_ops: usize) {
     let config = PtConfig {
         cases: cases(nr_cases),
         // The minimal failing input is printed; integration tests have no lib.rs for proptest
@@ -877,26 +872,26 @@ fn run_differential(
 /// ring wraps after a handful of writes.
 #[test]
 fn order4_engine_matches_model_disk() {
-    run_differential(setup(4, 2..=6, 8..=32), 6000, 64, false);
+    run_differential(setup(4, 2..=6, 8..=32), 6000, 64);
 }
 
 /// Type 1 at order 4: every segment has one block, so plog regions turn over as fast as slots.
 #[test]
 fn order4_type1_engine_matches_model_disk() {
-    run_differential(setup_type1(4, 2..=6, 8..=32), 3000, 64, true);
+    run_differential(setup_type1(4, 2..=6, 8..=32), 3000, 64);
 }
 
 /// Type 1 at order 10: FLUSH and FUA leave the segment open; regions fill and seal early.
 #[test]
 fn order10_type1_engine_matches_model_disk() {
-    run_differential(setup_type1(10, 2..=3, 16..=160), 2000, 64, true);
+    run_differential(setup_type1(10, 2..=3, 16..=160), 2000, 64);
 }
 
 /// Order 10 (upstream's 127 blocks per segment), 2..=3 slots, a small backing device and writes
 /// of up to 64 KiB: segments fill up or get sealed by FLUSH/FUA/sync, and the ring wraps.
 #[test]
 fn order10_engine_matches_model_disk() {
-    run_differential(setup(10, 2..=3, 16..=160), 4000, 64, false);
+    run_differential(setup(10, 2..=3, 16..=160), 4000, 64);
 }
 
 /// The open-segment overwrite path only exists when a segment holds more than one block; order
