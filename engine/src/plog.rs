@@ -31,9 +31,10 @@ use crate::recovery::RecoveryReport;
 /// 72 KiB) a client writes between two FLUSHes at flush-every-16 go out as one write, and a
 /// gathered write is long enough that an SSD's fixed per-request cost (about 20 µs, 20 KB of
 /// transfer at 1 GB/s) is a small part of it; yet it stays within the request size devices take
-/// in one piece (Linux `max_sectors_kb` is 128 KiB or more almost everywhere), and the stage
-/// holds at most one region's worth of the acknowledged, not yet durable data the RAM buffers
-/// hold anyway. It is also never more than a region: the stage lies inside the open region.
+/// in one piece (Linux `max_sectors_kb` is 128 KiB or more almost everywhere). What the stage
+/// holds is acknowledged, not yet durable data the RAM buffers hold too, so its size costs no
+/// durability. A region can be smaller (at low segment orders): the stage never crosses the open
+/// region's end either.
 pub(crate) const PLOG_STAGE_BYTES: usize = 128 * 1024;
 
 // The largest entry (a header and a full block) fits the stage with room to gather more.
