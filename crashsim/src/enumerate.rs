@@ -113,7 +113,30 @@ impl CrashState {
             pending: self.pending.len(),
         })?;
         let garbage = self.device(w.role).is_some_and(|d| d.garbage_in_torn_units);
-        let choices = tear_masks(w.unit_count(), garbage)
+        self.tears_with(index, others, tear_masks(w.unit_count(), garbage))
+    }
+
+    /// As [`CrashState::tears_of`] with the caller's unit masks (each as long as the write has
+    /// units; checked).
+    pub fn tears_with(
+        &self,
+        index: usize,
+        others: Others,
+        masks: Vec<Vec<bool>>,
+    ) -> Result<Vec<Choice>, ChoiceError> {
+        let w = self.pending.get(index).ok_or(ChoiceError::NoSuchPending {
+            index,
+            pending: self.pending.len(),
+        })?;
+        let expected = w.unit_count();
+        if let Some(m) = masks.iter().find(|m| m.len() != expected) {
+            return Err(ChoiceError::UnitMask {
+                index,
+                expected,
+                got: m.len(),
+            });
+        }
+        let choices = masks
             .into_iter()
             .map(|mask| {
                 let persisted = (0..self.pending.len())

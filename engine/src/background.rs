@@ -312,21 +312,29 @@ impl<D: BlockDevice> Engine<D> {
     /// Clean shutdown: seal, make everything durable, record how far writeback got. Returns the
     /// devices.
     pub fn shutdown(mut self) -> Result<(D, D)> {
-        self.guarded(|e| {
-            e.make_all_durable()?;
-            e.write_record()
-        })?;
+        self.guarded(|e| e.shutdown_io())?;
         Ok(self.into_devices())
     }
 
     /// Clean shutdown as [`Engine::shutdown`], returning every device (cache, backing, plog).
-    /// The plog needs nothing: everything it held is durable on the cache device now.
+    /// The plog needs no flush: everything it held is durable on the cache device now.
     pub fn shutdown_all(mut self) -> Result<(D, D, Option<D>)> {
-        self.guarded(|e| {
-            e.make_all_durable()?;
-            e.write_record()
-        })?;
+        self.guarded(|e| e.shutdown_io())?;
         Ok(self.into_all_devices())
+    }
+}
+
+impl<D: BlockDevice> Engine<D> {
+    /// The I/O of a clean shutdown. Type 1: the plog stage is written out (not flushed), so the
+    /// plog handed back holds every entry appended (`plog_entries`), as `inspect` and `dump`
+    /// expect of a plog; recovery does not need it, every segment is durable on the cache
+    /// device once `make_all_durable` returns.
+    fn shutdown_io(&mut self) -> Result<()> {
+        if let Some(p) = self.plog.as_mut() {
+            p.write_stage()?;
+        }
+        self.make_all_durable()?;
+        self.write_record()
     }
 }
 

@@ -168,7 +168,9 @@ impl<D: BlockDevice> Engine<D> {
         (self.cache, self.backing)
     }
 
-    /// Gives every device back (cache, backing, plog) without any further I/O.
+    /// Gives every device back (cache, backing, plog) without any further I/O: a power cut. In
+    /// type 1 the plog's RAM stage (entries appended since the last plog write, none of them
+    /// covered by a FLUSH) is lost with the RAM buffers.
     pub fn into_all_devices(self) -> (D, D, Option<D>) {
         (self.cache, self.backing, self.plog.map(|p| p.dev))
     }

@@ -60,6 +60,21 @@ impl<D: BlockDevice> Engine<D> {
             if p.head > p.geo().region_sectors as u64 {
                 return Err(format!("plog head {} past the region end", p.head));
             }
+            let staged = (p.stage.len() / crate::format::SECTOR_SIZE) as u64;
+            if p.stage.len() > crate::plog::PLOG_STAGE_BYTES
+                || p.stage.len() % crate::format::SECTOR_SIZE != 0
+                || p.stage_entries > p.entries
+                || (staged > 0 && p.stage_at + staged != p.head)
+                || (staged == 0) != (p.stage_entries == 0)
+            {
+                return Err(format!(
+                    "plog stage of {} bytes ({} entries) at {} does not end at head {}",
+                    p.stage.len(),
+                    p.stage_entries,
+                    p.stage_at,
+                    p.head
+                ));
+            }
             if newest.saturating_sub(regions) > self.last_durable
                 && !crate::cache::quirk!(self, H7PlogReuseBeforeDurable)
             {

@@ -170,17 +170,7 @@ impl<D: BlockDevice> Engine<D> {
                         (cfg.nr_rambuf_pool as u64 + 1).clamp(2, fit.max(2)) as u32;
                 }
                 report.plog_epoch = sb.epoch;
-                Some(crate::plog::Plog {
-                    dev,
-                    sb,
-                    open_id: 0,
-                    head: 0,
-                    entries: 0,
-                    prev_entries: 0,
-                    unflushed: false,
-                    entries_appended: 0,
-                    flushes: 0,
-                })
+                Some(crate::plog::Plog::new(dev, sb))
             }
             None => None,
         };

@@ -6,6 +6,9 @@
 //! middle of a region ends the replay there and nothing after it is applied; a valid cache
 //! segment is kept over its region (H8); wrong device combinations are typed errors; format
 //! voids an older plog even under the same generation (H10); the geometry is stored (H9).
+//! Write-gathering: the entries between two FLUSHes go out as one plog write (counted on a
+//! device with a volatile cache), the stage is written when full and when the region changes,
+//! and a power cut before a FLUSH loses only the stage, never flushed data.
 
 #![allow(clippy::needless_update)]
 
@@ -322,4 +325,213 @@ fn shutdown_leaves_nothing_for_the_plog() {
     assert_eq!(rep.plog_segments_rebuilt, 0);
     assert_eq!(read(&mut e, 0, 8), data(1, 8));
     let _ = e.cache_device().size_sectors();
+}
+
+// ----- write-gathering: the plog stage -----
+
+/// A device with a volatile write cache that counts its writes and flushes: reads see every
+/// completed write, [`Volatile::crash`] keeps only what a flush (or FUA) made durable.
+struct Volatile {
+    current: MemDevice,
+    durable: MemDevice,
+    counts: std::rc::Rc<std::cell::Cell<(u64, u64)>>,
+}
+
+impl Volatile {
+    fn new(sectors: u64) -> Self {
+        Volatile {
+            current: MemDevice::new(sectors),
+            durable: MemDevice::new(sectors),
+            counts: Default::default(),
+        }
+    }
+    /// A power cut that loses every write not yet flushed.
+    fn crash(self) -> MemDevice {
+        self.durable
+    }
+}
+
+impl BlockDevice for Volatile {
+    fn size_sectors(&self) -> u64 {
+        self.current.size_sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), engine::IoError> {
+        self.current.read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), engine::IoError> {
+        let (w, f) = self.counts.get();
+        self.counts.set((w + 1, f));
+        if fua {
+            self.durable.write(sector, data, false)?;
+        }
+        self.current.write(sector, data, false)
+    }
+    fn flush(&mut self) -> Result<(), engine::IoError> {
+        let (w, f) = self.counts.get();
+        self.counts.set((w, f + 1));
+        self.durable = self.current.clone();
+        Ok(())
+    }
+}
+
+/// Order 9: 63 blocks per segment, a region of 2 · 9 · 63 = 1134 sectors.
+const G_ORDER: u8 = 9;
+/// The stage bound (`PLOG_STAGE_BYTES` in engine/src/plog.rs): 128 KiB, 28 full-block entries
+/// of 9 sectors (4.5 KiB) each.
+const STAGE_FULL_BLOCK_ENTRIES: u64 = (128 * 1024) / (9 * 512);
+
+fn g_cfg(format: FormatPolicy) -> Config {
+    Config {
+        segment_size_order: G_ORDER,
+        nr_rambuf_pool: 2,
+        tunables: None,
+        format,
+        generation: 12,
+        ..Config::default()
+    }
+}
+
+/// A fresh type-1 engine on volatile devices, and the plog's (writes, flushes) counter.
+#[allow(clippy::type_complexity)]
+fn g_fresh() -> (Engine<Volatile>, std::rc::Rc<std::cell::Cell<(u64, u64)>>) {
+    let cache = Volatile::new(SUPERBLOCK_SECTORS + (6 << G_ORDER));
+    let backing = Volatile::new(256 * SECTORS_PER_BLOCK);
+    let plog = Volatile::new(PLOG_FIRST_REGION_SECTOR + 4 * pf::region_sectors_for(63) as u64);
+    let counts = plog.counts.clone();
+    let (e, rep) =
+        Engine::open_with_plog(cache, backing, Some(plog), g_cfg(FormatPolicy::IfBlank)).unwrap();
+    assert!(rep.formatted);
+    // Formatting wrote and flushed; count from here.
+    counts.set((0, 0));
+    (e, counts)
+}
+
+/// A power cut on volatile devices (only flushed writes survive), then recovery.
+fn g_crash_and_reopen(e: Engine<Volatile>) -> (Engine<MemDevice>, RecoveryReport) {
+    let (c, b, p) = e.into_all_devices();
+    let (e, rep) = Engine::open_with_plog(
+        c.crash(),
+        b.crash(),
+        Some(p.unwrap().crash()),
+        g_cfg(FormatPolicy::Never),
+    )
+    .unwrap();
+    e.check_invariants().unwrap();
+    (e, rep)
+}
+
+fn g_read(e: &mut Engine<impl BlockDevice>, block: u64) -> Vec<u8> {
+    let mut out = vec![0u8; 8 * SECTOR_SIZE];
+    e.read(block * 8, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn writes_between_flushes_go_to_the_plog_as_one_write() {
+    let (mut e, plog) = g_fresh();
+    for b in 0..16u64 {
+        e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
+        e.check_invariants().unwrap();
+    }
+    assert_eq!(plog.get(), (0, 0), "16 entries wait in the stage");
+    e.flush().unwrap();
+    assert_eq!(
+        plog.get(),
+        (1, 1),
+        "one gathered plog write, then one flush"
+    );
+    let st = e.status();
+    assert_eq!(st.plog_entries, 16, "plog_entries still counts entries");
+    assert_eq!(st.plog_flushes, 1);
+    assert_eq!(st.last_sealed_id, 0, "no segment sealed for the FLUSH");
+    // Nothing new: a FLUSH costs nothing.
+    e.flush().unwrap();
+    assert_eq!(plog.get(), (1, 1));
+    // A FUA write after two plain ones: the three entries go out as one write, then a flush.
+    e.write(16 * 8, &data(17, 8), false).unwrap();
+    e.write(17 * 8, &data(18, 8), false).unwrap();
+    e.write(18 * 8, &data(19, 8), true).unwrap();
+    assert_eq!(plog.get(), (2, 2));
+
+    // Unflushed writes, some over flushed blocks, then a power cut that loses everything the
+    // devices did not flush: the flushed data is all there.
+    for b in [0u64, 1, 2, 40, 41] {
+        e.write(b * 8, &data(100 + b as u32, 8), false).unwrap();
+    }
+    assert_eq!(plog.get(), (2, 2), "the unflushed entries are only staged");
+    let (mut e, rep) = g_crash_and_reopen(e);
+    assert_eq!(rep.plog_entries_replayed, 19, "{rep:?}");
+    for b in 0..19u64 {
+        let got = g_read(&mut e, b);
+        let newer = [0, 1, 2].contains(&b) && got == data(100 + b as u32, 8);
+        assert!(
+            got == data(b as u32 + 1, 8) || newer,
+            "block {b}: flushed data lost"
+        );
+    }
+    for b in [40u64, 41] {
+        let got = g_read(&mut e, b);
+        assert!(
+            got == vec![0u8; 8 * SECTOR_SIZE] || got == data(100 + b as u32, 8),
+            "block {b}: never written data or garbage"
+        );
+    }
+}
+
+#[test]
+fn the_stage_is_written_when_full_and_when_the_region_changes() {
+    let (mut e, plog) = g_fresh();
+    let full = STAGE_FULL_BLOCK_ENTRIES;
+    for b in 0..full {
+        e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
+    }
+    assert_eq!(
+        plog.get(),
+        (0, 0),
+        "{full} full-block entries fit the stage"
+    );
+    e.write(full * 8, &data(full as u32 + 1, 8), false).unwrap();
+    assert_eq!(
+        plog.get(),
+        (1, 0),
+        "the next one does not: the stage went out first"
+    );
+    // Segment 1 holds 63 blocks: the 64th write opens segment 2 in the next region, and the
+    // rest of region 1 goes out before any entry of region 2 (one more stage-full write on the
+    // way: entries 28..56, then 56..63 at the region change).
+    for b in full + 1..70 {
+        e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
+        e.check_invariants().unwrap();
+    }
+    assert_eq!(e.status().last_sealed_id, 1);
+    assert_eq!(plog.get(), (3, 0));
+    e.flush().unwrap();
+    assert_eq!(plog.get(), (4, 1));
+    let (mut e, rep) = g_crash_and_reopen(e);
+    assert_eq!(rep.plog_segments_rebuilt, 2, "{rep:?}");
+    for b in 0..70u64 {
+        assert_eq!(g_read(&mut e, b), data(b as u32 + 1, 8), "block {b}");
+    }
+}
+
+#[test]
+fn a_cut_loses_only_the_stage_of_the_newest_region() {
+    // Segment 1 is full and its region written (the region change); segment 2's entries are
+    // staged. No FLUSH at all: a power cut on media that kept every completed write keeps
+    // segment 1 whole and the stage of segment 2 is gone, a prefix of the writes.
+    let mut e = fresh(4);
+    for b in 0..4u64 {
+        e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
+    }
+    let before: Vec<Vec<u8>> = (0..4).map(|b| read(&mut e, b * 8, 8)).collect();
+    let (mut e, rep) = reopen(cut(e));
+    assert_eq!(rep.last_applied, 1, "{rep:?}");
+    for b in 0..3u64 {
+        assert_eq!(read(&mut e, b * 8, 8), before[b as usize], "block {b}");
+    }
+    assert_eq!(
+        read(&mut e, 24, 8),
+        vec![0u8; 8 * SECTOR_SIZE],
+        "block 3 was staged only"
+    );
 }

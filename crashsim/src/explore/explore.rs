@@ -213,13 +213,20 @@ pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Cho
         if w.role != DeviceRole::Cache && w.role != DeviceRole::Plog {
             continue;
         }
+        // A plog write gathers a run of entries: cut it between and inside its entries.
+        let entry_masks = if w.role == DeviceRole::Plog {
+            plog_entry_tears(w)
+        } else {
+            Vec::new()
+        };
         for others in [Others::Lost, Others::Persisted] {
             if let Ok(tears) = state.tears_of(i, others) {
                 // Every tear of a write of up to 32 units (a whole segment up to order 5);
                 // an even sample of about 128 of a longer one.
                 // A plog entry is void when any of its units is missing (one CRC covers the
-                // header and the data), so its tears differ only in bytes recovery ignores:
-                // about eight of them suffice.
+                // header and the data), so the tears of one entry differ only in bytes
+                // recovery ignores: about eight of them suffice, and the entry-wise tears
+                // below cover a write of many entries.
                 let step = if w.role == DeviceRole::Plog {
                     (tears.len() / 8).max(1)
                 } else if w.unit_count() <= 32 {
@@ -229,10 +236,63 @@ pub fn choices_for(state: &CrashState, opts: &ExploreOpts, seed: u64) -> Vec<Cho
                 };
                 out.extend(tears.into_iter().step_by(step));
             }
+            if !entry_masks.is_empty() {
+                if let Ok(tears) = state.tears_with(i, others, entry_masks.clone()) {
+                    out.extend(tears);
+                }
+            }
         }
     }
     out.extend(state.random_choices(seed, opts.random));
     out
+}
+
+/// Unit masks that cut a plog write between and inside the entries it carries (the engine
+/// gathers a run of entries of one region into one write). For each entry `k`, `[a, b)` in the
+/// write's sectors: everything before `a` (entries before `k` whole, the rest lost); everything
+/// from `a` on (the run's start lost, later entries there); everything but `[a, b)` (entry `k`
+/// wholly missing in the middle: the old content shows through, perhaps a stale entry); everything
+/// but `k`'s header; everything but `k`'s last sector (its CRC fails, later entries whole); and
+/// everything before the middle of `k` (`k` torn, the rest lost). A unit persists when its first
+/// sector does. Empty when the write does not start with an entry header (superblocks, voids);
+/// without the trivial masks (nothing, everything), deduplicated, in a fixed order.
+pub fn plog_entry_tears(w: &crate::PendingWrite) -> Vec<Vec<bool>> {
+    use engine::format::plog::decode_entry_header;
+    use engine::format::SECTOR_SIZE;
+    let sectors = w.sectors() as usize;
+    let mut entries: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0usize;
+    while at < sectors {
+        let Some(h) = decode_entry_header(&w.data[at * SECTOR_SIZE..(at + 1) * SECTOR_SIZE]) else {
+            break;
+        };
+        let end = at + h.footprint() as usize;
+        if end > sectors {
+            break;
+        }
+        entries.push((at, end));
+        at = end;
+    }
+    let units = w.units();
+    let mut masks = std::collections::BTreeSet::new();
+    let mut add = |keep: &dyn Fn(usize) -> bool| {
+        let m: Vec<bool> = units
+            .iter()
+            .map(|&(first, _)| keep((first - w.sector) as usize))
+            .collect();
+        if m.iter().any(|&x| x) && !m.iter().all(|&x| x) {
+            masks.insert(m);
+        }
+    };
+    for &(a, b) in &entries {
+        add(&|s| s < a);
+        add(&|s| s >= a);
+        add(&|s| !(a..b).contains(&s));
+        add(&|s| s != a);
+        add(&|s| s != b - 1);
+        add(&|s| s < a + (b - a).div_ceil(2));
+    }
+    masks.into_iter().collect()
 }
 
 fn oracles_for(h: &History) -> (BlockOracle<'_>, PrefixOracle<'_>) {
@@ -614,4 +674,73 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
         }
     }
     Ok((findings, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::format::plog::{encode_entry, EntryHeader};
+    use engine::format::SECTOR_SIZE;
+
+    /// A gathered plog write of three entries (1, 8 and 2 data sectors) at sector 100.
+    fn gathered(unit_sectors: u64) -> crate::PendingWrite {
+        let mut data = Vec::new();
+        for (seq, len) in [1u8, 8, 2].into_iter().enumerate() {
+            let h = EntryHeader {
+                generation: 1,
+                epoch: 1,
+                segment_id: 1,
+                seq: seq as u32,
+                prev_entries: 0,
+                sector: 8 * seq as u64,
+                len,
+            };
+            let d = vec![seq as u8 + 1; len as usize * SECTOR_SIZE];
+            data.extend_from_slice(&encode_entry(&h, &d));
+            data.extend_from_slice(&d);
+        }
+        let sectors = data.len() / SECTOR_SIZE;
+        crate::PendingWrite {
+            seq: 0,
+            role: DeviceRole::Plog,
+            sector: 100,
+            data: data.into(),
+            live: vec![true; sectors],
+            unit_sectors,
+        }
+    }
+
+    #[test]
+    fn plog_tears_cut_between_and_inside_every_entry() {
+        let w = gathered(1);
+        let m = plog_entry_tears(&w);
+        // Entries at sectors [0, 2), [2, 11), [11, 14).
+        let keep = |f: &dyn Fn(usize) -> bool| (0..14).map(f).collect::<Vec<bool>>();
+        for cut in [2, 11] {
+            assert!(m.contains(&keep(&|s| s < cut)), "prefix cut at {cut}");
+            assert!(m.contains(&keep(&|s| s >= cut)), "suffix from {cut}");
+        }
+        assert!(
+            m.contains(&keep(&|s| !(2..11).contains(&s))),
+            "entry 1 missing"
+        );
+        assert!(
+            m.contains(&keep(&|s| s != 10)),
+            "entry 1's last sector torn"
+        );
+        assert!(m.contains(&keep(&|s| s != 11)), "entry 2's header torn");
+        assert!(m.contains(&keep(&|s| s < 7)), "entry 1 torn in its middle");
+        assert!(m
+            .iter()
+            .all(|x| x.len() == 14 && x.contains(&true) && x.contains(&false)));
+        // 4 KiB atomic units: the masks are per unit, and still cut between the entries.
+        let w8 = gathered(8);
+        let m8 = plog_entry_tears(&w8);
+        assert!(!m8.is_empty() && m8.iter().all(|x| x.len() == w8.unit_count()));
+        // A write that is not a run of entries (a voided region start) gets none.
+        let mut void = gathered(1);
+        void.data = vec![0u8; SECTOR_SIZE].into();
+        void.live = vec![true];
+        assert!(plog_entry_tears(&void).is_empty());
+    }
 }

@@ -64,7 +64,7 @@ pub const SCENARIOS: [(&str, &str, &str); 16] = [
     (
         "h4",
         "plog entries of a previous format at the very place a lost new entry should be",
-        "o=5,n=4,b=4,p=2,k=1,u=1,s=104,t=1,g=2;W0+8.W8+8.W16+8.W8+8.F.X.W0+8.F.W24+8.F",
+        "o=5,n=4,b=4,p=2,k=1,u=1,s=104,t=1,g=2;W16+8.W8+8.F.X.W8+8.F.W24+8.F",
     ),
     (
         "h7",
