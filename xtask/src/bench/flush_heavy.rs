@@ -408,11 +408,16 @@ fn notes(runs: &[&Run]) -> String {
         if t1.client_mbps() < t0.client_mbps() * (1.0 - TIE) {
             let w1 = t1.fg_ns as f64 / t1.writes as f64 / 1e3;
             let w0 = t0.fg_ns as f64 / t0.writes as f64 / 1e3;
+            let flushes = (t1.writes / interval).max(1) as f64;
+            let plog_writes = t1.dev[1].write_ops as f64 / flushes;
+            let cache_flushes = t1.fg[0].flushes as f64 / flushes;
             out.push_str(&format!(
                 "- Flush every {interval}: type 1 acknowledges slower ({w1:.0} against {w0:.0} µs \
-                 of device time per write) because every write is its own plog write (the fixed \
-                 per-op cost plus a 512-byte header), while type 0 gathers the {interval} writes \
-                 between two FLUSHes into one segment write; both pay one SSD flush per FLUSH.\n"
+                 of device time per write): per client FLUSH it issues {plog_writes:.2} plog \
+                 writes (the entries since the last FLUSH are gathered, but a segment boundary \
+                 starts a new region and so a new write, and every entry carries a 512-byte \
+                 header) and {cache_flushes:.2} cache flushes in the client path (region \
+                 takeover, H7), against one segment write and one flush for type 0.\n"
             ));
         }
         let ssd_bytes = |r: &Run| r.dev[0].bytes_written + r.dev[1].bytes_written;
@@ -429,9 +434,9 @@ fn notes(runs: &[&Run]) -> String {
             out.push_str(&format!(
                 "- Flush every {interval}: type 1 flushed the cache device {} times inside client \
                  requests for {} segments: with {} plog regions a segment may open only once the \
-                 one {} before it is durable (H7), and `plog_take_region` makes durable only up \
-                 to that one segment, so when the background daemons lag every new segment costs \
-                 a cache flush in the foreground.\n",
+                 one {} before it is durable (H7); `plog_take_region` then makes every sealed \
+                 segment durable with one flush, which lands in the client path when the \
+                 background daemons lag.\n",
                 t1.fg[0].flushes, t1.slots, PLOG_REGIONS, PLOG_REGIONS
             ));
         }

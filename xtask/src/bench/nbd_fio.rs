@@ -818,9 +818,10 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             "- Type 1 (plog): {:.0} IOPS on the random writes with FLUSHes, {r:.2}× type 0{}\n",
             t1.jobs[0].iops,
             if r < 1.0 {
-                ": slower here, because every write is also its own synchronous O_DIRECT plog \
-                 write on the engine thread, while a FLUSH every 32 writes costs type 0 only \
-                 one partial segment write and one cache flush per 32 writes."
+                ": slower here: type 1 writes every block twice on fast media (the plog entry, \
+                 gathered until the FLUSH, and the full segment later) and both go through \
+                 the one engine thread synchronously, while a FLUSH every 32 writes costs type \
+                 0 one partial segment write and one cache flush."
             } else {
                 "."
             }
