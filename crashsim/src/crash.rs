@@ -9,6 +9,7 @@
 use crate::choice::{Choice, Units};
 use crate::log::{Event, FlushEffect, WriteEffect};
 use crate::media::{Media, PendingWrite};
+use crate::pool;
 use crate::rng::{mix64, SplitMix64};
 use crate::world::{AtomicUnit, World};
 use crate::{ChoiceError, SimError};
@@ -55,6 +56,12 @@ pub struct DeviceCrash {
     pub atomic_unit: AtomicUnit,
     pub garbage_in_torn_units: bool,
     pub durable: Vec<u8>,
+}
+
+impl Drop for DeviceCrash {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.durable));
+    }
 }
 
 /// Every device's durable image and every pending write (all devices, in log order) at a point.
@@ -124,6 +131,14 @@ pub struct CrashImages {
     pub images: Vec<(DeviceRole, Vec<u8>)>,
 }
 
+impl Drop for CrashImages {
+    fn drop(&mut self) {
+        for (_, img) in self.images.drain(..) {
+            pool::give(img);
+        }
+    }
+}
+
 impl CrashImages {
     pub fn get(&self, role: DeviceRole) -> Option<&[u8]> {
         self.images
@@ -162,7 +177,7 @@ impl<'w> Replayer<'w> {
             media: world
                 .devices
                 .iter()
-                .map(|(&role, d)| (role, Media::new(d.config.image.clone())))
+                .map(|(&role, d)| (role, Media::new(pool::copy_of(&d.config.image))))
                 .collect(),
         }
     }
@@ -235,7 +250,7 @@ impl<'w> Replayer<'w> {
                     role: *role,
                     atomic_unit: config.atomic_unit,
                     garbage_in_torn_units: config.faults.garbage_in_torn_units,
-                    durable: m.durable.clone(),
+                    durable: pool::copy_of(&m.durable),
                 }
             })
             .collect();
@@ -363,7 +378,7 @@ impl CrashState {
         let mut images: Vec<(DeviceRole, Vec<u8>)> = self
             .devices
             .iter()
-            .map(|d| (d.role, d.durable.clone()))
+            .map(|d| (d.role, pool::copy_of(&d.durable)))
             .collect();
         self.for_each_effect(choice, |role, s, effect| {
             let img = &mut images

@@ -25,6 +25,7 @@ mod faults;
 mod log;
 mod media;
 mod points;
+pub mod pool;
 pub mod rng;
 mod world;
 

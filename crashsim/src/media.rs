@@ -78,6 +78,12 @@ pub(crate) struct Media {
     pub pending: Vec<PendingWrite>,
 }
 
+impl Drop for Media {
+    fn drop(&mut self) {
+        crate::pool::give(std::mem::take(&mut self.durable));
+    }
+}
+
 impl Media {
     pub fn new(image: Vec<u8>) -> Self {
         Media {

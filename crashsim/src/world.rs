@@ -3,6 +3,7 @@
 use crate::faults::Faults;
 use crate::log::{format_entries, ClientOp, Event, FlushEffect, LogEntry, WriteEffect};
 use crate::media::{Media, PendingWrite};
+use crate::pool;
 use crate::SimError;
 use engine::device::check_access;
 use engine::format::SECTOR_SIZE;
@@ -94,6 +95,13 @@ pub(crate) struct Device {
     pub latent: BTreeSet<u64>,
 }
 
+impl Drop for Device {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.current));
+        pool::give(std::mem::take(&mut self.config.image));
+    }
+}
+
 impl Device {
     fn size_sectors(&self) -> u64 {
         (self.current.len() / SECTOR_SIZE) as u64
@@ -127,8 +135,8 @@ impl World {
         }
         config.faults.validate(role, (len / SECTOR_SIZE) as u64)?;
         let device = Device {
-            media: Media::new(config.image.clone()),
-            current: config.image.clone(),
+            media: Media::new(pool::copy_of(&config.image)),
+            current: pool::copy_of(&config.image),
             counts: OpCounts::default(),
             latent: config.faults.latent_sectors.clone(),
             config,
@@ -149,8 +157,8 @@ impl World {
                     len: image.len(),
                 });
             }
-            let config =
-                DeviceConfig::from_image(image.to_vec()).with_atomic_unit(d.config.atomic_unit);
+            let config = DeviceConfig::from_image(pool::copy_of(image))
+                .with_atomic_unit(d.config.atomic_unit);
             w.add_device(role, config)?;
         }
         Ok(w)

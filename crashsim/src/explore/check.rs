@@ -67,6 +67,23 @@ pub struct Recovered {
     pub observed: Vec<u8>,
 }
 
+impl Recovered {
+    /// Done with the engine: its device images go back to the image pool for the next state.
+    pub fn recycle(self) {
+        recycle_engine(self.engine);
+    }
+}
+
+/// Gives an engine's device images back to the image pool.
+pub fn recycle_engine(engine: Engine<MemDevice>) {
+    let (cache, backing, plog) = engine.into_all_devices();
+    crate::pool::give(cache.into_bytes());
+    crate::pool::give(backing.into_bytes());
+    if let Some(plog) = plog {
+        crate::pool::give(plog.into_bytes());
+    }
+}
+
 /// Reads the whole exported device.
 pub fn read_all(engine: &mut Engine<MemDevice>) -> Result<Vec<u8>, String> {
     let size = engine.size_sectors();
@@ -132,6 +149,7 @@ pub fn check_images(
                 kind: Kind::Read,
                 detail: e,
             });
+            recycle_engine(engine);
             return (findings, None);
         }
     };

@@ -479,6 +479,7 @@ fn explore_world(
             ctx.report(&path, findings);
             let Some(recovered) = recovered else { continue };
             if bad || level != Level::Top {
+                recovered.recycle();
                 continue;
             }
             // Power is cut inside every recovery that writes: a format, stale-slot
@@ -494,6 +495,8 @@ fn explore_world(
             let every = ctx.opts.continuation_every;
             if every > 0 && ctx.result.states % every == 0 {
                 explore_continuation(ctx, recovered, &path, mix64(seed ^ point.before ^ 0xC0));
+            } else {
+                recovered.recycle();
             }
         }
     }
