@@ -75,7 +75,8 @@ pub struct CrashTestArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Run only the hand-written scenario for this hazard (h1, h2, h3, h5, h6, h10, h11, h12,
-    /// h13, h14, lc-nochecksum); by default they all run before the seeded workloads.
+    /// h13, h14, lc-nochecksum, wc-ignore-fua, h4, h7, h8, h9, h10-plog); by default they all run
+    /// before the seeded workloads.
     #[arg(long)]
     scenario: Option<String>,
     /// Switch on every seed quirk in turn and hunt it (up to --zoo-budget seconds each); print a

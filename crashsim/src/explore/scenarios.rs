@@ -5,7 +5,7 @@
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 16] = [
+pub const SCENARIOS: [(&str, &str, &str); 17] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -60,6 +60,11 @@ pub const SCENARIOS: [(&str, &str, &str); 16] = [
         "lc-nochecksum",
         "a segment whose header persisted but whose data did not",
         "o=5,n=3,b=6,p=1,k=1,u=1,s=115;W0+8.W8+8.W16+8.F",
+    ),
+    (
+        "wc-ignore-fua",
+        "a FUA write with no FLUSH after it: the write alone must be durable when acknowledged",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=116;W0+8.U8+8",
     ),
     (
         "h4",
