@@ -26,6 +26,7 @@ use engine::format::{plog::region_sectors_for, BLOCK_SIZE, SECTORS_PER_BLOCK, SU
 use engine::{BlockDevice, Config, Engine, FormatPolicy, IoError, MemDevice, Tunables};
 
 use super::{Mode, Section, Table};
+use crashsim::rng::SplitMix64;
 
 pub struct Ingest;
 
@@ -48,22 +49,6 @@ const PLOG_REGIONS: u64 = 8;
 const SEED: u64 = 0x5742_696e_6765_7374;
 const GENERATION: u64 = 0x16e5;
 
-/// SplitMix64 (Steele, Lea, Flood 2014).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pattern {
     Random,
@@ -82,7 +67,7 @@ impl Pattern {
 
     /// The block of every write.
     fn addresses(self, writes: u64, blocks: u64) -> Vec<u64> {
-        let mut r = SplitMix64(SEED ^ self as u64);
+        let mut r = SplitMix64::new(SEED ^ self as u64);
         let hot = (blocks * HOT_PER_10K / 10_000).max(1);
         // The hot set: `hot` blocks spread over the device (every `blocks / hot`-th one).
         let stride = blocks / hot;
@@ -112,12 +97,12 @@ const RUNS: [(Pattern, u8); 4] = [
 
 /// The payloads, random bytes.
 fn payloads() -> Vec<Vec<u8>> {
-    let mut r = SplitMix64(SEED);
+    let mut r = SplitMix64::new(SEED);
     (0..PAYLOADS)
         .map(|_| {
             let mut b = vec![0u8; BLOCK_SIZE];
             for c in b.chunks_exact_mut(8) {
-                c.copy_from_slice(&r.next().to_le_bytes());
+                c.copy_from_slice(&r.next_u64().to_le_bytes());
             }
             b
         })
@@ -705,12 +690,6 @@ fn notes(runs: &[Run]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix64_matches_the_reference() {
-        let mut r = SplitMix64(0);
-        assert_eq!(r.next(), 0xe220_a839_7b1d_cdaf);
-    }
 
     #[test]
     fn overwrite_heavy_hits_the_hot_set() {

@@ -50,6 +50,7 @@ use engine::{BlockDevice, Config, Engine, FormatPolicy, IoError, MemDevice, Reco
 use runner::filedev::{FileDevice, IoMode};
 
 use super::{Mode, Section, Table};
+use crashsim::rng::SplitMix64;
 
 pub struct Replay;
 
@@ -76,24 +77,12 @@ const CHUNK: usize = MIB as usize;
 /// Ratios within this much of 1 count as a tie in the notes.
 const TIE: f64 = 0.05;
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for addresses and data.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// The content of write number `write` to `block`: unique per write, so a stale copy shows.
 fn fill(buf: &mut [u8], block: u64, write: u32) {
-    let mut r = SplitMix64(SEED ^ block.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (write as u64) << 40);
+    let mut r =
+        SplitMix64::new(SEED ^ block.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (write as u64) << 40);
     for c in buf.chunks_exact_mut(8) {
-        c.copy_from_slice(&r.next().to_le_bytes());
+        c.copy_from_slice(&r.next_u64().to_le_bytes());
     }
 }
 
@@ -488,7 +477,7 @@ fn eng_err(what: &str) -> impl Fn(engine::Error) -> String + '_ {
 fn fill_ring(e: &mut FillEng, shadow: &mut [u32]) -> Result<u64, String> {
     let nr = e.geometry().nr_segments;
     let n = e.geometry().blocks_per_segment() as u64;
-    let mut rng = SplitMix64(SEED ^ nr);
+    let mut rng = SplitMix64::new(SEED ^ nr);
     let mut buf = vec![0u8; BLOCK_SIZE];
     let bound = 4 * nr * n;
     let mut writes = 0u64;
@@ -497,7 +486,7 @@ fn fill_ring(e: &mut FillEng, shadow: &mut [u32]) -> Result<u64, String> {
             return Err(format!("{bound} writes did not fill {nr} segments"));
         }
         writes += 1;
-        let block = rng.next() % shadow.len() as u64;
+        let block = rng.next_u64() % shadow.len() as u64;
         let w = u32::try_from(writes).map_err(|_| "too many writes".to_string())?;
         fill(&mut buf, block, w);
         e.write(block * SECTORS_PER_BLOCK, &buf, false)
@@ -1143,10 +1132,10 @@ mod tests {
             ..Config::default()
         };
         let (mut e, _) = Engine::open(MemDevice::new(sectors), MemDevice::new(2048), cfg).unwrap();
-        let mut rng = SplitMix64(1);
+        let mut rng = SplitMix64::new(1);
         let mut buf = vec![0u8; BLOCK_SIZE];
         for w in 1..=(20 * 127) {
-            let block = rng.next() % 256;
+            let block = rng.next_u64() % 256;
             fill(&mut buf, block, w);
             e.write(block * SECTORS_PER_BLOCK, &buf, false).unwrap();
         }
