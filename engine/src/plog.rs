@@ -481,6 +481,7 @@ impl<D: BlockDevice> Engine<D> {
         &mut self,
         first_missing: u64,
         slot_ids: &[u64],
+        slot_lens: &[u8],
         report: &mut RecoveryReport,
     ) -> Result<Vec<PlanItem>> {
         let nr_regions = self.plog.as_ref().expect("type 1").geo().nr_regions as u64;
@@ -522,7 +523,7 @@ impl<D: BlockDevice> Engine<D> {
             }
             let slot = self.geo.slot_of(id);
             let on_cache = if slot_ids[slot as usize] == id {
-                self.load_segment(slot, id, &mut segbuf, report)?
+                self.load_segment(slot, id, slot_lens[slot as usize], &mut segbuf, report)?
             } else {
                 None
             };

@@ -239,8 +239,10 @@ impl<D: BlockDevice> Engine<D> {
         }
         report.record = record;
 
-        // Ids of every slot, from the first sector of each header.
+        // Id and length of every slot, from the first sector of each header. The length lets
+        // `load_segment` read a segment in one request; its checksum still decides.
         let mut slot_ids = vec![0u64; nr as usize];
+        let mut slot_lens = vec![0u8; nr as usize];
         let mut bufs = vec![0u8; SCAN_BATCH as usize * SECTOR_SIZE];
         let mut first = 0;
         while first < nr {
@@ -259,6 +261,7 @@ impl<D: BlockDevice> Engine<D> {
                 let h =
                     format::decode_segment_header(&bufs[i * SECTOR_SIZE..(i + 1) * SECTOR_SIZE]);
                 slot_ids[(first as usize) + i] = h.id;
+                slot_lens[(first as usize) + i] = h.length;
             }
             report.bytes_read += count * SECTOR_SIZE as u64;
             first += count;
@@ -270,7 +273,9 @@ impl<D: BlockDevice> Engine<D> {
             for id in (record + 1).saturating_sub(nr).max(1)..=record {
                 let slot = geo.slot_of(id);
                 if slot_ids[slot as usize] == id {
-                    if let Some(len) = self.load_segment(slot, id, &mut segbuf, report)? {
+                    if let Some(len) =
+                        self.load_segment(slot, id, slot_lens[slot as usize], &mut segbuf, report)?
+                    {
                         self.apply_segment(id, slot, &segbuf, len)?;
                     }
                 }
@@ -285,7 +290,13 @@ impl<D: BlockDevice> Engine<D> {
             if found != expected {
                 if found != 0 && quirk!(self, H2NoContiguity) {
                     // The seed applied whatever valid segment a slot held, in slot order.
-                    if let Some(len) = self.load_segment(slot, found, &mut segbuf, report)? {
+                    if let Some(len) = self.load_segment(
+                        slot,
+                        found,
+                        slot_lens[slot as usize],
+                        &mut segbuf,
+                        report,
+                    )? {
                         self.apply_segment(found, slot, &segbuf, len)?;
                         expected += 1;
                         continue;
@@ -298,7 +309,13 @@ impl<D: BlockDevice> Engine<D> {
                 }
                 break;
             }
-            match self.load_segment(slot, expected, &mut segbuf, report)? {
+            match self.load_segment(
+                slot,
+                expected,
+                slot_lens[slot as usize],
+                &mut segbuf,
+                report,
+            )? {
                 Some(len) => self.apply_segment(expected, slot, &segbuf, len)?,
                 None => {
                     report.stop_reason = Some(format!(
@@ -319,7 +336,7 @@ impl<D: BlockDevice> Engine<D> {
         // end of the plan before anything else is written, so that a recovery cut short and run
         // again makes the same plan.
         let plan = if self.is_type1() && !report.formatted {
-            let plan = self.plog_plan(expected, &slot_ids, report)?;
+            let plan = self.plog_plan(expected, &slot_ids, &slot_lens, report)?;
             let end = plan.last().map_or(expected - 1, |p| p.id());
             self.plog_void_after(end, report)?;
             plan
@@ -376,28 +393,34 @@ impl<D: BlockDevice> Engine<D> {
 
     /// Reads the segment in `slot`, expected to carry `id`, into `segbuf`. Returns its length if
     /// the header and the checksum are right, `None` if it is torn or not that segment.
+    /// `len_hint` is the length the slot scan saw: the header block and that many data blocks
+    /// are read in one request (upstream reads a whole segment in one); if the header read now
+    /// says otherwise, the rest is read as the header says and the checksum decides as always.
     pub(crate) fn load_segment(
         &mut self,
         slot: u64,
         id: u64,
+        len_hint: u8,
         segbuf: &mut [u8],
         report: &mut RecoveryReport,
     ) -> Result<Option<usize>> {
         let base = self.geo.slot_sector(slot);
-        Self::cache_io(self.cache.read(base, &mut segbuf[..BLOCK_SIZE]))?;
+        let first = format::segment_len_bytes((len_hint as usize).min(self.n));
+        Self::cache_io(self.cache.read(base, &mut segbuf[..first]))?;
         let h = format::decode_segment_header(segbuf);
         let len = h.length as usize;
         if h.id != id || len > self.n {
+            report.bytes_read += first as u64;
             return Ok(None);
         }
         let bytes = format::segment_len_bytes(len);
-        if len > 0 {
-            Self::cache_io(
-                self.cache
-                    .read(base + SECTORS_PER_BLOCK, &mut segbuf[BLOCK_SIZE..bytes]),
-            )?;
+        if bytes > first {
+            Self::cache_io(self.cache.read(
+                base + (first / SECTOR_SIZE) as u64,
+                &mut segbuf[first..bytes],
+            ))?;
         }
-        report.bytes_read += bytes as u64;
+        report.bytes_read += bytes.max(first) as u64;
         let ok = format::segment_checksum_ok(&segbuf[..bytes]) || quirk!(self, LcNoChecksum);
         Ok(ok.then_some(len))
     }

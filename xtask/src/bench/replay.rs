@@ -910,9 +910,9 @@ fn notes(rows: &[Row]) -> String {
                 if rt < 1.0 - TIE {
                     out.push_str(&format!(
                         " We lose on time here ({rt:.2}×): ours makes {} read requests against \
-                         upstream's {} (each segment in two, its header block and then as many \
-                         data blocks as the header says, where upstream reads the whole segment \
-                         in one) and flushes both devices ({} fdatasyncs) before it returns.",
+                         upstream's {} (the slot scan's 512-byte reads one by one, then each \
+                         segment in one read of its used length) and flushes both devices ({} \
+                         fdatasyncs) before it returns.",
                         r.ours.read_ops, r.up.read_ops, r.ours.flushes
                     ));
                 } else if rt <= 1.0 + TIE {
@@ -951,7 +951,7 @@ fn notes(rows: &[Row]) -> String {
                              so per-request latency, not bytes, bounds ours.",
                             r.ours.read_ops,
                             if r.dirty_blocks > 0 {
-                                ", then two per dirty segment"
+                                ", then one per dirty segment"
                             } else {
                                 ""
                             }
