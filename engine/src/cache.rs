@@ -131,7 +131,7 @@ pub(crate) fn sector_mask(first: usize, count: usize) -> u8 {
 }
 
 /// Where the newest copy of a cached block lives.
-enum Source {
+pub(crate) enum Source {
     Ram { seg: Option<usize> },
     CacheDevice { sector: u64 },
 }
@@ -186,7 +186,7 @@ impl<D: BlockDevice> Engine<D> {
 
     // ----- guards -----
 
-    fn check_alive(&self) -> Result<()> {
+    pub(crate) fn check_alive(&self) -> Result<()> {
         match &self.dead {
             Some(cause) => Err(Error::Dead {
                 cause: cause.clone(),
@@ -195,7 +195,7 @@ impl<D: BlockDevice> Engine<D> {
         }
     }
 
-    fn check_extent(&self, sector: u64, len: usize) -> Result<()> {
+    pub(crate) fn check_extent(&self, sector: u64, len: usize) -> Result<()> {
         if len % SECTOR_SIZE != 0 {
             return Err(Error::Unaligned { len });
         }
@@ -238,7 +238,7 @@ impl<D: BlockDevice> Engine<D> {
 
     /// Calls `f(block, first_sector_in_block, sectors, byte_offset)` for each block piece of an
     /// extent, in address order.
-    fn for_each_piece(
+    pub(crate) fn for_each_piece(
         sector: u64,
         len: usize,
         mut f: impl FnMut(u64, usize, usize, usize) -> Result<()>,
@@ -332,7 +332,7 @@ impl<D: BlockDevice> Engine<D> {
         })
     }
 
-    fn source_of(&self, idx: u32) -> Source {
+    pub(crate) fn source_of(&self, idx: u32) -> Source {
         let slot = self.index.slot_of(idx);
         let id = self.slots[slot as usize].id;
         if self.open_seg.as_ref().is_some_and(|s| s.id == id) {

@@ -16,6 +16,7 @@ mod invariants;
 mod plog;
 #[cfg(feature = "quirks")]
 pub mod quirks;
+pub mod read_many;
 pub mod recovery;
 pub mod status;
 pub mod tunables;

@@ -1,0 +1,387 @@
+//! `Engine::read_many` against `Engine::read` called for each request in order.
+//!
+//! Two engines are built by the same random request sequence (the engine is deterministic), so
+//! they hold the same state: blocks in the open RAM segment, in sealed segments, on the cache
+//! device, partly dirty, written back, and never written. One serves a random batch of reads
+//! with `read_many`, the other with `read`, request by request. Data, results, hit counters and
+//! dead-or-alive must be the same, also when a device read fails or a cached block fails its CRC.
+//! The devices check that every `read_batch` keeps the trait's promise: no two requests overlap.
+
+// `Config` gains a `quirks` field when the `quirks` feature is on (the crash simulator turns it
+// on workspace-wide); `..Config::default()` keeps these literals compiling both ways.
+#![allow(clippy::needless_update)]
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use engine::format::SECTORS_PER_BLOCK;
+use engine::{
+    BlockDevice, Config, Engine, FormatPolicy, IoError, IoOp, MemDevice, ReadReq, Step, Tunables,
+};
+
+/// A fault a device injects into reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Every read covering this sector fails.
+    FailSector(u64),
+    /// Every read fails.
+    FailAll,
+    /// Every read returns its data with the first byte flipped.
+    Flip,
+}
+
+/// What the devices of one engine saw, over the whole test.
+#[derive(Default)]
+struct Seen {
+    /// `read_batch` calls with more than one request.
+    multi_request_batches: Cell<u64>,
+}
+
+struct TestDevice {
+    mem: MemDevice,
+    fault: Rc<Cell<Fault>>,
+    seen: Rc<Seen>,
+}
+
+impl BlockDevice for TestDevice {
+    fn size_sectors(&self) -> u64 {
+        self.mem.size_sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let sectors = (buf.len() / 512) as u64;
+        match self.fault.get() {
+            Fault::FailSector(s) if (sector..sector + sectors).contains(&s) => {
+                return Err(IoError::new(IoOp::Read, sector, sectors, "injected EIO"));
+            }
+            Fault::FailAll => {
+                return Err(IoError::new(IoOp::Read, sector, sectors, "injected EIO"));
+            }
+            _ => {}
+        }
+        self.mem.read(sector, buf)?;
+        if self.fault.get() == Fault::Flip && !buf.is_empty() {
+            buf[0] ^= 0xff;
+        }
+        Ok(())
+    }
+    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+        self.mem.write(sector, data, fua)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.mem.flush()
+    }
+    fn read_batch(&mut self, reads: &mut [ReadReq<'_>]) -> Result<(), IoError> {
+        let mut ranges: Vec<(u64, u64)> = reads
+            .iter()
+            .map(|r| (r.sector, r.sector + (r.buf.len() / 512) as u64))
+            .collect();
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "read_batch requests overlap: {pair:?}"
+            );
+        }
+        if reads.len() > 1 {
+            self.seen
+                .multi_request_batches
+                .set(self.seen.multi_request_batches.get() + 1);
+        }
+        for r in reads.iter_mut() {
+            self.read(r.sector, r.buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// xorshift64*: replays from its seed, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const ORDER: u8 = 6;
+const NR_SEGMENTS: u64 = 6;
+const BACKING_BLOCKS: u64 = 64;
+/// Blocks most requests go to, so reads find them in every state.
+const HOT_BLOCKS: u64 = 12;
+
+struct Twin {
+    engine: Engine<TestDevice>,
+    backing_fault: Rc<Cell<Fault>>,
+    cache_fault: Rc<Cell<Fault>>,
+    seen_backing: Rc<Seen>,
+    seen_cache: Rc<Seen>,
+}
+
+fn open(type1: bool, pool: usize, allow_writeback: bool) -> Twin {
+    let (backing_fault, cache_fault) = (
+        Rc::new(Cell::new(Fault::None)),
+        Rc::new(Cell::new(Fault::None)),
+    );
+    let (seen_backing, seen_cache) = (Rc::new(Seen::default()), Rc::new(Seen::default()));
+    let dev = |sectors: u64, fault: &Rc<Cell<Fault>>, seen: &Rc<Seen>| TestDevice {
+        mem: MemDevice::new(sectors),
+        fault: fault.clone(),
+        seen: seen.clone(),
+    };
+    let mut backing = dev(
+        BACKING_BLOCKS * SECTORS_PER_BLOCK,
+        &backing_fault,
+        &seen_backing,
+    );
+    // Recognisable backing content, so a miss and a stale cached copy look different.
+    for (i, b) in backing.mem.bytes_mut().iter_mut().enumerate() {
+        *b = (i / 512) as u8 ^ 0xa5;
+    }
+    let cache = dev(2048 + NR_SEGMENTS * (1 << ORDER), &cache_fault, &seen_cache);
+    let plog = type1.then(|| {
+        let blocks = (1usize << (ORDER - 3)) - 1;
+        let sectors = engine::format::plog::PLOG_FIRST_REGION_SECTOR
+            + 3 * engine::format::plog::region_sectors_for(blocks) as u64;
+        dev(
+            sectors,
+            &Rc::new(Cell::new(Fault::None)),
+            &Rc::new(Seen::default()),
+        )
+    });
+    let mut tunables = Tunables::defaults(ORDER);
+    tunables.allow_writeback = allow_writeback;
+    tunables.nr_max_batched_writeback = 2;
+    let cfg = Config {
+        segment_size_order: ORDER,
+        nr_rambuf_pool: pool,
+        tunables: Some(tunables),
+        format: FormatPolicy::IfBlank,
+        generation: 3,
+        ..Config::default()
+    };
+    let (engine, _) = Engine::open_with_plog(cache, backing, plog, cfg).expect("open");
+    assert_eq!(engine.cache_type(), type1 as u8);
+    Twin {
+        engine,
+        backing_fault,
+        cache_fault,
+        seen_backing,
+        seen_cache,
+    }
+}
+
+fn pick_sector(rng: &mut Rng) -> u64 {
+    let block = if rng.below(4) > 0 {
+        rng.below(HOT_BLOCKS)
+    } else {
+        rng.below(BACKING_BLOCKS)
+    };
+    block * SECTORS_PER_BLOCK + rng.below(SECTORS_PER_BLOCK)
+}
+
+/// One random request or background step, applied to both engines alike.
+fn mutate(rng: &mut Rng, twins: &mut [&mut Twin; 2], write_no: &mut u64) {
+    let size = BACKING_BLOCKS * SECTORS_PER_BLOCK;
+    match rng.below(10) {
+        0..=5 => {
+            let sector = pick_sector(rng);
+            let sectors = (1 + rng.below(12)).min(size - sector);
+            let fua = rng.below(10) == 0;
+            *write_no += 1;
+            let data: Vec<u8> = (0..sectors as usize * 512)
+                .map(|i| (*write_no as u8).wrapping_mul(17) ^ (i / 512) as u8 ^ (i as u8))
+                .collect();
+            for t in twins.iter_mut() {
+                let _ = t.engine.write(sector, &data, fua);
+            }
+        }
+        6 => {
+            let sector = pick_sector(rng);
+            let sectors = (1 + rng.below(10)).min(size - sector);
+            for t in twins.iter_mut() {
+                let _ = t.engine.discard(sector, sectors);
+            }
+        }
+        7 => {
+            for t in twins.iter_mut() {
+                let _ = t.engine.flush();
+            }
+        }
+        _ => {
+            let step = [
+                Step::Seal,
+                Step::FlushSegment,
+                Step::FlushSegment,
+                Step::Writeback,
+                Step::Record,
+                Step::Sync,
+            ][rng.below(6) as usize];
+            for t in twins.iter_mut() {
+                let _ = t.engine.run_step(step);
+            }
+        }
+    }
+}
+
+/// A batch of reads: mostly valid, some repeated exactly or overlapping, a few out of range or
+/// not whole sectors.
+fn read_batch_shape(rng: &mut Rng) -> Vec<(u64, usize)> {
+    let size = BACKING_BLOCKS * SECTORS_PER_BLOCK;
+    let n = 1 + rng.below(40) as usize;
+    let mut reads: Vec<(u64, usize)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = match rng.below(20) {
+            0 => (size - 2, 4 * 512),     // past the end
+            1 => (pick_sector(rng), 700), // not whole sectors
+            2..=4 if !reads.is_empty() => reads[rng.below(reads.len() as u64) as usize],
+            _ => {
+                let sector = pick_sector(rng);
+                let sectors = (1 + rng.below(24)).min(size - sector);
+                (sector, sectors as usize * 512)
+            }
+        };
+        reads.push(r);
+    }
+    reads
+}
+
+/// What a batch of reads left: data, results (as text), hit counters, dead or not.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    bufs: Vec<Vec<u8>>,
+    results: Vec<String>,
+    stat: [u64; 16],
+    dead: Option<String>,
+}
+
+fn serve(t: &mut Twin, shape: &[(u64, usize)], batched: bool) -> Outcome {
+    let mut bufs: Vec<Vec<u8>> = shape.iter().map(|&(_, len)| vec![0x11; len]).collect();
+    let results: Vec<String> = if batched {
+        let mut reqs: Vec<ReadReq<'_>> = shape
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&(sector, _), buf)| ReadReq { sector, buf })
+            .collect();
+        t.engine
+            .read_many(&mut reqs)
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect()
+    } else {
+        shape
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&(sector, _), buf)| format!("{:?}", t.engine.read(sector, buf)))
+            .collect()
+    };
+    // A failed read's buffer content is unspecified; only successful ones are compared.
+    for (buf, r) in bufs.iter_mut().zip(&results) {
+        if r != "Ok(())" {
+            buf.clear();
+        }
+    }
+    let status = t.engine.status();
+    Outcome {
+        bufs,
+        results,
+        stat: status.stat,
+        dead: status.dead,
+    }
+}
+
+fn run_case(seed: u64, type1: bool, totals: &mut [u64; 16]) -> (u64, u64) {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let pool = 1 + rng.below(4) as usize;
+    let allow_writeback = rng.below(2) == 0;
+    let mut a = open(type1, pool, allow_writeback);
+    let mut b = open(type1, pool, allow_writeback);
+    let mut write_no = 0;
+    for round in 0..12 {
+        for _ in 0..rng.below(30) {
+            mutate(&mut rng, &mut [&mut a, &mut b], &mut write_no);
+        }
+        // Now and then a fault, on one device, for this batch.
+        let fault = match rng.below(16) {
+            0 => Some((true, Fault::FailSector(pick_sector(&mut rng)))),
+            1 => Some((false, Fault::FailAll)),
+            2 => Some((false, Fault::Flip)),
+            3 => Some((true, Fault::Flip)),
+            _ => None,
+        };
+        if let Some((backing, f)) = fault {
+            for t in [&a, &b] {
+                if backing {
+                    t.backing_fault.set(f);
+                } else {
+                    t.cache_fault.set(f);
+                }
+            }
+        }
+        let shape = read_batch_shape(&mut rng);
+        let stat_before = a.engine.status().stat;
+        let got = serve(&mut a, &shape, true);
+        let want = serve(&mut b, &shape, false);
+        assert_eq!(
+            got, want,
+            "seed {seed}, type {}, round {round}, reads {shape:?}, fault {fault:?}",
+            type1 as u8
+        );
+        for (t, (now, before)) in totals.iter_mut().zip(got.stat.iter().zip(stat_before)) {
+            *t += now - before;
+        }
+        for t in [&a, &b] {
+            t.backing_fault.set(Fault::None);
+            t.cache_fault.set(Fault::None);
+        }
+        if got.dead.is_some() {
+            break;
+        }
+    }
+    (
+        a.seen_backing.multi_request_batches.get(),
+        a.seen_cache.multi_request_batches.get(),
+    )
+}
+
+fn equals_sequential_reads(type1: bool) {
+    let mut totals = [0u64; 16];
+    let (mut backing_batches, mut cache_batches) = (0, 0);
+    for seed in 1..=300u64 {
+        let (b, c) = run_case(seed + 1000 * type1 as u64, type1, &mut totals);
+        backing_batches += b;
+        cache_batches += c;
+    }
+    // Every source of a read piece came up (counter index: hit << 2 | on_buffer << 1 | full).
+    let read_hits = |hit: usize, on_buffer: usize| {
+        totals[hit << 2 | on_buffer << 1] + totals[hit << 2 | on_buffer << 1 | 1]
+    };
+    assert!(read_hits(0, 0) > 0, "no misses");
+    assert!(read_hits(1, 1) > 0, "no hits in RAM buffers");
+    assert!(read_hits(1, 0) > 0, "no hits on the cache device");
+    assert!(
+        backing_batches > 0 && cache_batches > 0,
+        "the reads were never batched: backing {backing_batches}, cache {cache_batches}"
+    );
+}
+
+#[test]
+fn read_many_equals_sequential_reads_type0() {
+    equals_sequential_reads(false);
+}
+
+#[test]
+fn read_many_equals_sequential_reads_type1() {
+    equals_sequential_reads(true);
+}
+
+#[test]
+fn read_many_of_nothing_is_nothing() {
+    let mut t = open(false, 2, false);
+    assert!(t.engine.read_many(&mut []).is_empty());
+}
