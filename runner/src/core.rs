@@ -3,11 +3,19 @@
 //! runner's real handoff code. [`EngineCore`] is the production implementation: a thin
 //! forwarding layer over `engine::Engine`, plus the backing-load sampling for the modulator.
 
-use engine::{BlockDevice, Engine, Error, MemDevice, Status};
+use engine::{BlockDevice, Engine, Error, MemDevice, ReadReq, Status};
 
 /// The cache as the engine thread drives it. Every method runs on the engine thread only.
 pub trait Core {
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error>;
+    /// Several reads with the outcome of `read` for each in order (one result per request);
+    /// a cache may issue their device reads together.
+    fn read_many(&mut self, reads: &mut [ReadReq<'_>]) -> Vec<Result<(), Error>> {
+        reads
+            .iter_mut()
+            .map(|r| self.read(r.sector, r.buf))
+            .collect()
+    }
     /// With `fua`, returns only once the data (and everything before it) is durable.
     fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), Error>;
     /// Returns once every write completed before it is durable.
@@ -60,6 +68,9 @@ impl<D: BlockDevice> EngineCore<D> {
 impl<D: BlockDevice + BusyTime> Core for EngineCore<D> {
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.engine.read(sector, buf)
+    }
+    fn read_many(&mut self, reads: &mut [ReadReq<'_>]) -> Vec<Result<(), Error>> {
+        self.engine.read_many(reads)
     }
     fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), Error> {
         self.engine.write(sector, data, fua)

@@ -99,6 +99,22 @@ impl<T> BoundedQueue<T> {
         }
     }
 
+    /// Takes up to `max` items from the front without waiting, as long as each satisfies
+    /// `wanted`; stops at the first that does not (which stays first in the queue).
+    pub fn pop_front_while(&self, max: usize, mut wanted: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut st = self.lock();
+        let mut taken = Vec::new();
+        while taken.len() < max && st.items.front().is_some_and(&mut wanted) {
+            taken.extend(st.items.pop_front());
+        }
+        drop(st);
+        if !taken.is_empty() {
+            // Each taken item freed a place: every waiting pusher may go.
+            self.not_full.notify_all();
+        }
+        taken
+    }
+
     /// Takes the oldest item, waiting up to `timeout` for one.
     pub fn pop_timeout(&self, timeout: Duration) -> Pop<T> {
         let mut st = self.lock();
@@ -214,6 +230,30 @@ mod tests {
         assert_eq!(q.pop_timeout(Duration::from_millis(1)), Pop::Item(3));
         assert_eq!(q.pop_timeout(Duration::from_millis(1)), Pop::Closed);
         assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn pop_front_while_takes_a_bounded_matching_run_and_frees_room() {
+        let q = Arc::new(BoundedQueue::new(6));
+        for x in [2, 4, 6, 8, 1, 10] {
+            q.push(x).unwrap();
+        }
+        let even = |x: &i32| x % 2 == 0;
+        assert_eq!(q.pop_front_while(3, even), vec![2, 4, 6]);
+        let q2 = q.clone();
+        // Blocks until the queue has room (three places were freed above, so at once).
+        thread::spawn(move || {
+            q2.push(12).unwrap();
+            q2.push(14).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(q.pop_front_while(10, even), vec![8], "stops at the odd one");
+        assert_eq!(q.pop_front_while(10, even), vec![]);
+        assert_eq!(q.try_pop(), Pop::Item(1));
+        assert_eq!(q.pop_front_while(0, even), vec![], "max 0 takes nothing");
+        assert_eq!(q.pop_front_while(10, even), vec![10, 12, 14]);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]
