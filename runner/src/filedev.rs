@@ -197,11 +197,21 @@ impl ReadPool {
         loop {
             // The receiver stays usable after a panic elsewhere: it is only ever received from.
             let next = work.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok(mut job) = next else { return };
-            let result = file.read_exact_at(job.buf.get(job.len), job.start);
+            let Ok(job) = next else { return };
+            let PoolRead {
+                stretch,
+                start,
+                len,
+                mut buf,
+            } = job;
+            // A panic here must still answer, or the batch would wait for this read forever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                file.read_exact_at(buf.get(len), start)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("a read thread panicked")));
             let reply = PoolReadDone {
-                stretch: job.stretch,
-                buf: job.buf,
+                stretch,
+                buf,
                 result,
             };
             if done.send(reply).is_err() {
