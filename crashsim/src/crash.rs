@@ -5,11 +5,15 @@
 //! point through the same media model the live devices use gives, per device, the durable image
 //! and the pending writes at that moment: a [`CrashState`]. A [`crate::Choice`] then says what
 //! the power cut did, and [`CrashState::image`] builds the resulting device images.
+//!
+//! Images are copy-on-write ([`Image`]): a crash state's durable images share their chunks with
+//! the replayer's, and a choice's images share every chunk the choice does not change, so no
+//! step here copies a whole device.
 
 use crate::choice::{Choice, Units};
 use crate::log::{Event, FlushEffect, WriteEffect};
 use crate::media::{Media, PendingWrite};
-use crate::pool;
+use crate::image::Image;
 use crate::rng::{mix64, SplitMix64};
 use crate::world::{AtomicUnit, World};
 use crate::{ChoiceError, SimError};
@@ -55,13 +59,7 @@ pub struct DeviceCrash {
     pub role: DeviceRole,
     pub atomic_unit: AtomicUnit,
     pub garbage_in_torn_units: bool,
-    pub durable: Vec<u8>,
-}
-
-impl Drop for DeviceCrash {
-    fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.durable));
-    }
+    pub durable: Image,
 }
 
 /// Every device's durable image and every pending write (all devices, in log order) at a point.
@@ -119,8 +117,8 @@ fn sector_hash(role: DeviceRole, s: u64, bytes: &[u8]) -> u128 {
 }
 
 /// XOR of the sector hashes of a whole image.
-fn image_fingerprint(role: DeviceRole, img: &[u8]) -> u128 {
-    img.chunks_exact(SECTOR_SIZE)
+fn image_fingerprint(role: DeviceRole, img: &Image) -> u128 {
+    img.sectors()
         .enumerate()
         .fold(0, |fp, (s, bytes)| fp ^ sector_hash(role, s as u64, bytes))
 }
@@ -128,26 +126,18 @@ fn image_fingerprint(role: DeviceRole, img: &[u8]) -> u128 {
 /// The device images after a crash, by role (in role order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrashImages {
-    pub images: Vec<(DeviceRole, Vec<u8>)>,
-}
-
-impl Drop for CrashImages {
-    fn drop(&mut self) {
-        for (_, img) in self.images.drain(..) {
-            pool::give(img);
-        }
-    }
+    pub images: Vec<(DeviceRole, Image)>,
 }
 
 impl CrashImages {
-    pub fn get(&self, role: DeviceRole) -> Option<&[u8]> {
+    pub fn get(&self, role: DeviceRole) -> Option<&Image> {
         self.images
             .iter()
             .find(|(r, _)| *r == role)
-            .map(|(_, img)| img.as_slice())
+            .map(|(_, img)| img)
     }
 
-    pub fn take(&mut self, role: DeviceRole) -> Option<Vec<u8>> {
+    pub fn take(&mut self, role: DeviceRole) -> Option<Image> {
         let i = self.images.iter().position(|(r, _)| *r == role)?;
         Some(self.images.remove(i).1)
     }
@@ -177,7 +167,7 @@ impl<'w> Replayer<'w> {
             media: world
                 .devices
                 .iter()
-                .map(|(&role, d)| (role, Media::new(pool::copy_of(&d.config.image))))
+                .map(|(&role, d)| (role, Media::new(d.config.image.clone())))
                 .collect(),
         }
     }
@@ -250,7 +240,7 @@ impl<'w> Replayer<'w> {
                     role: *role,
                     atomic_unit: config.atomic_unit,
                     garbage_in_torn_units: config.faults.garbage_in_torn_units,
-                    durable: pool::copy_of(&m.durable),
+                    durable: m.durable.clone(),
                 }
             })
             .collect();
@@ -372,13 +362,40 @@ impl CrashState {
         }
     }
 
-    /// The device images after a power cut that did `choice`.
+    /// The device images after a power cut that did `choice`. They share every chunk the
+    /// choice leaves alone with this state's durable images.
     pub fn image(&self, choice: &Choice) -> Result<CrashImages, ChoiceError> {
         self.validate(choice)?;
+        let mut images: Vec<(DeviceRole, Image)> = self
+            .devices
+            .iter()
+            .map(|d| (d.role, d.durable.clone()))
+            .collect();
+        self.for_each_effect(choice, |role, s, effect| {
+            let img = &mut images
+                .iter_mut()
+                .find(|(r, _)| *r == role)
+                .expect("same roles")
+                .1;
+            effect.apply(s, img.sector_mut(s));
+        });
+        let images = CrashImages { images };
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            images.images.iter().map(|(r, img)| (*r, img.to_vec())).eq(self.plain_images(choice)),
+            "the shared images hold what plain copies of the durable images would"
+        );
+        Ok(images)
+    }
+
+    /// The images of `choice` built the plain way: whole copies of the durable images with the
+    /// choice's effects written in. What [`CrashState::image`] must equal, byte for byte.
+    #[cfg(any(test, debug_assertions))]
+    pub(crate) fn plain_images(&self, choice: &Choice) -> Vec<(DeviceRole, Vec<u8>)> {
         let mut images: Vec<(DeviceRole, Vec<u8>)> = self
             .devices
             .iter()
-            .map(|d| (d.role, pool::copy_of(&d.durable)))
+            .map(|d| (d.role, d.durable.to_vec()))
             .collect();
         self.for_each_effect(choice, |role, s, effect| {
             let img = &mut images
@@ -389,7 +406,7 @@ impl CrashState {
             let at = s as usize * SECTOR_SIZE;
             effect.apply(s, &mut img[at..at + SECTOR_SIZE]);
         });
-        Ok(CrashImages { images })
+        images
     }
 
     /// The fingerprint [`CrashImages::fingerprint`] would give the images of `choice`, computed
@@ -400,19 +417,14 @@ impl CrashState {
         self.for_each_effect(choice, |role, s, effect| {
             let sector = overlay.entry((role, s)).or_insert_with(|| {
                 let d = self.device(role).expect("same roles");
-                let at = s as usize * SECTOR_SIZE;
-                d.durable[at..at + SECTOR_SIZE]
-                    .try_into()
-                    .expect("a sector")
+                d.durable.sector(s).try_into().expect("a sector")
             });
             effect.apply(s, sector);
         });
         let mut fp = self.base_fingerprint();
         for ((role, s), new) in &overlay {
             let d = self.device(*role).expect("same roles");
-            let at = *s as usize * SECTOR_SIZE;
-            fp ^= sector_hash(*role, *s, &d.durable[at..at + SECTOR_SIZE])
-                ^ sector_hash(*role, *s, new);
+            fp ^= sector_hash(*role, *s, d.durable.sector(*s)) ^ sector_hash(*role, *s, new);
         }
         Ok(fp)
     }
@@ -424,5 +436,61 @@ impl CrashState {
                 .iter()
                 .fold(0, |fp, d| fp ^ image_fingerprint(d.role, &d.durable))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DeviceConfig, PointSelection, SimDevice};
+    use engine::BlockDevice;
+    use proptest::prelude::*;
+
+    const SECTORS: u64 = 80;
+
+    proptest! {
+        /// At every crash point of a random run, the images of random choices (tears, bit
+        /// flips) equal plain copies of the durable images with the choice written in, and
+        /// building them leaves the state's durable images as they were.
+        #[test]
+        fn shared_images_equal_plain_copies(
+            seed in any::<u64>(),
+            block_unit in any::<bool>(),
+            ops in proptest::collection::vec(
+                (0..SECTORS, 1u64..20, any::<bool>(), any::<bool>()), 1..24),
+        ) {
+            let unit = if block_unit { AtomicUnit::Block } else { AtomicUnit::Sector };
+            let mut w = World::new();
+            let cache = DeviceConfig::zeroed(SECTORS).with_atomic_unit(unit);
+            w.add_device(DeviceRole::Cache, cache).unwrap();
+            w.add_device(DeviceRole::Backing, DeviceConfig::zeroed(SECTORS)).unwrap();
+            let w = w.shared();
+            let mut dev = SimDevice::new(&w, DeviceRole::Cache).unwrap();
+            for (i, &(sector, sectors, fua, flush)) in ops.iter().enumerate() {
+                let sectors = sectors.min(SECTORS - sector);
+                dev.write(sector, &vec![i as u8 + 1; sectors as usize * SECTOR_SIZE], fua)
+                    .unwrap();
+                if flush {
+                    dev.flush().unwrap();
+                }
+            }
+            let w = w.borrow();
+            let mut replayer = w.replayer();
+            for point in w.crash_points(PointSelection::fine()) {
+                let state = replayer.advance_to(point).unwrap();
+                let durable = state.plain_images(&Choice::none());
+                for choice in state.random_choices(seed ^ point.before, 6) {
+                    let images = state.image(&choice).unwrap();
+                    let plain = state.plain_images(&choice);
+                    prop_assert_eq!(images.images.len(), plain.len());
+                    for ((role, img), (plain_role, bytes)) in images.images.iter().zip(&plain) {
+                        prop_assert_eq!(role, plain_role);
+                        prop_assert!(*img == *bytes, "{} differs with {}", role, choice);
+                    }
+                    prop_assert_eq!(images.fingerprint(), state.fingerprint_of(&choice).unwrap());
+                    prop_assert_eq!(state.plain_images(&Choice::none()), durable.clone());
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,6 @@ mod image;
 mod log;
 mod media;
 mod points;
-pub mod pool;
 pub mod rng;
 mod world;
 

@@ -27,9 +27,9 @@ use crashsim::explore::{
     choices_for, explore_workload, generate, read_all, record, recovery_config, shrink,
     ExploreOpts, Finding, GenParams, Kind, Level, PathStep, Violation, Workload,
 };
-use crashsim::{Dedup, PointSelection};
+use crashsim::{Dedup, ImageDevice, PointSelection};
 use engine::format::SECTOR_SIZE;
-use engine::{DeviceRole, Engine, MemDevice};
+use engine::{DeviceRole, Engine};
 use models::{BlockOracle, PrefixOracle, PrefixUnit};
 
 use super::{Mode, Section, Table};
@@ -339,7 +339,7 @@ fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String>
                 p.image += secs(t);
 
                 let t = Instant::now();
-                let mut take = |role| images.take(role).map(MemDevice::from_bytes);
+                let mut take = |role| images.take(role).map(ImageDevice::new);
                 let (cache, backing, plog) = (
                     take(DeviceRole::Cache),
                     take(DeviceRole::Backing),
