@@ -8,16 +8,22 @@
 //! state's time in memcpy.
 //!
 //! An [`Image`] is a list of reference-counted chunks of [`CHUNK_BYTES`]. Cloning one copies the
-//! list, not the data; writing to a chunk that another image shares copies that chunk first
-//! ([`Rc::make_mut`]). So a crash image costs the chunks its choice touches, and recovery's
+//! list, not the data; writing to a chunk that another image shares copies that chunk first. So a crash image costs the chunks its choice touches, and recovery's
 //! writes cost the chunks they touch. The bytes an image holds are exactly those a plain
 //! `Vec<u8>` with the same writes would hold: sharing is invisible to every reader.
 //!
 //! Memory stays bounded by the plain copies': an image never holds more unique chunks than its
 //! length needs, and shared chunks are counted once. The chunks are `Rc`, not `Arc`: images stay
 //! on the thread whose world made them, like the rest of a crash state.
+//!
+//! Chunks an image held alone are kept on a small per-thread free list (at most
+//! [`MAX_FREE_CHUNKS`]) when the image is dropped, and the next chunk copy takes one from there:
+//! freeing and allocating thousands of 4 KiB buffers per crash state otherwise makes the
+//! allocator hand memory back to the kernel and fault it in again. A recycled chunk is wholly
+//! overwritten before use, so nothing of an old image can show through.
 
 use engine::format::SECTOR_SIZE;
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Index;
 use std::rc::Rc;
@@ -29,6 +35,52 @@ pub const CHUNK_BYTES: usize = 4096;
 const _: () = assert!(CHUNK_BYTES % SECTOR_SIZE == 0);
 
 type Chunk = [u8; CHUNK_BYTES];
+
+/// The most unshared chunks one thread keeps for reuse (4 MiB).
+pub const MAX_FREE_CHUNKS: usize = 1024;
+
+thread_local! {
+    static FREE_CHUNKS: RefCell<Vec<Rc<Chunk>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A chunk holding a copy of `src` (`CHUNK_BYTES` of it), in a recycled buffer when one is free.
+fn chunk_copy_of(src: &Chunk) -> Rc<Chunk> {
+    let recycled = FREE_CHUNKS
+        .try_with(|f| f.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
+    match recycled {
+        Some(mut c) => {
+            match Rc::get_mut(&mut c) {
+                Some(bytes) => bytes.copy_from_slice(src),
+                // Only unshared chunks are put on the list; this cannot happen.
+                None => return Rc::new(*src),
+            }
+            c
+        }
+        None => Rc::new(*src),
+    }
+}
+
+/// Keeps `c` for reuse when no other image holds it and the free list has room.
+fn recycle(c: Rc<Chunk>) {
+    if Rc::strong_count(&c) != 1 || Rc::weak_count(&c) != 0 {
+        return;
+    }
+    // During thread teardown the list may be gone: then the chunk is simply freed.
+    let _ = FREE_CHUNKS.try_with(|f| {
+        if let Ok(mut f) = f.try_borrow_mut() {
+            if f.len() < MAX_FREE_CHUNKS {
+                f.push(c);
+            }
+        }
+    });
+}
+
+/// How many chunks this thread keeps for reuse now.
+pub fn free_chunks() -> usize {
+    FREE_CHUNKS.try_with(|f| f.borrow().len()).unwrap_or(0)
+}
 
 /// A device image whose unchanged chunks are shared with the images it was cloned from.
 ///
@@ -62,7 +114,7 @@ impl Image {
                 }
                 let mut c = [0u8; CHUNK_BYTES];
                 c[..src.len()].copy_from_slice(src);
-                Rc::new(c)
+                chunk_copy_of(&c)
             })
             .collect();
         Image {
@@ -108,7 +160,7 @@ impl Image {
         while done < data.len() {
             let (c, off) = ((at + done) / CHUNK_BYTES, (at + done) % CHUNK_BYTES);
             let n = (CHUNK_BYTES - off).min(data.len() - done);
-            Rc::make_mut(&mut self.chunks[c])[off..off + n].copy_from_slice(&data[done..done + n]);
+            self.chunk_mut(c)[off..off + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
     }
@@ -126,7 +178,7 @@ impl Image {
         let at = s as usize * SECTOR_SIZE;
         self.check_range(at, SECTOR_SIZE);
         let off = at % CHUNK_BYTES;
-        &mut Rc::make_mut(&mut self.chunks[at / CHUNK_BYTES])[off..off + SECTOR_SIZE]
+        &mut self.chunk_mut(at / CHUNK_BYTES)[off..off + SECTOR_SIZE]
     }
 
     /// The sectors of the image in order (a trailing partial sector is left out).
@@ -138,7 +190,7 @@ impl Image {
     pub fn flip_bit(&mut self, byte: u64, bit: u8) {
         let at = byte as usize;
         self.check_range(at, 1);
-        Rc::make_mut(&mut self.chunks[at / CHUNK_BYTES])[at % CHUNK_BYTES] ^= 1 << bit;
+        self.chunk_mut(at / CHUNK_BYTES)[at % CHUNK_BYTES] ^= 1 << bit;
     }
 
     /// The whole image as one flat buffer.
@@ -158,10 +210,28 @@ impl Image {
             .count()
     }
 
+    /// Chunk `c` to write to: copied first when another image shares it.
+    fn chunk_mut(&mut self, c: usize) -> &mut Chunk {
+        if Rc::get_mut(&mut self.chunks[c]).is_none() {
+            let copy = chunk_copy_of(&self.chunks[c]);
+            // The old chunk is shared, so dropping this reference frees nothing.
+            self.chunks[c] = copy;
+        }
+        Rc::get_mut(&mut self.chunks[c]).expect("an unshared chunk")
+    }
+
     /// The visible bytes of chunk `c`.
     fn chunk_bytes(&self, c: usize) -> &[u8] {
         let n = (self.len - c * CHUNK_BYTES).min(CHUNK_BYTES);
         &self.chunks[c][..n]
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        for c in self.chunks.drain(..) {
+            recycle(c);
+        }
     }
 }
 
@@ -259,6 +329,31 @@ mod tests {
         assert_eq!(b.shared_chunks(&a), 3);
         assert_eq!(b.sector(10).len(), SECTOR_SIZE);
         assert_eq!(b.sectors().count(), bytes.len() / SECTOR_SIZE);
+    }
+
+    #[test]
+    fn dropped_unshared_chunks_are_reused_wholly_overwritten_and_bounded() {
+        let mut a = Image::zeroed(2 * CHUNK_BYTES);
+        a.write(0, &[0xaa; CHUNK_BYTES]);
+        let before = free_chunks();
+        drop(a);
+        // The written chunk and the zero chunk (no longer shared once chunk 0 was copied).
+        assert_eq!(free_chunks(), before + 2, "unshared chunks are kept");
+        let mut b = Image::zeroed(2 * CHUNK_BYTES);
+        b.write(CHUNK_BYTES, &[1]);
+        assert_eq!(free_chunks(), before + 1, "and reused");
+        let mut expect = vec![0u8; 2 * CHUNK_BYTES];
+        expect[CHUNK_BYTES] = 1;
+        assert_eq!(b, expect, "with nothing of the old image left");
+        let shared = b.clone();
+        drop(b);
+        assert_eq!(free_chunks(), before + 1, "shared chunks are not kept");
+        drop(shared);
+        let big: Vec<Image> = (0..MAX_FREE_CHUNKS + 10)
+            .map(|i| Image::from_bytes(&[i as u8 | 1; CHUNK_BYTES]))
+            .collect();
+        drop(big);
+        assert_eq!(free_chunks(), MAX_FREE_CHUNKS, "the free list is bounded");
     }
 
     #[test]
