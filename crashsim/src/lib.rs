@@ -12,6 +12,9 @@
 //!   [`Choice`] (which pending writes persisted, how torn) to produce the post-crash images.
 //! - Enumeration helpers ([`CrashState::all_subsets`], [`CrashState::subsets_up_to`],
 //!   [`CrashState::tears_of`], [`CrashState::random_choices`]) and [`Dedup`] serve the explorer.
+//! - Every device image is an [`Image`]: copy-on-write 4 KiB chunks, so a crash state, its
+//!   choices' images, the [`ImageDevice`]s recovery runs on and restarted worlds share what they
+//!   do not change instead of copying whole devices.
 //! - [`Faults`] are per-device switches: garbage in torn units, a misdirected write, lying
 //!   FLUSH/FUA, EIO at chosen operations, latent sector errors, bit rot.
 

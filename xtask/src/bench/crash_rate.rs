@@ -216,7 +216,8 @@ struct Phases {
     replay: f64,
     /// The choices at each point and their fingerprints (deduplication).
     choices: f64,
-    /// Building the crash images (copies of the devices with the choice applied).
+    /// Building the crash images (copy-on-write clones of the durable images with the choice
+    /// applied: only the chunks the choice changes are copied).
     image: f64,
     /// `Engine::open_with_plog` on the images: recovery.
     recovery: f64,
@@ -492,8 +493,10 @@ impl Section for CrashRate {
         }
         md.push_str(&t.to_markdown());
         md.push_str(
-            "\n*image KiB / state*: the crash images of one state (cache device with its 1 MiB \
-             superblock area, backing device, plog), averaged over the states.\n\n",
+            "\n*image KiB / state*: the size of the crash images of one state (cache device with \
+             its 1 MiB superblock area, backing device, plog), averaged over the states; the \
+             images are copy-on-write, so a state copies only the 4 KiB chunks its choice and \
+             its recovery write.\n\n",
         );
 
         md.push_str("### Where the time of a state goes\n\n");
@@ -648,7 +651,7 @@ fn notes(rates: &[Rate], phase: &[Phases], scaling: Option<&Rate>) -> String {
         if per_core < 0.9 {
             out.push_str(&format!(
                 "- On {} threads each core checks {per_core:.2}× what one thread alone does: \
-                 the threads share memory bandwidth and caches (every state copies its images), \
+                 the threads share memory bandwidth and caches, \
                  and whatever else runs on the machine competes for the cores.\n",
                 sc.threads
             ));
