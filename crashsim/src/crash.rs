@@ -152,33 +152,59 @@ impl CrashImages {
 }
 
 /// Walks the log forward, producing crash states at increasing points without starting over.
+///
+/// It keeps the fingerprint of the durable images up to date as the log changes them (out with
+/// each changed sector's old hash, in with its new one), so a crash state gets its
+/// [`CrashState::base_fingerprint`] without hashing whole devices at every point.
 #[derive(Clone, Debug)]
 pub struct Replayer<'w> {
     world: &'w World,
     next: u64,
     media: Vec<(DeviceRole, Media)>,
+    /// [`image_fingerprint`] of every device's `media.durable`, XORed.
+    durable_fp: u128,
 }
 
 impl<'w> Replayer<'w> {
     pub fn new(world: &'w World) -> Self {
+        let media: Vec<(DeviceRole, Media)> = world
+            .devices
+            .iter()
+            .map(|(&role, d)| (role, Media::new(d.config.image.clone())))
+            .collect();
+        let durable_fp = media
+            .iter()
+            .fold(0, |fp, (role, m)| fp ^ image_fingerprint(*role, &m.durable));
         Replayer {
             world,
             next: 0,
-            media: world
-                .devices
-                .iter()
-                .map(|(&role, d)| (role, Media::new(d.config.image.clone())))
-                .collect(),
+            media,
+            durable_fp,
         }
     }
 
-    fn media(&mut self, role: DeviceRole) -> &mut Media {
-        &mut self
+    /// Applies `change` to the media of `role`, which changes at most the durable `sectors`
+    /// (each listed once), and updates the fingerprint from those sectors.
+    fn change_durable(
+        &mut self,
+        role: DeviceRole,
+        sectors: &[u64],
+        change: impl FnOnce(&mut Media),
+    ) {
+        let m = &mut self
             .media
             .iter_mut()
             .find(|(r, _)| *r == role)
             .expect("logged roles exist")
-            .1
+            .1;
+        let hashes = |m: &Media| {
+            sectors.iter().fold(0, |fp, &s| {
+                fp ^ sector_hash(role, s, m.durable.sector(s))
+            })
+        };
+        let before = hashes(m);
+        change(m);
+        self.durable_fp ^= before ^ hashes(m);
     }
 
     /// Replays up to `point` (which must not be behind the previous one) and returns the state.
@@ -214,17 +240,37 @@ impl<'w> Replayer<'w> {
                         live: vec![true; data.len() / SECTOR_SIZE],
                         unit_sectors,
                     };
-                    self.media(*role).write(w, *durable);
+                    // Only a durable write changes the durable image now.
+                    let sectors: Vec<u64> = if *durable {
+                        (w.sector..w.sector + w.sectors()).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    self.change_durable(*role, &sectors, |m| m.write(w, *durable));
                 }
                 Event::Flush {
                     role,
                     effect: FlushEffect::Done,
-                } => self.media(*role).flush(),
-                Event::BitRot { role, byte, bit } => self.media(*role).flip_bit(*byte, *bit),
+                } => {
+                    let sectors = self.pending_sectors(*role);
+                    self.change_durable(*role, &sectors, Media::flush);
+                }
+                Event::BitRot { role, byte, bit } => {
+                    let sector = byte / SECTOR_SIZE as u64;
+                    self.change_durable(*role, &[sector], |m| m.flip_bit(*byte, *bit));
+                }
                 _ => {}
             }
         }
         self.next = point.before;
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            self.durable_fp,
+            self.media
+                .iter()
+                .fold(0, |fp, (role, m)| fp ^ image_fingerprint(*role, &m.durable)),
+            "the replayer's running fingerprint is that of its durable images"
+        );
         let mut pending: Vec<PendingWrite> = self
             .media
             .iter()
@@ -248,8 +294,26 @@ impl<'w> Replayer<'w> {
             point,
             devices,
             pending,
-            base_fp: OnceCell::new(),
+            base_fp: OnceCell::from(self.durable_fp),
         })
+    }
+
+    /// Every sector the pending writes of `role` cover (live or not), each once, in order.
+    fn pending_sectors(&self, role: DeviceRole) -> Vec<u64> {
+        let m = &self
+            .media
+            .iter()
+            .find(|(r, _)| *r == role)
+            .expect("logged roles exist")
+            .1;
+        let mut sectors: Vec<u64> = m
+            .pending
+            .iter()
+            .flat_map(|p| p.sector..p.sector + p.sectors())
+            .collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        sectors
     }
 }
 
