@@ -11,9 +11,9 @@
 //! step here copies a whole device.
 
 use crate::choice::{Choice, Units};
+use crate::image::Image;
 use crate::log::{Event, FlushEffect, WriteEffect};
 use crate::media::{Media, PendingWrite};
-use crate::image::Image;
 use crate::rng::{mix64, SplitMix64};
 use crate::world::{AtomicUnit, World};
 use crate::{ChoiceError, SimError};
@@ -198,9 +198,9 @@ impl<'w> Replayer<'w> {
             .expect("logged roles exist")
             .1;
         let hashes = |m: &Media| {
-            sectors.iter().fold(0, |fp, &s| {
-                fp ^ sector_hash(role, s, m.durable.sector(s))
-            })
+            sectors
+                .iter()
+                .fold(0, |fp, &s| fp ^ sector_hash(role, s, m.durable.sector(s)))
         };
         let before = hashes(m);
         change(m);
@@ -446,7 +446,11 @@ impl CrashState {
         let images = CrashImages { images };
         #[cfg(debug_assertions)]
         debug_assert!(
-            images.images.iter().map(|(r, img)| (*r, img.to_vec())).eq(self.plain_images(choice)),
+            images
+                .images
+                .iter()
+                .map(|(r, img)| (*r, img.to_vec()))
+                .eq(self.plain_images(choice)),
             "the shared images hold what plain copies of the durable images would"
         );
         Ok(images)

@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(buf, [7u8; 512]);
         d.read(0, &mut buf).unwrap();
         assert_eq!(buf, [0u8; 512]);
-        assert!(d.write(3, &[0u8; 1024], false).is_err(), "write past the end");
+        assert!(
+            d.write(3, &[0u8; 1024], false).is_err(),
+            "write past the end"
+        );
         assert!(d.read(0, &mut [0u8; 100]).is_err(), "partial sector");
         assert!(d.read(u64::MAX, &mut buf).is_err(), "overflowing address");
         assert!(d.flush().is_ok());

@@ -78,7 +78,8 @@ fn recycle(c: Rc<Chunk>) {
 }
 
 /// How many chunks this thread keeps for reuse now.
-pub fn free_chunks() -> usize {
+#[cfg(test)]
+fn free_chunks() -> usize {
     FREE_CHUNKS.try_with(|f| f.borrow().len()).unwrap_or(0)
 }
 
@@ -372,12 +373,14 @@ mod tests {
 
     fn op(len: usize) -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..len, proptest::collection::vec(any::<u8>(), 1..3 * CHUNK_BYTES)).prop_map(
-                move |(at, mut data)| {
+            (
+                0..len,
+                proptest::collection::vec(any::<u8>(), 1..3 * CHUNK_BYTES)
+            )
+                .prop_map(move |(at, mut data)| {
                     data.truncate(len - at);
                     Op::Write { at, data }
-                }
-            ),
+                }),
             (0..len, 0u8..8).prop_map(|(byte, bit)| Op::Flip { byte, bit }),
             Just(Op::Snapshot),
         ]

@@ -151,8 +151,8 @@ impl World {
                     len: image.len(),
                 });
             }
-            let config = DeviceConfig::from_image(image.clone())
-                .with_atomic_unit(d.config.atomic_unit);
+            let config =
+                DeviceConfig::from_image(image.clone()).with_atomic_unit(d.config.atomic_unit);
             w.add_device(role, config)?;
         }
         Ok(w)
