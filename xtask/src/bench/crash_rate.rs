@@ -424,6 +424,8 @@ impl Section for CrashRate {
     }
 
     fn run(&self, mode: Mode) -> Result<String, String> {
+        // As crash-test does: recovery's buffers are reused, not faulted in again per state.
+        crate::heap::keep_freed_memory();
         let b = budget(mode);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut rates = Vec::new();
