@@ -446,19 +446,50 @@ impl CrashState {
         let images = CrashImages { images };
         #[cfg(debug_assertions)]
         debug_assert!(
-            images
-                .images
-                .iter()
-                .map(|(r, img)| (*r, img.to_vec()))
-                .eq(self.plain_images(choice)),
+            self.holds_plain_bytes(choice, &images),
             "the shared images hold what plain copies of the durable images would"
         );
         Ok(images)
     }
 
+    /// Whether `images` (built for `choice`) hold what plain copies would, checked where they can
+    /// differ from the durable images: every sector the choice changes (against the sectors
+    /// [`CrashState::effect_overlay`] builds apart from the images) and every sector of a chunk
+    /// they no longer share with the durable image. A chunk still shared holds the durable bytes
+    /// by construction. So the check costs the chunks a choice touched, not whole devices.
+    #[cfg(any(test, debug_assertions))]
+    fn holds_plain_bytes(&self, choice: &Choice, images: &CrashImages) -> bool {
+        use crate::image::CHUNK_BYTES;
+        const SECTORS_PER_CHUNK: u64 = (CHUNK_BYTES / SECTOR_SIZE) as u64;
+        let overlay = self.effect_overlay(choice);
+        images.images.len() == self.devices.len()
+            && self.devices.iter().all(|d| {
+                let Some(img) = images.get(d.role) else {
+                    return false;
+                };
+                let size = (d.durable.len() / SECTOR_SIZE) as u64;
+                let mut sectors: Vec<u64> = overlay
+                    .keys()
+                    .filter(|(role, _)| *role == d.role)
+                    .map(|&(_, s)| s)
+                    .collect();
+                for c in img.unshared_chunks(&d.durable) {
+                    let first = c as u64 * SECTORS_PER_CHUNK;
+                    sectors.extend(first..(first + SECTORS_PER_CHUNK).min(size));
+                }
+                img.len() == d.durable.len()
+                    && sectors.into_iter().all(|s| {
+                        let plain = overlay
+                            .get(&(d.role, s))
+                            .map_or(d.durable.sector(s), |bytes| &bytes[..]);
+                        img.sector(s) == plain
+                    })
+            })
+    }
+
     /// The images of `choice` built the plain way: whole copies of the durable images with the
     /// choice's effects written in. What [`CrashState::image`] must equal, byte for byte.
-    #[cfg(any(test, debug_assertions))]
+    #[cfg(test)]
     pub(crate) fn plain_images(&self, choice: &Choice) -> Vec<(DeviceRole, Vec<u8>)> {
         let mut images: Vec<(DeviceRole, Vec<u8>)> = self
             .devices
@@ -481,6 +512,18 @@ impl CrashState {
     /// from the sectors the choice changes only: deduplication without building the images.
     pub fn fingerprint_of(&self, choice: &Choice) -> Result<u128, ChoiceError> {
         self.validate(choice)?;
+        let overlay = self.effect_overlay(choice);
+        let mut fp = self.base_fingerprint();
+        for ((role, s), new) in &overlay {
+            let d = self.device(*role).expect("same roles");
+            fp ^= sector_hash(*role, *s, d.durable.sector(*s)) ^ sector_hash(*role, *s, new);
+        }
+        Ok(fp)
+    }
+
+    /// The new content of every sector a (valid) `choice` changes, built from copies of single
+    /// durable sectors.
+    fn effect_overlay(&self, choice: &Choice) -> BTreeMap<(DeviceRole, u64), [u8; SECTOR_SIZE]> {
         let mut overlay: BTreeMap<(DeviceRole, u64), [u8; SECTOR_SIZE]> = BTreeMap::new();
         self.for_each_effect(choice, |role, s, effect| {
             let sector = overlay.entry((role, s)).or_insert_with(|| {
@@ -489,12 +532,7 @@ impl CrashState {
             });
             effect.apply(s, sector);
         });
-        let mut fp = self.base_fingerprint();
-        for ((role, s), new) in &overlay {
-            let d = self.device(*role).expect("same roles");
-            fp ^= sector_hash(*role, *s, d.durable.sector(*s)) ^ sector_hash(*role, *s, new);
-        }
-        Ok(fp)
+        overlay
     }
 
     /// Fingerprint of the durable images (nothing pending persisted), computed once.
@@ -515,6 +553,32 @@ mod tests {
     use proptest::prelude::*;
 
     const SECTORS: u64 = 80;
+
+    /// The debug check of CrashState::image notices a wrong byte in a sector the choice changed
+    /// and in a chunk the choice did not touch.
+    #[test]
+    fn the_image_check_notices_wrong_bytes() {
+        let mut w = World::new();
+        w.add_device(DeviceRole::Cache, DeviceConfig::zeroed(SECTORS))
+            .unwrap();
+        let w = w.shared();
+        let mut dev = SimDevice::new(&w, DeviceRole::Cache).unwrap();
+        dev.write(3, &[7u8; SECTOR_SIZE], false).unwrap();
+        let w = w.borrow();
+        let state = w.crash_state(CrashPoint::end(&w)).unwrap();
+        let choice = Choice::whole([0]);
+        let good = state.image(&choice).unwrap();
+        assert!(state.holds_plain_bytes(&choice, &good));
+        for (sector, what) in [(3, "the changed sector"), (40, "an untouched chunk")] {
+            let mut bad = good.clone();
+            bad.images[0].1.sector_mut(sector)[9] ^= 1;
+            assert!(!state.holds_plain_bytes(&choice, &bad), "{what}");
+        }
+        assert!(
+            !state.holds_plain_bytes(&Choice::none(), &good),
+            "another choice"
+        );
+    }
 
     proptest! {
         /// At every crash point of a random run, the images of random choices (tears, bit
@@ -555,6 +619,7 @@ mod tests {
                         prop_assert_eq!(role, plain_role);
                         prop_assert!(*img == *bytes, "{} differs with {}", role, choice);
                     }
+                    prop_assert!(state.holds_plain_bytes(&choice, &images));
                     prop_assert_eq!(images.fingerprint(), state.fingerprint_of(&choice).unwrap());
                     prop_assert_eq!(state.plain_images(&Choice::none()), durable.clone());
                 }

@@ -221,6 +221,17 @@ impl Image {
         Rc::get_mut(&mut self.chunks[c]).expect("an unshared chunk")
     }
 
+    /// Indices of the chunks this image does not share with `other` (any chunk of a longer
+    /// image past the end of the shorter one counts as not shared).
+    pub fn unshared_chunks<'a>(&'a self, other: &'a Image) -> impl Iterator<Item = usize> + 'a {
+        (0..self.chunks.len()).filter(move |&c| {
+            other
+                .chunks
+                .get(c)
+                .is_none_or(|o| !Rc::ptr_eq(&self.chunks[c], o))
+        })
+    }
+
     /// The visible bytes of chunk `c`.
     fn chunk_bytes(&self, c: usize) -> &[u8] {
         let n = (self.len - c * CHUNK_BYTES).min(CHUNK_BYTES);
@@ -323,6 +334,7 @@ mod tests {
         assert_eq!(b.shared_chunks(&a), 6);
         b.write(3 * CHUNK_BYTES + 10, &[1, 2, 3]);
         assert_eq!(b.shared_chunks(&a), 5, "only the written chunk was copied");
+        assert_eq!(b.unshared_chunks(&a).collect::<Vec<_>>(), vec![3]);
         assert_eq!(a, bytes, "the original is unchanged");
         assert_ne!(a, b);
         b.sector_mut(2)[0] = 4;
