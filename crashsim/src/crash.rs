@@ -5,11 +5,15 @@
 //! point through the same media model the live devices use gives, per device, the durable image
 //! and the pending writes at that moment: a [`CrashState`]. A [`crate::Choice`] then says what
 //! the power cut did, and [`CrashState::image`] builds the resulting device images.
+//!
+//! Images are copy-on-write ([`Image`]): a crash state's durable images share their chunks with
+//! the replayer's, and a choice's images share every chunk the choice does not change, so no
+//! step here copies a whole device.
 
 use crate::choice::{Choice, Units};
+use crate::image::Image;
 use crate::log::{Event, FlushEffect, WriteEffect};
 use crate::media::{Media, PendingWrite};
-use crate::pool;
 use crate::rng::{mix64, SplitMix64};
 use crate::world::{AtomicUnit, World};
 use crate::{ChoiceError, SimError};
@@ -55,13 +59,7 @@ pub struct DeviceCrash {
     pub role: DeviceRole,
     pub atomic_unit: AtomicUnit,
     pub garbage_in_torn_units: bool,
-    pub durable: Vec<u8>,
-}
-
-impl Drop for DeviceCrash {
-    fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.durable));
-    }
+    pub durable: Image,
 }
 
 /// Every device's durable image and every pending write (all devices, in log order) at a point.
@@ -119,8 +117,8 @@ fn sector_hash(role: DeviceRole, s: u64, bytes: &[u8]) -> u128 {
 }
 
 /// XOR of the sector hashes of a whole image.
-fn image_fingerprint(role: DeviceRole, img: &[u8]) -> u128 {
-    img.chunks_exact(SECTOR_SIZE)
+fn image_fingerprint(role: DeviceRole, img: &Image) -> u128 {
+    img.sectors()
         .enumerate()
         .fold(0, |fp, (s, bytes)| fp ^ sector_hash(role, s as u64, bytes))
 }
@@ -128,26 +126,18 @@ fn image_fingerprint(role: DeviceRole, img: &[u8]) -> u128 {
 /// The device images after a crash, by role (in role order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrashImages {
-    pub images: Vec<(DeviceRole, Vec<u8>)>,
-}
-
-impl Drop for CrashImages {
-    fn drop(&mut self) {
-        for (_, img) in self.images.drain(..) {
-            pool::give(img);
-        }
-    }
+    pub images: Vec<(DeviceRole, Image)>,
 }
 
 impl CrashImages {
-    pub fn get(&self, role: DeviceRole) -> Option<&[u8]> {
+    pub fn get(&self, role: DeviceRole) -> Option<&Image> {
         self.images
             .iter()
             .find(|(r, _)| *r == role)
-            .map(|(_, img)| img.as_slice())
+            .map(|(_, img)| img)
     }
 
-    pub fn take(&mut self, role: DeviceRole) -> Option<Vec<u8>> {
+    pub fn take(&mut self, role: DeviceRole) -> Option<Image> {
         let i = self.images.iter().position(|(r, _)| *r == role)?;
         Some(self.images.remove(i).1)
     }
@@ -162,33 +152,59 @@ impl CrashImages {
 }
 
 /// Walks the log forward, producing crash states at increasing points without starting over.
+///
+/// It keeps the fingerprint of the durable images up to date as the log changes them (out with
+/// each changed sector's old hash, in with its new one), so a crash state gets its
+/// [`CrashState::base_fingerprint`] without hashing whole devices at every point.
 #[derive(Clone, Debug)]
 pub struct Replayer<'w> {
     world: &'w World,
     next: u64,
     media: Vec<(DeviceRole, Media)>,
+    /// [`image_fingerprint`] of every device's `media.durable`, XORed.
+    durable_fp: u128,
 }
 
 impl<'w> Replayer<'w> {
     pub fn new(world: &'w World) -> Self {
+        let media: Vec<(DeviceRole, Media)> = world
+            .devices
+            .iter()
+            .map(|(&role, d)| (role, Media::new(d.config.image.clone())))
+            .collect();
+        let durable_fp = media
+            .iter()
+            .fold(0, |fp, (role, m)| fp ^ image_fingerprint(*role, &m.durable));
         Replayer {
             world,
             next: 0,
-            media: world
-                .devices
-                .iter()
-                .map(|(&role, d)| (role, Media::new(pool::copy_of(&d.config.image))))
-                .collect(),
+            media,
+            durable_fp,
         }
     }
 
-    fn media(&mut self, role: DeviceRole) -> &mut Media {
-        &mut self
+    /// Applies `change` to the media of `role`, which changes at most the durable `sectors`
+    /// (each listed once), and updates the fingerprint from those sectors.
+    fn change_durable(
+        &mut self,
+        role: DeviceRole,
+        sectors: &[u64],
+        change: impl FnOnce(&mut Media),
+    ) {
+        let m = &mut self
             .media
             .iter_mut()
             .find(|(r, _)| *r == role)
             .expect("logged roles exist")
-            .1
+            .1;
+        let hashes = |m: &Media| {
+            sectors
+                .iter()
+                .fold(0, |fp, &s| fp ^ sector_hash(role, s, m.durable.sector(s)))
+        };
+        let before = hashes(m);
+        change(m);
+        self.durable_fp ^= before ^ hashes(m);
     }
 
     /// Replays up to `point` (which must not be behind the previous one) and returns the state.
@@ -224,17 +240,37 @@ impl<'w> Replayer<'w> {
                         live: vec![true; data.len() / SECTOR_SIZE],
                         unit_sectors,
                     };
-                    self.media(*role).write(w, *durable);
+                    // Only a durable write changes the durable image now.
+                    let sectors: Vec<u64> = if *durable {
+                        (w.sector..w.sector + w.sectors()).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    self.change_durable(*role, &sectors, |m| m.write(w, *durable));
                 }
                 Event::Flush {
                     role,
                     effect: FlushEffect::Done,
-                } => self.media(*role).flush(),
-                Event::BitRot { role, byte, bit } => self.media(*role).flip_bit(*byte, *bit),
+                } => {
+                    let sectors = self.pending_sectors(*role);
+                    self.change_durable(*role, &sectors, Media::flush);
+                }
+                Event::BitRot { role, byte, bit } => {
+                    let sector = byte / SECTOR_SIZE as u64;
+                    self.change_durable(*role, &[sector], |m| m.flip_bit(*byte, *bit));
+                }
                 _ => {}
             }
         }
         self.next = point.before;
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            self.durable_fp,
+            self.media
+                .iter()
+                .fold(0, |fp, (role, m)| fp ^ image_fingerprint(*role, &m.durable)),
+            "the replayer's running fingerprint is that of its durable images"
+        );
         let mut pending: Vec<PendingWrite> = self
             .media
             .iter()
@@ -250,7 +286,7 @@ impl<'w> Replayer<'w> {
                     role: *role,
                     atomic_unit: config.atomic_unit,
                     garbage_in_torn_units: config.faults.garbage_in_torn_units,
-                    durable: pool::copy_of(&m.durable),
+                    durable: m.durable.clone(),
                 }
             })
             .collect();
@@ -258,8 +294,26 @@ impl<'w> Replayer<'w> {
             point,
             devices,
             pending,
-            base_fp: OnceCell::new(),
+            base_fp: OnceCell::from(self.durable_fp),
         })
+    }
+
+    /// Every sector the pending writes of `role` cover (live or not), each once, in order.
+    fn pending_sectors(&self, role: DeviceRole) -> Vec<u64> {
+        let m = &self
+            .media
+            .iter()
+            .find(|(r, _)| *r == role)
+            .expect("logged roles exist")
+            .1;
+        let mut sectors: Vec<u64> = m
+            .pending
+            .iter()
+            .flat_map(|p| p.sector..p.sector + p.sectors())
+            .collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        sectors
     }
 }
 
@@ -372,13 +426,75 @@ impl CrashState {
         }
     }
 
-    /// The device images after a power cut that did `choice`.
+    /// The device images after a power cut that did `choice`. They share every chunk the
+    /// choice leaves alone with this state's durable images.
     pub fn image(&self, choice: &Choice) -> Result<CrashImages, ChoiceError> {
         self.validate(choice)?;
+        let mut images: Vec<(DeviceRole, Image)> = self
+            .devices
+            .iter()
+            .map(|d| (d.role, d.durable.clone()))
+            .collect();
+        self.for_each_effect(choice, |role, s, effect| {
+            let img = &mut images
+                .iter_mut()
+                .find(|(r, _)| *r == role)
+                .expect("same roles")
+                .1;
+            effect.apply(s, img.sector_mut(s));
+        });
+        let images = CrashImages { images };
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            self.holds_plain_bytes(choice, &images),
+            "the shared images hold what plain copies of the durable images would"
+        );
+        Ok(images)
+    }
+
+    /// Whether `images` (built for `choice`) hold what plain copies would, checked where they can
+    /// differ from the durable images: every sector the choice changes (against the sectors
+    /// [`CrashState::effect_overlay`] builds apart from the images) and every sector of a chunk
+    /// they no longer share with the durable image. A chunk still shared holds the durable bytes
+    /// by construction. So the check costs the chunks a choice touched, not whole devices.
+    #[cfg(any(test, debug_assertions))]
+    fn holds_plain_bytes(&self, choice: &Choice, images: &CrashImages) -> bool {
+        use crate::image::CHUNK_BYTES;
+        const SECTORS_PER_CHUNK: u64 = (CHUNK_BYTES / SECTOR_SIZE) as u64;
+        let overlay = self.effect_overlay(choice);
+        images.images.len() == self.devices.len()
+            && self.devices.iter().all(|d| {
+                let Some(img) = images.get(d.role) else {
+                    return false;
+                };
+                let size = (d.durable.len() / SECTOR_SIZE) as u64;
+                let mut sectors: Vec<u64> = overlay
+                    .keys()
+                    .filter(|(role, _)| *role == d.role)
+                    .map(|&(_, s)| s)
+                    .collect();
+                for c in img.unshared_chunks(&d.durable) {
+                    let first = c as u64 * SECTORS_PER_CHUNK;
+                    sectors.extend(first..(first + SECTORS_PER_CHUNK).min(size));
+                }
+                img.len() == d.durable.len()
+                    && sectors.into_iter().all(|s| {
+                        let plain = overlay
+                            .get(&(d.role, s))
+                            .map_or(d.durable.sector(s), |bytes| &bytes[..]);
+                        img.sector(s) == plain
+                    })
+            })
+    }
+
+    /// The images of `choice` built the plain way: whole copies of the durable images with the
+    /// choice's effects written in. What [`CrashState::image`] must equal, byte for byte.
+    #[cfg(test)]
+    pub(crate) fn plain_images(&self, choice: &Choice) -> Vec<(DeviceRole, Vec<u8>)> {
         let mut images: Vec<(DeviceRole, Vec<u8>)> = self
             .devices
             .iter()
-            .map(|d| (d.role, pool::copy_of(&d.durable)))
+            .map(|d| (d.role, d.durable.to_vec()))
             .collect();
         self.for_each_effect(choice, |role, s, effect| {
             let img = &mut images
@@ -389,32 +505,34 @@ impl CrashState {
             let at = s as usize * SECTOR_SIZE;
             effect.apply(s, &mut img[at..at + SECTOR_SIZE]);
         });
-        Ok(CrashImages { images })
+        images
     }
 
     /// The fingerprint [`CrashImages::fingerprint`] would give the images of `choice`, computed
     /// from the sectors the choice changes only: deduplication without building the images.
     pub fn fingerprint_of(&self, choice: &Choice) -> Result<u128, ChoiceError> {
         self.validate(choice)?;
+        let overlay = self.effect_overlay(choice);
+        let mut fp = self.base_fingerprint();
+        for ((role, s), new) in &overlay {
+            let d = self.device(*role).expect("same roles");
+            fp ^= sector_hash(*role, *s, d.durable.sector(*s)) ^ sector_hash(*role, *s, new);
+        }
+        Ok(fp)
+    }
+
+    /// The new content of every sector a (valid) `choice` changes, built from copies of single
+    /// durable sectors.
+    fn effect_overlay(&self, choice: &Choice) -> BTreeMap<(DeviceRole, u64), [u8; SECTOR_SIZE]> {
         let mut overlay: BTreeMap<(DeviceRole, u64), [u8; SECTOR_SIZE]> = BTreeMap::new();
         self.for_each_effect(choice, |role, s, effect| {
             let sector = overlay.entry((role, s)).or_insert_with(|| {
                 let d = self.device(role).expect("same roles");
-                let at = s as usize * SECTOR_SIZE;
-                d.durable[at..at + SECTOR_SIZE]
-                    .try_into()
-                    .expect("a sector")
+                d.durable.sector(s).try_into().expect("a sector")
             });
             effect.apply(s, sector);
         });
-        let mut fp = self.base_fingerprint();
-        for ((role, s), new) in &overlay {
-            let d = self.device(*role).expect("same roles");
-            let at = *s as usize * SECTOR_SIZE;
-            fp ^= sector_hash(*role, *s, &d.durable[at..at + SECTOR_SIZE])
-                ^ sector_hash(*role, *s, new);
-        }
-        Ok(fp)
+        overlay
     }
 
     /// Fingerprint of the durable images (nothing pending persisted), computed once.
@@ -424,5 +542,88 @@ impl CrashState {
                 .iter()
                 .fold(0, |fp, d| fp ^ image_fingerprint(d.role, &d.durable))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DeviceConfig, PointSelection, SimDevice};
+    use engine::BlockDevice;
+    use proptest::prelude::*;
+
+    const SECTORS: u64 = 80;
+
+    /// The debug check of CrashState::image notices a wrong byte in a sector the choice changed
+    /// and in a chunk the choice did not touch.
+    #[test]
+    fn the_image_check_notices_wrong_bytes() {
+        let mut w = World::new();
+        w.add_device(DeviceRole::Cache, DeviceConfig::zeroed(SECTORS))
+            .unwrap();
+        let w = w.shared();
+        let mut dev = SimDevice::new(&w, DeviceRole::Cache).unwrap();
+        dev.write(3, &[7u8; SECTOR_SIZE], false).unwrap();
+        let w = w.borrow();
+        let state = w.crash_state(CrashPoint::end(&w)).unwrap();
+        let choice = Choice::whole([0]);
+        let good = state.image(&choice).unwrap();
+        assert!(state.holds_plain_bytes(&choice, &good));
+        for (sector, what) in [(3, "the changed sector"), (40, "an untouched chunk")] {
+            let mut bad = good.clone();
+            bad.images[0].1.sector_mut(sector)[9] ^= 1;
+            assert!(!state.holds_plain_bytes(&choice, &bad), "{what}");
+        }
+        assert!(
+            !state.holds_plain_bytes(&Choice::none(), &good),
+            "another choice"
+        );
+    }
+
+    proptest! {
+        /// At every crash point of a random run, the images of random choices (tears, bit
+        /// flips) equal plain copies of the durable images with the choice written in, and
+        /// building them leaves the state's durable images as they were.
+        #[test]
+        fn shared_images_equal_plain_copies(
+            seed in any::<u64>(),
+            block_unit in any::<bool>(),
+            ops in proptest::collection::vec(
+                (0..SECTORS, 1u64..20, any::<bool>(), any::<bool>()), 1..24),
+        ) {
+            let unit = if block_unit { AtomicUnit::Block } else { AtomicUnit::Sector };
+            let mut w = World::new();
+            let cache = DeviceConfig::zeroed(SECTORS).with_atomic_unit(unit);
+            w.add_device(DeviceRole::Cache, cache).unwrap();
+            w.add_device(DeviceRole::Backing, DeviceConfig::zeroed(SECTORS)).unwrap();
+            let w = w.shared();
+            let mut dev = SimDevice::new(&w, DeviceRole::Cache).unwrap();
+            for (i, &(sector, sectors, fua, flush)) in ops.iter().enumerate() {
+                let sectors = sectors.min(SECTORS - sector);
+                dev.write(sector, &vec![i as u8 + 1; sectors as usize * SECTOR_SIZE], fua)
+                    .unwrap();
+                if flush {
+                    dev.flush().unwrap();
+                }
+            }
+            let w = w.borrow();
+            let mut replayer = w.replayer();
+            for point in w.crash_points(PointSelection::fine()) {
+                let state = replayer.advance_to(point).unwrap();
+                let durable = state.plain_images(&Choice::none());
+                for choice in state.random_choices(seed ^ point.before, 6) {
+                    let images = state.image(&choice).unwrap();
+                    let plain = state.plain_images(&choice);
+                    prop_assert_eq!(images.images.len(), plain.len());
+                    for ((role, img), (plain_role, bytes)) in images.images.iter().zip(&plain) {
+                        prop_assert_eq!(role, plain_role);
+                        prop_assert!(*img == *bytes, "{} differs with {}", role, choice);
+                    }
+                    prop_assert!(state.holds_plain_bytes(&choice, &images));
+                    prop_assert_eq!(images.fingerprint(), state.fingerprint_of(&choice).unwrap());
+                    prop_assert_eq!(state.plain_images(&Choice::none()), durable.clone());
+                }
+            }
+        }
     }
 }

@@ -12,6 +12,9 @@
 //!   [`Choice`] (which pending writes persisted, how torn) to produce the post-crash images.
 //! - Enumeration helpers ([`CrashState::all_subsets`], [`CrashState::subsets_up_to`],
 //!   [`CrashState::tears_of`], [`CrashState::random_choices`]) and [`Dedup`] serve the explorer.
+//! - Every device image is an [`Image`]: copy-on-write 4 KiB chunks, so a crash state, its
+//!   choices' images, the [`ImageDevice`]s recovery runs on and restarted worlds share what they
+//!   do not change instead of copying whole devices.
 //! - [`Faults`] are per-device switches: garbage in torn units, a misdirected write, lying
 //!   FLUSH/FUA, EIO at chosen operations, latent sector errors, bit rot.
 
@@ -22,19 +25,20 @@ mod enumerate;
 mod error;
 pub mod explore;
 mod faults;
+mod image;
 mod log;
 mod media;
 mod points;
-pub mod pool;
 pub mod rng;
 mod world;
 
 pub use choice::{BitFlip, Choice, Persist, Units};
 pub use crash::{CrashImages, CrashPoint, CrashState, DeviceCrash, Replayer};
-pub use device::SimDevice;
+pub use device::{ImageDevice, SimDevice};
 pub use enumerate::{tear_masks, Dedup, Others, Subsets, MAX_EXHAUSTIVE_PENDING};
 pub use error::{ChoiceError, SimError};
 pub use faults::{BitRot, Faults, Misdirect};
+pub use image::{Image, CHUNK_BYTES};
 pub use log::{format_entries, ClientOp, Event, FlushEffect, LogEntry, WriteEffect};
 pub use media::PendingWrite;
 pub use points::PointSelection;

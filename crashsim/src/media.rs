@@ -2,6 +2,7 @@
 //! the volatile cache and are not durable yet. The live devices and the crash replayer both run
 //! this same code, so a crash state is exactly what the run had at that moment.
 
+use crate::image::Image;
 use engine::format::SECTOR_SIZE;
 use engine::DeviceRole;
 use std::rc::Rc;
@@ -61,11 +62,10 @@ impl PendingWrite {
     }
 
     /// Copies the live sectors in `[first, first + count)` into `image`.
-    pub(crate) fn apply_range(&self, image: &mut [u8], first: u64, count: u64) {
+    pub(crate) fn apply_range(&self, image: &mut Image, first: u64, count: u64) {
         for s in first..first + count {
             if let Some(bytes) = self.live_sector(s) {
-                let at = s as usize * SECTOR_SIZE;
-                image[at..at + SECTOR_SIZE].copy_from_slice(bytes);
+                image.sector_mut(s).copy_from_slice(bytes);
             }
         }
     }
@@ -74,18 +74,12 @@ impl PendingWrite {
 /// Durable image and pending writes of one device.
 #[derive(Clone, Debug)]
 pub(crate) struct Media {
-    pub durable: Vec<u8>,
+    pub durable: Image,
     pub pending: Vec<PendingWrite>,
 }
 
-impl Drop for Media {
-    fn drop(&mut self) {
-        crate::pool::give(std::mem::take(&mut self.durable));
-    }
-}
-
 impl Media {
-    pub fn new(image: Vec<u8>) -> Self {
+    pub fn new(image: Image) -> Self {
         Media {
             durable: image,
             pending: Vec::new(),
@@ -109,8 +103,7 @@ impl Media {
                 p.live[(s - p.sector) as usize] = false;
             }
         }
-        let at = start as usize * SECTOR_SIZE;
-        self.durable[at..at + w.data.len()].copy_from_slice(&w.data);
+        self.durable.write(start as usize * SECTOR_SIZE, &w.data);
     }
 
     /// A device flush: every pending write becomes durable, in completion order.
@@ -121,7 +114,7 @@ impl Media {
     }
 
     pub fn flip_bit(&mut self, byte: u64, bit: u8) {
-        self.durable[byte as usize] ^= 1 << bit;
+        self.durable.flip_bit(byte, bit);
     }
 
     /// Is sector `s` shadowed by a pending write (so reads do not see the durable bytes)?

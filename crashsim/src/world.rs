@@ -1,9 +1,9 @@
 //! The world: every simulated device of one run and the one global operation log.
 
 use crate::faults::Faults;
+use crate::image::Image;
 use crate::log::{format_entries, ClientOp, Event, FlushEffect, LogEntry, WriteEffect};
 use crate::media::{Media, PendingWrite};
-use crate::pool;
 use crate::SimError;
 use engine::device::check_access;
 use engine::format::SECTOR_SIZE;
@@ -39,7 +39,7 @@ impl AtomicUnit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Initial (durable) content; whole sectors, at least one.
-    pub image: Vec<u8>,
+    pub image: Image,
     pub atomic_unit: AtomicUnit,
     pub faults: Faults,
 }
@@ -47,12 +47,13 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A zero-filled device of `sectors` sectors, 512-byte atomic unit, no faults.
     pub fn zeroed(sectors: u64) -> Self {
-        DeviceConfig::from_image(vec![0; sectors as usize * SECTOR_SIZE])
+        DeviceConfig::from_image(Image::zeroed(sectors as usize * SECTOR_SIZE))
     }
 
-    pub fn from_image(image: Vec<u8>) -> Self {
+    /// A device holding `image` (a `Vec<u8>` or an [`Image`], whose chunks it then shares).
+    pub fn from_image(image: impl Into<Image>) -> Self {
         DeviceConfig {
-            image,
+            image: image.into(),
             atomic_unit: AtomicUnit::default(),
             faults: Faults::default(),
         }
@@ -89,17 +90,10 @@ pub(crate) struct Device {
     pub config: DeviceConfig,
     pub media: Media,
     /// What reads return: the durable image overlaid with the pending writes.
-    pub current: Vec<u8>,
+    pub current: Image,
     pub counts: OpCounts,
     /// Latent sector errors still in force (cleared by a write covering the sector).
     pub latent: BTreeSet<u64>,
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.current));
-        pool::give(std::mem::take(&mut self.config.image));
-    }
 }
 
 impl Device {
@@ -135,8 +129,8 @@ impl World {
         }
         config.faults.validate(role, (len / SECTOR_SIZE) as u64)?;
         let device = Device {
-            media: Media::new(pool::copy_of(&config.image)),
-            current: pool::copy_of(&config.image),
+            media: Media::new(config.image.clone()),
+            current: config.image.clone(),
             counts: OpCounts::default(),
             latent: config.faults.latent_sectors.clone(),
             config,
@@ -157,8 +151,8 @@ impl World {
                     len: image.len(),
                 });
             }
-            let config = DeviceConfig::from_image(pool::copy_of(image))
-                .with_atomic_unit(d.config.atomic_unit);
+            let config =
+                DeviceConfig::from_image(image.clone()).with_atomic_unit(d.config.atomic_unit);
             w.add_device(role, config)?;
         }
         Ok(w)
@@ -196,12 +190,12 @@ impl World {
     }
 
     /// What reads of the device return now.
-    pub fn current_image(&self, role: DeviceRole) -> Result<&[u8], SimError> {
+    pub fn current_image(&self, role: DeviceRole) -> Result<&Image, SimError> {
         Ok(&self.device(role)?.current)
     }
 
     /// What would survive a power cut now if no pending write persisted.
-    pub fn durable_image(&self, role: DeviceRole) -> Result<&[u8], SimError> {
+    pub fn durable_image(&self, role: DeviceRole) -> Result<&Image, SimError> {
         Ok(&self.device(role)?.media.durable)
     }
 
@@ -263,7 +257,7 @@ impl World {
         d.media.flip_bit(byte, bit);
         // Reads see the rot unless a pending write shadows the sector.
         if !d.media.pending_covers(byte / SECTOR_SIZE as u64) {
-            d.current[byte as usize] ^= 1 << bit;
+            d.current.flip_bit(byte, bit);
         }
         self.push(Event::BitRot { role, byte, bit })
     }
@@ -317,8 +311,7 @@ impl World {
                     format!("latent sector error at {bad}"),
                 ));
             }
-            let at = sector as usize * SECTOR_SIZE;
-            buf.copy_from_slice(&d.current[at..at + buf.len()]);
+            d.current.read(sector as usize * SECTOR_SIZE, buf);
             Ok(())
         });
         self.push(Event::Read {
@@ -369,8 +362,7 @@ impl World {
         };
         let data: Rc<[u8]> = Rc::from(data);
         if let WriteEffect::Landed { at, durable } = effect {
-            let range = at as usize * SECTOR_SIZE..at as usize * SECTOR_SIZE + data.len();
-            d.current[range].copy_from_slice(&data);
+            d.current.write(at as usize * SECTOR_SIZE, &data);
             let stale: Vec<u64> = d.latent.range(at..at + sectors).copied().collect();
             for s in stale {
                 d.latent.remove(&s);

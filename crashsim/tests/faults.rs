@@ -20,8 +20,8 @@ fn world_with(faults: Faults) -> (SharedWorld, SimDevice) {
     (w, dev)
 }
 
-fn sector(img: &[u8], s: usize) -> &[u8] {
-    &img[s * S..(s + 1) * S]
+fn sector(img: &crashsim::Image, s: usize) -> &[u8] {
+    img.sector(s as u64)
 }
 
 #[test]

@@ -86,10 +86,10 @@ fn explore(w: &World, h: &History) -> (usize, usize, usize) {
         }
         for c in choices {
             let images = state.image(&c).unwrap();
-            let disk = images.get(DeviceRole::Backing).unwrap();
+            let disk = images.get(DeviceRole::Backing).unwrap().to_vec();
             checked += 1;
-            block_bad += usize::from(block.check(disk).is_err());
-            prefix_bad += usize::from(prefix.check(disk).is_err());
+            block_bad += usize::from(block.check(&disk).is_err());
+            prefix_bad += usize::from(prefix.check(&disk).is_err());
         }
     }
     (checked, block_bad, prefix_bad)
@@ -128,7 +128,7 @@ fn lying_flush_is_caught_by_the_block_oracle() {
         .unwrap()
         .image(&crashsim::Choice::none())
         .unwrap();
-    let v = check_block(&cut, lost.get(DeviceRole::Backing).unwrap()).unwrap_err();
+    let v = check_block(&cut, &lost.get(DeviceRole::Backing).unwrap().to_vec()).unwrap_err();
     assert_eq!(v.sector(), Some(0));
 }
 

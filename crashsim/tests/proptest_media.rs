@@ -67,7 +67,7 @@ proptest! {
             prop_assert_eq!(everything.get(DeviceRole::Cache).unwrap(), &current[..]);
             for choice in state.random_choices(seed ^ seq as u64, 8) {
                 let img = state.image(&choice).unwrap();
-                let img = img.get(DeviceRole::Cache).unwrap();
+                let img = img.get(DeviceRole::Cache).unwrap().to_vec();
                 for s in 0..SECTORS {
                     let r = s as usize * S..(s as usize + 1) * S;
                     let ok = img[r.clone()] == durable[r.clone()]

@@ -133,6 +133,7 @@ fn replay_command(v: &Violation, oracle: OracleArg) -> String {
 }
 
 pub fn run(args: CrashTestArgs) -> Result<bool, String> {
+    crate::heap::keep_freed_memory();
     let oracle = match args.oracle {
         OracleArg::Block => OracleSel::Block,
         OracleArg::Prefix => OracleSel::Prefix,

@@ -3,6 +3,7 @@
 mod bench;
 mod crash_test;
 mod fuzz;
+mod heap;
 mod zoo;
 
 use std::process::{Command, ExitCode};

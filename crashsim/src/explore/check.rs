@@ -2,10 +2,10 @@
 //! check the engine's invariants, read again and compare.
 
 use engine::format::SECTOR_SIZE;
-use engine::{Config, DeviceRole, Engine, MemDevice, RecoveryReport};
+use engine::{BlockDevice, Config, DeviceRole, Engine, RecoveryReport};
 use models::{BlockOracle, PrefixOracle};
 
-use crate::CrashImages;
+use crate::{CrashImages, ImageDevice};
 
 /// Which oracles to ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,32 +60,16 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// A recovered engine and what it showed.
+/// A recovered engine and what it showed. Its devices share the chunks recovery did not write
+/// with the crash images it recovered.
 pub struct Recovered {
-    pub engine: Engine<MemDevice>,
+    pub engine: Engine<ImageDevice>,
     pub report: RecoveryReport,
     pub observed: Vec<u8>,
 }
 
-impl Recovered {
-    /// Done with the engine: its device images go back to the image pool for the next state.
-    pub fn recycle(self) {
-        recycle_engine(self.engine);
-    }
-}
-
-/// Gives an engine's device images back to the image pool.
-pub fn recycle_engine(engine: Engine<MemDevice>) {
-    let (cache, backing, plog) = engine.into_all_devices();
-    crate::pool::give(cache.into_bytes());
-    crate::pool::give(backing.into_bytes());
-    if let Some(plog) = plog {
-        crate::pool::give(plog.into_bytes());
-    }
-}
-
 /// Reads the whole exported device.
-pub fn read_all(engine: &mut Engine<MemDevice>) -> Result<Vec<u8>, String> {
+pub fn read_all<D: BlockDevice>(engine: &mut Engine<D>) -> Result<Vec<u8>, String> {
     let size = engine.size_sectors();
     let mut out = vec![0u8; size as usize * SECTOR_SIZE];
     const CHUNK: u64 = 128;
@@ -109,7 +93,7 @@ pub fn check_images(
     oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
     sel: OracleSel,
 ) -> (Vec<Finding>, Option<Recovered>) {
-    let take = |images: &mut CrashImages, role| images.take(role).map(MemDevice::from_bytes);
+    let take = |images: &mut CrashImages, role| images.take(role).map(ImageDevice::new);
     let (Some(cache), Some(backing)) = (
         take(&mut images, DeviceRole::Cache),
         take(&mut images, DeviceRole::Backing),
@@ -149,7 +133,6 @@ pub fn check_images(
                 kind: Kind::Read,
                 detail: e,
             });
-            recycle_engine(engine);
             return (findings, None);
         }
     };

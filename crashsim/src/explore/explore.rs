@@ -5,14 +5,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use engine::{Config, DeviceRole, MemDevice};
+use engine::{Config, DeviceRole};
 use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
 use super::run::{drive, new_world, open_on, record, recovery_config};
 use super::workload::{continuation, WlConfig, Workload};
 use crate::rng::mix64;
-use crate::{Choice, CrashPoint, CrashState, Dedup, Others, PointSelection, World};
+use crate::{Choice, CrashPoint, CrashState, Dedup, ImageDevice, Others, PointSelection, World};
 
 /// How hard to look.
 #[derive(Clone, Debug)]
@@ -479,7 +479,6 @@ fn explore_world(
             ctx.report(&path, findings);
             let Some(recovered) = recovered else { continue };
             if bad || level != Level::Top {
-                recovered.recycle();
                 continue;
             }
             // Power is cut inside every recovery that writes: a format, stale-slot
@@ -495,8 +494,6 @@ fn explore_world(
             let every = ctx.opts.continuation_every;
             if every > 0 && ctx.result.states % every == 0 {
                 explore_continuation(ctx, recovered, &path, mix64(seed ^ point.before ^ 0xC0));
-            } else {
-                recovered.recycle();
             }
         }
     }
@@ -527,9 +524,9 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
     let wc = &ctx.workload.config;
     let Ok(world) = new_world(
         wc,
-        cache.into_bytes(),
-        backing.into_bytes(),
-        plog.map(MemDevice::into_bytes),
+        cache.into_image(),
+        backing.into_image(),
+        plog.map(ImageDevice::into_image),
     ) else {
         return;
     };
@@ -650,9 +647,9 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                 let wc: &WlConfig = &workload.config;
                 let w3 = new_world(
                     wc,
-                    c.into_bytes(),
-                    b.into_bytes(),
-                    p.map(MemDevice::into_bytes),
+                    c.into_image(),
+                    b.into_image(),
+                    p.map(ImageDevice::into_image),
                 )?;
                 let mut h3 = History::new(recovered.observed.clone()).map_err(|e| e.to_string())?;
                 let mut model =

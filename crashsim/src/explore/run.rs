@@ -7,7 +7,7 @@ use models::{History, ModelDisk, OpId};
 
 use super::workload::{WlConfig, WlOp};
 use crate::rng::{mix64, SplitMix64};
-use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, SharedWorld, SimDevice, World};
+use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, Image, SharedWorld, SimDevice, World};
 
 /// The engine configuration a workload runs with.
 pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
@@ -132,9 +132,9 @@ pub fn open_on(
 /// A world holding a cache and a backing device (and a plog) with the given images.
 pub fn new_world(
     c: &WlConfig,
-    cache: Vec<u8>,
-    backing: Vec<u8>,
-    plog: Option<Vec<u8>>,
+    cache: Image,
+    backing: Image,
+    plog: Option<Image>,
 ) -> Result<SharedWorld, String> {
     let mut w = World::new();
     let unit = unit_of(c);
@@ -388,11 +388,11 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
     let backing = initial_backing(config);
     let world = new_world(
         config,
-        vec![0u8; config.cache_sectors() as usize * SECTOR_SIZE],
-        backing.clone(),
+        Image::zeroed(config.cache_sectors() as usize * SECTOR_SIZE),
+        Image::from_bytes(&backing),
         config
             .plog_sectors()
-            .map(|s| vec![0u8; s as usize * SECTOR_SIZE]),
+            .map(|s| Image::zeroed(s as usize * SECTOR_SIZE)),
     )?;
     let mut history = History::new(backing.clone()).map_err(|e| e.to_string())?;
     let mut model = ModelDisk::from_bytes(backing).map_err(|e| e.to_string())?;

@@ -27,9 +27,9 @@ use crashsim::explore::{
     choices_for, explore_workload, generate, read_all, record, recovery_config, shrink,
     ExploreOpts, Finding, GenParams, Kind, Level, PathStep, Violation, Workload,
 };
-use crashsim::{Dedup, PointSelection};
+use crashsim::{Dedup, ImageDevice, PointSelection};
 use engine::format::SECTOR_SIZE;
-use engine::{DeviceRole, Engine, MemDevice};
+use engine::{DeviceRole, Engine};
 use models::{BlockOracle, PrefixOracle, PrefixUnit};
 
 use super::{Mode, Section, Table};
@@ -216,7 +216,8 @@ struct Phases {
     replay: f64,
     /// The choices at each point and their fingerprints (deduplication).
     choices: f64,
-    /// Building the crash images (copies of the devices with the choice applied).
+    /// Building the crash images (copy-on-write clones of the durable images with the choice
+    /// applied: only the chunks the choice changes are copied).
     image: f64,
     /// `Engine::open_with_plog` on the images: recovery.
     recovery: f64,
@@ -339,7 +340,7 @@ fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String>
                 p.image += secs(t);
 
                 let t = Instant::now();
-                let mut take = |role| images.take(role).map(MemDevice::from_bytes);
+                let mut take = |role| images.take(role).map(ImageDevice::new);
                 let (cache, backing, plog) = (
                     take(DeviceRole::Cache),
                     take(DeviceRole::Backing),
@@ -423,6 +424,8 @@ impl Section for CrashRate {
     }
 
     fn run(&self, mode: Mode) -> Result<String, String> {
+        // As crash-test does: recovery's buffers are reused, not faulted in again per state.
+        crate::heap::keep_freed_memory();
         let b = budget(mode);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut rates = Vec::new();
@@ -492,8 +495,10 @@ impl Section for CrashRate {
         }
         md.push_str(&t.to_markdown());
         md.push_str(
-            "\n*image KiB / state*: the crash images of one state (cache device with its 1 MiB \
-             superblock area, backing device, plog), averaged over the states.\n\n",
+            "\n*image KiB / state*: the size of the crash images of one state (cache device with \
+             its 1 MiB superblock area, backing device, plog), averaged over the states; the \
+             images are copy-on-write, so a state copies only the 4 KiB chunks its choice and \
+             its recovery write.\n\n",
         );
 
         md.push_str("### Where the time of a state goes\n\n");
@@ -648,7 +653,7 @@ fn notes(rates: &[Rate], phase: &[Phases], scaling: Option<&Rate>) -> String {
         if per_core < 0.9 {
             out.push_str(&format!(
                 "- On {} threads each core checks {per_core:.2}× what one thread alone does: \
-                 the threads share memory bandwidth and caches (every state copies its images), \
+                 the threads share memory bandwidth and caches, \
                  and whatever else runs on the machine competes for the cores.\n",
                 sc.threads
             ));
