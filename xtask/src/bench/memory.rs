@@ -303,7 +303,7 @@ fn report(runs: &[Run], read_check_s: u64) -> String {
          (the server's status must say exactly that). *idle*: VmRSS once serving; *full*, \
          VmHWM, RssAnon: after the fill. Then fio reads the data back through the server in \
          random order and checks every 4 KiB block (all of it, or what {read_check_s} s \
-         allow: wbcache serves a cached read one 4 KiB block at a time; *checked*). \
+         allow; *checked*). \
          *expected index*: {} bytes per cache block (`engine::index::Mb`, allocated and \
          written at start), a hash-map entry of {} bytes plus a control byte per bucket for \
          each dirty block (hashbrown: a power-of-two table at most 7/8 full), \

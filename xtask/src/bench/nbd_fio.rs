@@ -10,7 +10,7 @@
 //! of what that left, and 1 MiB sequential writes. Then a data check that no server can skip:
 //! fio writes the whole device again (256 KiB random writes carrying a CRC-32C header per
 //! 4 KiB) and reads it back through the server in random order (all of it, or as much as a
-//! few seconds allow: wbcache reads one 4 KiB block at a time); the server is stopped with
+//! few seconds allow); the server is stopped with
 //! SIGTERM (wbcache's cache is then written back offline with `wbcache writeback`), and fio
 //! verifies every block in the backing file itself with O_DIRECT. Any mismatch aborts the
 //! bench.
@@ -702,10 +702,9 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                 out.push_str(&format!(
                     " From then on a new segment waits for a forced writeback in the \
                      foreground ({} segments written back during the job; `allow_writeback` \
-                     is 0), and the runner issues those backing writes synchronously on its \
-                     one engine thread: `FileDevice::write_batch` merges only contiguous \
-                     blocks, and the blocks of random writes are scattered, so it is about \
-                     one 4 KiB O_DIRECT write at a time.",
+                     is 0): the client write that needs the slot waits while the runner \
+                     writes the batch's scattered 4 KiB blocks to the backing file, at most \
+                     16 at a time on `FileDevice`'s I/O threads, and flushes it.",
                     d.written_back
                 ));
             }
@@ -718,7 +717,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                     " The p99 latency ({wp:.1} ms against {kp:.1} and {qp:.1}) is that of a \
                      write that waits for a forced writeback batch: up to \
                      `nr_max_batched_writeback` (32 at order 10) segments, each live block \
-                     written back (scattered blocks, about one write each), then a backing flush."
+                     written back (scattered blocks, one O_DIRECT write each, up to 16 in \
+                     flight), then a backing flush."
                 ));
             }
         }
@@ -728,7 +728,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                 " With `--buffered` the same binary does {:.0} IOPS ({rb:.2}× O_DIRECT): part \
                  of the gap is waiting for O_DIRECT writes that the page-cache servers put off \
                  until FLUSH; the rest (`--buffered` is still {:.2}× nbdkit) is the forced \
-                 writeback and one engine thread against their thread pools.",
+                 writeback in the foreground (a write waits for a whole batch) and one \
+                 engine thread against their thread pools.",
                 b.jobs[0].iops,
                 ratio(b.jobs[0].iops, k.jobs[0].iops)
             ));
@@ -751,7 +752,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             "- 4 KiB random reads: we lose ({rk:.2}× nbdkit, {rq:.2}× qemu-nbd). nbdkit and \
              qemu-nbd read the {} MiB file through the page cache, where the writes before \
              left much of it; wbcache reads with O_DIRECT from its cache file or the backing \
-             file, one read at a time on its engine thread{}.",
+             file (its engine thread serves a run of queued reads together, their device \
+             reads at most 16 at a time on `FileDevice`'s I/O threads){}.",
             p.backing / MIB,
             w.jobs[1].wb.map_or(String::new(), |d| format!(
                 " ({} reads hit the cache, {} went to the backing file)",
@@ -794,9 +796,9 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             out.push_str(&format!(
                 " The job wrote {:.0} MiB into a {} MiB cache, so it runs at the speed of \
                  forced writeback: {} segments (up to {:.0} MiB) were written back during it, \
-                 on the one engine thread, synchronously (contiguous blocks merged into \
-                 writes of up to 4 MiB, one after another), while the others stream 1 MiB \
-                 writes into the page cache.",
+                 in the foreground of the client's writes (contiguous blocks merged into \
+                 O_DIRECT writes of up to 4 MiB), while the others stream 1 MiB writes into \
+                 the page cache.",
                 written / MIB as f64,
                 p.backing / CACHE_DIVISOR / MIB,
                 d.written_back,
@@ -820,8 +822,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             if r < 1.0 {
                 ": slower here: type 1 writes every block twice on fast media (the plog entry, \
                  gathered until the FLUSH, and the full segment later) and both go through \
-                 the one engine thread synchronously, while a FLUSH every 32 writes costs type \
-                 0 one partial segment write and one cache flush."
+                 the one engine thread, while a FLUSH every 32 writes costs type 0 one partial \
+                 segment write and one cache flush."
             } else {
                 "."
             }

@@ -910,7 +910,7 @@ fn notes(rows: &[Row]) -> String {
                 if rt < 1.0 - TIE {
                     out.push_str(&format!(
                         " We lose on time here ({rt:.2}×): ours makes {} read requests against \
-                         upstream's {} (the slot scan's 512-byte reads one by one, then each \
+                         upstream's {} (the slot scan's 512-byte reads, then each \
                          segment in one read of its used length) and flushes both devices ({} \
                          fdatasyncs) before it returns.",
                         r.ours.read_ops, r.up.read_ops, r.ours.flushes
@@ -1082,7 +1082,7 @@ impl Section for Replay {
         md.push_str(
             "*MiB read*: bytes read from the cache device, each request widened to the O_DIRECT \
              alignment; *reads*: read requests (ours' header scan is a `read_batch` of 512-byte \
-             reads, which `FileDevice` serves one by one). Ours also flushes both devices (2 \
+             reads, which `FileDevice` runs up to 16 at a time on its I/O threads). Ours also flushes both devices (2 \
              fdatasyncs, in the time). Checked in every row (a failure aborts the bench): \
              upstream's index holds every block written; the blocks it has above the record are \
              as many as ours recovered and as the engine that made the image had dirty; both \
