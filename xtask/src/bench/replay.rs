@@ -947,8 +947,8 @@ fn notes(rows: &[Row]) -> String {
                         out.push_str(&format!(
                             " Time gains less than bytes: ours still makes {} read requests (one \
                              per slot for the ids{}), about {per_op_us:.0} µs each here on \
-                             average; `FileDevice` serves a `read_batch` one request at a time, \
-                             so per-request latency, not bytes, bounds ours.",
+                             average (`FileDevice` runs a `read_batch` up to 16 requests at a \
+                             time), so request latency, not bytes, bounds ours.",
                             r.ours.read_ops,
                             if r.dirty_blocks > 0 {
                                 ", then one per dirty segment"
