@@ -128,7 +128,21 @@ fn run(params: &[(String, String)]) -> Result<(), String> {
     match param(params, "job")? {
         "write" => {
             let spec = Spec::decode(param(params, "w")?)?;
-            write_job(dev, &spec)?;
+            // `wbki.msg=N:NAME:VALUE`: `dmsetup message` after the N-th write.
+            let msg = match param(params, "msg").unwrap_or("") {
+                "" => None,
+                m => {
+                    let mut it = m.splitn(3, ':');
+                    let n: u32 = it
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .map_err(|e| format!("wbki.msg={m}: {e}"))?;
+                    let (k, v) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                    Some((n, k.to_string(), v.to_string()))
+                }
+            };
+            write_job(dev, &spec, msg.as_ref())?;
             say(&format!("WBKI-STATUS {}", dmsetup(&["status", DM_NAME])?));
             if param(params, "end")? == "remove" {
                 let t = Instant::now();
@@ -244,7 +258,7 @@ impl Aligned {
     }
 }
 
-fn write_job(dev: &str, spec: &Spec) -> Result<(), String> {
+fn write_job(dev: &str, spec: &Spec, msg: Option<&(u32, String, String)>) -> Result<(), String> {
     let f = open_direct(dev, true)?;
     let t = Instant::now();
     let (mut writes, mut flushes) = (0u32, 0u32);
@@ -258,6 +272,10 @@ fn write_job(dev: &str, spec: &Spec) -> Result<(), String> {
                 f.write_all_at(b, sector * SECTOR as u64)
                     .map_err(|e| format!("write op {id} at sector {sector}: {e}"))?;
                 writes += 1;
+                if let Some((n, k, v)) = msg.filter(|m| m.0 == writes) {
+                    dmsetup(&["message", DM_NAME, "0", k, v])?;
+                    say(&format!("WBKI-MESSAGE after {n} writes: {k} {v}"));
+                }
             }
             Op::Flush => {
                 f.sync_data()

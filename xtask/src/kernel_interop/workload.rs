@@ -25,7 +25,7 @@ pub enum Op {
 }
 
 /// What a workload is, as a compact string the host passes on the guest's kernel command
-/// line: `seed,first_id,writes,region,max_len,flush_every,sleep_every,sleep_ms,tail`.
+/// line: `seed,first_id,writes,region,max_len,flush_every,sleep_every,sleep_ms,sleep_until,tail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub seed: u64,
@@ -43,6 +43,8 @@ pub struct Spec {
     /// A pause after every this many writes (0 = none).
     pub sleep_every: u32,
     pub sleep_ms: u32,
+    /// No pauses after this many writes (0 = pauses all along).
+    pub sleep_until: u32,
     /// Writes after the last FLUSH (lost or not, as the end decides).
     pub tail: u32,
 }
@@ -50,7 +52,7 @@ pub struct Spec {
 impl Spec {
     pub fn encode(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{}",
             self.seed,
             self.first_id,
             self.writes,
@@ -59,6 +61,7 @@ impl Spec {
             self.flush_every,
             self.sleep_every,
             self.sleep_ms,
+            self.sleep_until,
             self.tail
         )
     }
@@ -71,8 +74,8 @@ impl Spec {
                     .map_err(|e| format!("workload spec {s:?}: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        if v.len() != 9 {
-            return Err(format!("workload spec {s:?}: want 9 numbers"));
+        if v.len() != 10 {
+            return Err(format!("workload spec {s:?}: want 10 numbers"));
         }
         let u = |x: u64| u32::try_from(x).map_err(|e| format!("workload spec {s:?}: {e}"));
         Ok(Spec {
@@ -84,7 +87,8 @@ impl Spec {
             flush_every: u(v[5])?,
             sleep_every: u(v[6])?,
             sleep_ms: u(v[7])?,
-            tail: u(v[8])?,
+            sleep_until: u(v[8])?,
+            tail: u(v[9])?,
         })
     }
 
@@ -113,7 +117,10 @@ impl Spec {
             if self.flush_every != 0 && i % self.flush_every == 0 {
                 ops.push(Op::Flush);
             }
-            if self.sleep_every != 0 && i % self.sleep_every == 0 {
+            if self.sleep_every != 0
+                && i % self.sleep_every == 0
+                && (self.sleep_until == 0 || i <= self.sleep_until)
+            {
                 ops.push(Op::Sleep(self.sleep_ms));
             }
         }
@@ -242,22 +249,30 @@ impl Model {
         self.apply(&Op::Flush);
     }
 
-    /// Judges an image of the device. `exact`: every sector must hold its last write;
-    /// otherwise its last flushed write or a later one.
+    /// The ops a sector may hold: with `exact`, its last write; otherwise its last flushed
+    /// write or a later one.
+    fn allowed(&self, s: usize, exact: bool) -> &[u32] {
+        let hist = &self.history[s];
+        if exact {
+            &hist[hist.len() - 1..]
+        } else {
+            &hist[self.flushed[s] - 1..]
+        }
+    }
+
+    /// Whether `buf` is an allowed content of sector `s`.
+    pub fn sector_ok(&self, buf: &[u8], s: u64, exact: bool) -> bool {
+        matches!(identify(buf, self.seed, s), Some(id) if self.allowed(s as usize, exact).contains(&id))
+    }
+
+    /// Judges an image of the device (see `allowed`).
     pub fn judge(&self, img: &[u8], exact: bool) -> Verdict {
         let mut v = Verdict::default();
         for (s, buf) in img.chunks(SECTOR).enumerate().take(self.history.len()) {
-            let hist = &self.history[s];
-            let allowed = if exact {
-                &hist[hist.len() - 1..]
-            } else {
-                &hist[self.flushed[s] - 1..]
-            };
-            let ok =
-                matches!(identify(buf, self.seed, s as u64), Some(id) if allowed.contains(&id));
-            if !ok {
+            if !self.sector_ok(buf, s as u64, exact) {
                 v.bad += 1;
                 if v.first.is_none() {
+                    let allowed = self.allowed(s, exact);
                     let mut why = String::new();
                     let _ = write!(
                         why,
@@ -292,21 +307,6 @@ pub struct Verdict {
     pub first: Option<String>,
 }
 
-/// Compares two images sector by sector: (sectors that differ, first differing sector).
-pub fn diff(a: &[u8], b: &[u8]) -> (u64, Option<u64>) {
-    let mut n = 0;
-    let mut first = None;
-    let sectors = a.len().max(b.len()) / SECTOR;
-    for s in 0..sectors {
-        let r = s * SECTOR..(s + 1) * SECTOR;
-        if a.get(r.clone()) != b.get(r) {
-            n += 1;
-            first.get_or_insert(s as u64);
-        }
-    }
-    (n, first)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +322,7 @@ mod tests {
             flush_every: 10,
             sleep_every: 50,
             sleep_ms: 5,
+            sleep_until: 0,
             tail: 3,
         };
         assert_eq!(Spec::decode(&spec.encode()).unwrap(), spec);
@@ -367,6 +368,5 @@ mod tests {
             .first
             .unwrap()
             .contains("sector 5 holds data of op 1 for sector 2"));
-        assert_eq!(diff(&img, &initial_image(seed, 16)), (3, Some(2)));
     }
 }
