@@ -189,8 +189,8 @@ fn task_test() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // In the interop VMs this binary is the initramfs's /init.
-    if std::process::id() == 1 {
+    // In the interop VMs this binary is the initramfs's /init (PID 1, started as /init).
+    if std::process::id() == 1 && std::env::args().next().as_deref() == Some("/init") {
         kernel_interop::guest_main();
     }
     let cli = Cli::parse();
