@@ -4,6 +4,7 @@ mod bench;
 mod crash_test;
 mod fuzz;
 mod heap;
+mod kernel_interop;
 mod zoo;
 
 use std::process::{Command, ExitCode};
@@ -32,6 +33,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz one target (or every target in turn) with cargo-fuzz on nightly; prints exec counts.
     Fuzz(fuzz::FuzzArgs),
+    /// Interop with the real dm-writeboost kernel module (Debian bookworm's 6.1 kernel and
+    /// dm-writeboost-dkms, in qemu): both directions on seeded workloads.
+    KernelInterop(kernel_interop::KernelInteropArgs),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -179,10 +183,16 @@ fn task_test() -> Result<(), String> {
     // The quick benchmark end to end (every section verifies the data it writes), into target/
     // so the committed docs/BENCH.md stays as it was measured.
     run(Command::new(&exe).args(["bench", "--quick", "--out", "target/bench-quick.md"]))?;
+    // Against the real dm-writeboost kernel module in qemu (artefacts cached in target/).
+    run(Command::new(&exe).args(["kernel-interop"]))?;
     Ok(())
 }
 
 fn main() -> ExitCode {
+    // In the interop VMs this binary is the initramfs's /init (PID 1, started as /init).
+    if std::process::id() == 1 && std::env::args().next().as_deref() == Some("/init") {
+        kernel_interop::guest_main();
+    }
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => task_test().map(|()| true),
@@ -190,6 +200,7 @@ fn main() -> ExitCode {
         Task::CrashTest(args) => crash_test::run(*args),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::KernelInterop(args) => kernel_interop::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
