@@ -5,7 +5,7 @@ use crate::world::SharedWorld;
 use crate::SimError;
 use engine::device::check_access;
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, DeviceRole, IoError, IoOp};
+use engine::{Access, BlockDevice, DeviceRole, IoError};
 
 /// A handle on one device of a [`crate::World`]; implements [`BlockDevice`]. Every operation is
 /// applied to the device's media model and logged in the world's global log. The batch calls use
@@ -88,13 +88,13 @@ impl BlockDevice for ImageDevice {
     }
 
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        check_access(IoOp::Read, self.size_sectors(), sector, buf.len())?;
+        check_access(Access::Read, self.size_sectors(), sector, buf.len())?;
         self.image.read(sector as usize * SECTOR_SIZE, buf);
         Ok(())
     }
 
     fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> Result<(), IoError> {
-        check_access(IoOp::Write, self.size_sectors(), sector, data.len())?;
+        check_access(Access::Write, self.size_sectors(), sector, data.len())?;
         self.image.write(sector as usize * SECTOR_SIZE, data);
         Ok(())
     }

@@ -7,7 +7,7 @@ use crate::media::{Media, PendingWrite};
 use crate::SimError;
 use engine::device::check_access;
 use engine::format::SECTOR_SIZE;
-use engine::{DeviceRole, IoError, IoOp};
+use engine::{Access, DeviceRole, IoError};
 use models::OpId;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,26 +294,27 @@ impl World {
         let n = d.counts.reads;
         d.counts.reads += 1;
         let sectors = (buf.len() / SECTOR_SIZE) as u64;
-        let result = check_access(IoOp::Read, d.size_sectors(), sector, buf.len()).and_then(|()| {
-            if d.config.faults.read_eio_at.contains(&n) {
-                return Err(IoError::new(
-                    IoOp::Read,
-                    sector,
-                    sectors,
-                    format!("injected EIO on read {n}"),
-                ));
-            }
-            if let Some(&bad) = d.latent.range(sector..sector + sectors).next() {
-                return Err(IoError::new(
-                    IoOp::Read,
-                    sector,
-                    sectors,
-                    format!("latent sector error at {bad}"),
-                ));
-            }
-            d.current.read(sector as usize * SECTOR_SIZE, buf);
-            Ok(())
-        });
+        let result =
+            check_access(Access::Read, d.size_sectors(), sector, buf.len()).and_then(|()| {
+                if d.config.faults.read_eio_at.contains(&n) {
+                    return Err(IoError::new(
+                        Access::Read,
+                        sector,
+                        sectors,
+                        format!("injected EIO on read {n}"),
+                    ));
+                }
+                if let Some(&bad) = d.latent.range(sector..sector + sectors).next() {
+                    return Err(IoError::new(
+                        Access::Read,
+                        sector,
+                        sectors,
+                        format!("latent sector error at {bad}"),
+                    ));
+                }
+                d.current.read(sector as usize * SECTOR_SIZE, buf);
+                Ok(())
+            });
         self.push(Event::Read {
             role,
             sector,
@@ -341,10 +342,10 @@ impl World {
         d.counts.writes += 1;
         let sectors = (data.len() / SECTOR_SIZE) as u64;
         let faults = &d.config.faults;
-        let effect = match check_access(IoOp::Write, d.size_sectors(), sector, data.len()) {
+        let effect = match check_access(Access::Write, d.size_sectors(), sector, data.len()) {
             Err(e) => WriteEffect::Failed(e),
             Ok(()) if faults.write_eio_at.contains(&n) => WriteEffect::Failed(IoError::new(
-                IoOp::Write,
+                Access::Write,
                 sector,
                 sectors,
                 format!("injected EIO on write {n}"),
@@ -402,7 +403,7 @@ impl World {
         d.counts.flushes += 1;
         let effect = if d.config.faults.flush_eio_at.contains(&n) {
             FlushEffect::Failed(IoError::new(
-                IoOp::Flush,
+                Access::Flush,
                 0,
                 0,
                 format!("injected EIO on flush {n}"),

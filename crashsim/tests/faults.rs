@@ -4,7 +4,7 @@ use crashsim::{
     BitFlip, BitRot, Choice, CrashPoint, DeviceConfig, Event, Faults, Misdirect, Others,
     SharedWorld, SimDevice, Units, World,
 };
-use engine::{BlockDevice, DeviceRole, IoOp};
+use engine::{Access, BlockDevice, DeviceRole};
 
 const S: usize = 512;
 
@@ -65,13 +65,13 @@ fn eio_at_chosen_operations() {
         ..Faults::default()
     });
     let e = dev.write(0, &[1; S], false).unwrap_err();
-    assert_eq!(e.op, IoOp::Write);
+    assert_eq!(e.op, Access::Write);
     dev.write(0, &[2; S], false).unwrap();
     let mut buf = [0u8; S];
     dev.read(0, &mut buf).unwrap();
     assert_eq!(buf, [2; S], "the failed write changed nothing");
-    assert_eq!(dev.read(0, &mut buf).unwrap_err().op, IoOp::Read);
-    assert_eq!(dev.flush().unwrap_err().op, IoOp::Flush);
+    assert_eq!(dev.read(0, &mut buf).unwrap_err().op, Access::Read);
+    assert_eq!(dev.flush().unwrap_err().op, Access::Flush);
     dev.flush().unwrap();
     let w = w.borrow();
     // The failed flush made nothing durable; the second did.

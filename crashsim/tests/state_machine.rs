@@ -11,7 +11,7 @@ use crashsim::{
     AtomicUnit, Choice, ClientOp, CrashPoint, DeviceConfig, SharedWorld, SimDevice, World,
 };
 use engine::format::SECTOR_SIZE;
-use engine::{Config, DeviceRole, Engine, Step};
+use engine::{Config, DeviceRole, Step, SyncEngine};
 use models::{BlockOracle, History, ModelDisk, OpId, PrefixOracle, PrefixUnit};
 use proptest::prelude::*;
 
@@ -136,7 +136,7 @@ fn fold(sector: u64, sectors: u64, size: u64) -> (u64, u64) {
 struct Machine {
     config: Config,
     world: SharedWorld,
-    engine: Engine<SimDevice>,
+    engine: SyncEngine<SimDevice>,
     /// Client operations since the last recovery (or the start).
     history: History,
     /// What reads must return now.
@@ -146,10 +146,10 @@ struct Machine {
     epoch: u32,
 }
 
-fn open(world: &SharedWorld, config: Config) -> Result<Engine<SimDevice>, String> {
+fn open(world: &SharedWorld, config: Config) -> Result<SyncEngine<SimDevice>, String> {
     let cache = SimDevice::new(world, DeviceRole::Cache).map_err(|e| e.to_string())?;
     let backing = SimDevice::new(world, DeviceRole::Backing).map_err(|e| e.to_string())?;
-    Engine::open(cache, backing, config)
+    SyncEngine::open(cache, backing, config)
         .map(|(engine, _)| engine)
         .map_err(|e| e.to_string())
 }
@@ -187,7 +187,7 @@ impl Machine {
         &mut self,
         id: OpId,
         what: ClientOp,
-        f: impl FnOnce(&mut Engine<SimDevice>) -> engine::Result<T>,
+        f: impl FnOnce(&mut SyncEngine<SimDevice>) -> engine::Result<T>,
     ) -> Result<T, String> {
         self.world.borrow_mut().client_begin(id, what.clone());
         let r = f(&mut self.engine);

@@ -37,7 +37,7 @@ impl std::fmt::Display for DeviceRole {
 
 /// What kind of device operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoOp {
+pub enum Access {
     Read,
     Write,
     Flush,
@@ -47,14 +47,14 @@ pub enum IoOp {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("{op:?} of {sectors} sector(s) at sector {sector} failed: {detail}")]
 pub struct IoError {
-    pub op: IoOp,
+    pub op: Access,
     pub sector: u64,
     pub sectors: u64,
     pub detail: String,
 }
 
 impl IoError {
-    pub fn new(op: IoOp, sector: u64, sectors: u64, detail: impl Into<String>) -> Self {
+    pub fn new(op: Access, sector: u64, sectors: u64, detail: impl Into<String>) -> Self {
         IoError {
             op,
             sector,
@@ -134,7 +134,7 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
 
 /// Checks that an access of `len` bytes at `sector` is whole sectors and inside a device of
 /// `size` sectors. Shared by every device implementation so they reject the same things.
-pub fn check_access(op: IoOp, size: u64, sector: u64, len: usize) -> Result<(), IoError> {
+pub fn check_access(op: Access, size: u64, sector: u64, len: usize) -> Result<(), IoError> {
     let sectors = (len / SECTOR_SIZE) as u64;
     if len % SECTOR_SIZE != 0 {
         return Err(IoError::new(
@@ -199,14 +199,14 @@ impl BlockDevice for MemDevice {
     }
 
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        check_access(IoOp::Read, self.size_sectors(), sector, buf.len())?;
+        check_access(Access::Read, self.size_sectors(), sector, buf.len())?;
         let at = sector as usize * SECTOR_SIZE;
         buf.copy_from_slice(&self.data[at..at + buf.len()]);
         Ok(())
     }
 
     fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> Result<(), IoError> {
-        check_access(IoOp::Write, self.size_sectors(), sector, data.len())?;
+        check_access(Access::Write, self.size_sectors(), sector, data.len())?;
         let at = sector as usize * SECTOR_SIZE;
         self.data[at..at + data.len()].copy_from_slice(data);
         Ok(())

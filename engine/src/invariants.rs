@@ -1,17 +1,17 @@
 //! The engine's internal invariants, checked in full on demand (tests, the crash simulator).
 
-use crate::cache::Engine;
-use crate::device::BlockDevice;
+use crate::cache::{quirk, Engine};
 
-impl<D: BlockDevice> Engine<D> {
+impl Engine {
     /// Checks every structural invariant; returns the first that is broken.
     pub fn check_invariants(&self) -> Result<(), String> {
+        let s = &self.segs;
         let ids = [
             ("durable_record", self.durable_record),
             ("last_writeback", self.last_writeback),
-            ("last_durable", self.last_durable),
-            ("last_flushed", self.last_flushed),
-            ("last_sealed", self.last_sealed),
+            ("last_durable", s.last_durable),
+            ("last_written", s.last_written),
+            ("last_sealed", s.last_sealed),
         ];
         for w in ids.windows(2) {
             if w[0].1 > w[1].1 {
@@ -19,72 +19,37 @@ impl<D: BlockDevice> Engine<D> {
             }
         }
         let nr = self.geo.nr_segments;
-        let newest = self.last_sealed + self.open_seg.is_some() as u64;
+        let newest = s.last_sealed + s.open.is_some() as u64;
         if newest.saturating_sub(nr) > self.durable_record {
             return Err(format!(
                 "segment {newest} occupies a slot whose previous segment is not recorded (record {})",
                 self.durable_record
             ));
         }
-        if let Some(open) = &self.open_seg {
-            if open.id != self.last_sealed + 1 || open.len >= self.n {
+        if let Some(open) = &s.open {
+            if open.id != s.last_sealed + 1 || open.len >= self.n {
                 return Err(format!(
                     "open segment {} (len {}) out of place",
                     open.id, open.len
                 ));
             }
         }
-        for (i, seg) in self.sealed.iter().enumerate() {
-            if seg.id != self.last_flushed + 1 + i as u64 {
+        for (i, seg) in s.sealed.iter().enumerate() {
+            if seg.id != s.last_durable + 1 + i as u64 {
                 return Err(format!("sealed queue holds {} at position {i}", seg.id));
             }
         }
-        if self.sealed.len() as u64 != self.last_sealed - self.last_flushed {
+        if s.sealed.len() as u64 != s.last_sealed - s.last_durable {
             return Err("sealed queue length disagrees with ids".into());
         }
-        let bufs = self.free_bufs.len() + self.sealed.len() + self.open_seg.is_some() as usize;
-        if bufs != self.pool_size {
+        let (accounted, allocated) = s.buffers_accounted();
+        if accounted != allocated || allocated > s.pool {
             return Err(format!(
-                "{bufs} RAM buffers accounted for, pool has {}",
-                self.pool_size
+                "{accounted} RAM buffers accounted for, {allocated} allocated, pool {}",
+                s.pool
             ));
         }
-        if let Some(p) = &self.plog {
-            let regions = p.geo().nr_regions as u64;
-            if p.open_id > newest {
-                return Err(format!(
-                    "plog appends to segment {} past the newest {newest}",
-                    p.open_id
-                ));
-            }
-            if p.head > p.geo().region_sectors as u64 {
-                return Err(format!("plog head {} past the region end", p.head));
-            }
-            let staged = (p.stage.len() / crate::format::SECTOR_SIZE) as u64;
-            if p.stage.len() > crate::plog::PLOG_STAGE_BYTES
-                || p.stage.len() % crate::format::SECTOR_SIZE != 0
-                || p.stage_entries > p.entries
-                || (staged > 0 && p.stage_at + staged != p.head)
-                || (staged == 0) != (p.stage_entries == 0)
-            {
-                return Err(format!(
-                    "plog stage of {} bytes ({} entries) at {} does not end at head {}",
-                    p.stage.len(),
-                    p.stage_entries,
-                    p.stage_at,
-                    p.head
-                ));
-            }
-            if newest.saturating_sub(regions) > self.last_durable
-                && !crate::cache::quirk!(self, H7PlogReuseBeforeDurable)
-            {
-                return Err(format!(
-                    "segment {newest} took the plog region of segment {}, which is not durable (last durable {})",
-                    newest - regions,
-                    self.last_durable
-                ));
-            }
-        }
+        self.check_plog_invariants(newest)?;
         self.index.check()?;
         for slot in 0..nr {
             if self.index.live_in_slot(slot) == 0 {
@@ -104,6 +69,45 @@ impl<D: BlockDevice> Engine<D> {
                     return Err(format!("live block {} beyond the backing device", mb.block));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_plog_invariants(&self, newest: u64) -> Result<(), String> {
+        let Some(p) = &self.plog else { return Ok(()) };
+        let regions = p.geo().nr_regions as u64;
+        if p.open_id > newest {
+            return Err(format!(
+                "plog appends to segment {} past the newest {newest}",
+                p.open_id
+            ));
+        }
+        if p.head > p.geo().region_sectors as u64 {
+            return Err(format!("plog head {} past the region end", p.head));
+        }
+        let staged = (p.stage.len() / crate::format::SECTOR_SIZE) as u64;
+        if p.stage.len() > crate::cache::PLOG_STAGE_BYTES
+            || p.stage.len() % crate::format::SECTOR_SIZE != 0
+            || p.stage_entries > p.entries
+            || (staged > 0 && p.stage_at + staged != p.head)
+            || (staged == 0) != (p.stage_entries == 0)
+        {
+            return Err(format!(
+                "plog stage of {} bytes ({} entries) at {} does not end at head {}",
+                p.stage.len(),
+                p.stage_entries,
+                p.stage_at,
+                p.head
+            ));
+        }
+        if newest.saturating_sub(regions) > self.segs.last_durable
+            && !quirk!(self, H7PlogReuseBeforeDurable)
+        {
+            return Err(format!(
+                "segment {newest} took the plog region of segment {}, which is not durable (last durable {})",
+                newest - regions,
+                self.segs.last_durable
+            ));
         }
         Ok(())
     }

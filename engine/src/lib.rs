@@ -1,11 +1,12 @@
-//! wbcache engine: a deterministic, single-threaded write-back block cache in the dm-writeboost
-//! design. Requests and time go in; device operations come out through [`BlockDevice`]. The
-//! engine owns no thread, clock, randomness or hash-order iteration, so the crash simulator and
-//! the production runner drive the very same code.
+//! wbcache engine: a deterministic write-back block cache in the dm-writeboost design, as a
+//! pure state machine. Client requests, time and device completions go in; device operations
+//! and client replies come out, as values ([`Engine`], docs/DESIGN.md "I/O as data"). The
+//! engine owns no thread, clock, randomness, device or hash-order iteration, so the crash
+//! simulator and the production runner drive the very same code; [`SyncEngine`] is the
+//! smallest driver, on [`BlockDevice`]s.
 //!
 //! See docs/DESIGN.md for the state machine and its invariants and docs/FORMAT.md for the bytes.
 
-pub mod background;
 pub mod cache;
 pub mod device;
 pub mod error;
@@ -13,23 +14,24 @@ pub mod format;
 pub mod index;
 pub mod inspect;
 mod invariants;
-mod plog;
+pub mod io;
 #[cfg(feature = "quirks")]
 pub mod quirks;
-pub mod read_many;
 pub mod recovery;
 pub mod status;
+pub mod sync;
 pub mod tunables;
 
-pub use background::{Step, StepOutcome};
-pub use cache::{Config, Engine, FormatPolicy};
-pub use device::{BlockDevice, DeviceRole, IoError, IoOp, MemDevice, ReadReq, WriteReq};
+pub use cache::{Config, Engine, FormatPolicy, Reply, ReqId, Request, Step, StepOutcome};
+pub use device::{Access, BlockDevice, DeviceRole, IoError, MemDevice, ReadReq, WriteReq};
 pub use error::{Error, Result};
 pub use inspect::{
     check, check_against_backing, check_with_plog, dump, dump_with_plog, CheckReport, Dump,
 };
-pub use recovery::{format_device, format_device_with_plog, RecoveryReport};
+pub use io::{IoData, IoDone, IoKind, IoOp, IoResult, OpId};
+pub use recovery::{format_device, format_device_with_plog, DeviceSizes, Opening, RecoveryReport};
 pub use status::{Stats, Status};
+pub use sync::SyncEngine;
 pub use tunables::Tunables;
 
 /// Whether this build of the engine carries the seed hazards (`quirks` feature, test builds

@@ -54,10 +54,19 @@ pub enum Quirk {
     /// H9: the number of plog regions is derived from `nr_rambuf_pool` on every start instead of
     /// being stored.
     H9PlogGeometryFromTunables,
+    /// A client FLUSH is answered when a cache flush completes, even one issued before a write
+    /// it covers had completed (only completion-order exploration can catch it).
+    FlushAckInflight,
+    /// A writeback batch's backing flush is issued with its backing writes, before they
+    /// completed (completion order).
+    WbFlushEarly,
+    /// H5's completion-order form: the record is written once the log writes it needs were
+    /// submitted, not once they are durable.
+    RecordBeforeLog,
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 17] = [
+    pub const ALL: [Quirk; 20] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -75,6 +84,9 @@ impl Quirk {
         Quirk::H7PlogReuseBeforeDurable,
         Quirk::H8PlogRewritesCache,
         Quirk::H9PlogGeometryFromTunables,
+        Quirk::FlushAckInflight,
+        Quirk::WbFlushEarly,
+        Quirk::RecordBeforeLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +108,9 @@ impl Quirk {
             Quirk::H7PlogReuseBeforeDurable => "h7",
             Quirk::H8PlogRewritesCache => "h8",
             Quirk::H9PlogGeometryFromTunables => "h9",
+            Quirk::FlushAckInflight => "flush-ack-inflight",
+            Quirk::WbFlushEarly => "wb-flush-early",
+            Quirk::RecordBeforeLog => "record-before-log",
         }
     }
 

@@ -3,7 +3,6 @@
 use std::fmt;
 
 use crate::cache::Engine;
-use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::tunables::Tunables;
 
@@ -40,7 +39,7 @@ pub struct Status {
     pub nr_segments: u64,
     /// Id of the open segment (or of the next one to open).
     pub current_id: u64,
-    /// Last segment written to the cache device.
+    /// Last segment written to the cache device (its write and every earlier one completed).
     pub last_flushed_id: u64,
     /// Last segment written back (backing device flushed).
     pub last_writeback_id: u64,
@@ -93,11 +92,11 @@ impl fmt::Display for Status {
     }
 }
 
-impl<D: BlockDevice> Engine<D> {
+impl Engine {
     pub fn status(&self) -> Status {
-        let (current_id, pos) = match &self.open_seg {
+        let (current_id, pos) = match &self.segs.open {
             Some(s) => (s.id, s.len),
-            None => (self.last_sealed + 1, 0),
+            None => (self.segs.last_sealed + 1, 0),
         };
         let cursor = self.geo.slot_of(current_id) * self.n as u64 + pos as u64;
         Status {
@@ -105,23 +104,23 @@ impl<D: BlockDevice> Engine<D> {
             nr_cache_blocks: self.geo.nr_segments * self.n as u64,
             nr_segments: self.geo.nr_segments,
             current_id,
-            last_flushed_id: self.last_flushed,
+            last_flushed_id: self.segs.last_written,
             last_writeback_id: self.last_writeback,
             nr_dirty_cache_blocks: self.index.live_total(),
             stat: self.stats.counters,
             nr_partial_flushed: self.stats.partial_flushed,
             tunables: self.tunables,
             segment_size_order: self.geo.order,
-            nr_rambuf_pool: self.pool_size,
-            last_sealed_id: self.last_sealed,
-            last_durable_id: self.last_durable,
+            nr_rambuf_pool: self.segs.pool,
+            last_sealed_id: self.segs.last_sealed,
+            last_durable_id: self.segs.last_durable,
             durable_record_id: self.durable_record,
             writeback_allowed: self.writeback_allowed(),
-            draining: self.draining,
+            draining: self.sched.draining,
             dead: self.dead.clone(),
             cache_type: self.cache_type(),
             plog_entries: self.plog.as_ref().map_or(0, |p| p.entries_appended),
-            plog_flushes: self.plog.as_ref().map_or(0, |p| p.flushes),
+            plog_flushes: self.clocks.plog.flushes(),
             plog_epoch: self.plog.as_ref().map_or(0, |p| p.sb.epoch),
         }
     }

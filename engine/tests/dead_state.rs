@@ -4,17 +4,17 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use engine::{BlockDevice, Config, Engine, Error, IoError, IoOp, MemDevice, Step};
+use engine::{Access, BlockDevice, Config, Error, IoError, MemDevice, Step, SyncEngine};
 
 /// A MemDevice whose operations of kind `fail` fail while the shared switch is on.
 struct Failing {
     inner: MemDevice,
-    fail: IoOp,
+    fail: Access,
     armed: Rc<Cell<bool>>,
 }
 
 impl Failing {
-    fn check(&self, op: IoOp, sector: u64) -> Result<(), IoError> {
+    fn check(&self, op: Access, sector: u64) -> Result<(), IoError> {
         if op == self.fail && self.armed.get() {
             return Err(IoError::new(op, sector, 1, "injected EIO"));
         }
@@ -27,22 +27,25 @@ impl BlockDevice for Failing {
         self.inner.size_sectors()
     }
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check(IoOp::Read, sector)?;
+        self.check(Access::Read, sector)?;
         self.inner.read(sector, buf)
     }
     fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.check(IoOp::Write, sector)?;
+        self.check(Access::Write, sector)?;
         self.inner.write(sector, data, fua)
     }
     fn flush(&mut self) -> Result<(), IoError> {
-        self.check(IoOp::Flush, 0)?;
+        self.check(Access::Flush, 0)?;
         self.inner.flush()
     }
 }
 
 /// An engine whose cache device fails `cache_op` and backing device fails `backing_op` once
 /// the returned switches are turned on.
-fn open(cache_op: IoOp, backing_op: IoOp) -> (Engine<Failing>, Rc<Cell<bool>>, Rc<Cell<bool>>) {
+fn open(
+    cache_op: Access,
+    backing_op: Access,
+) -> (SyncEngine<Failing>, Rc<Cell<bool>>, Rc<Cell<bool>>) {
     let (c_arm, b_arm) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
     let cache = Failing {
         inner: MemDevice::new(2048 + 4 * 16),
@@ -59,10 +62,14 @@ fn open(cache_op: IoOp, backing_op: IoOp) -> (Engine<Failing>, Rc<Cell<bool>>, R
         nr_rambuf_pool: 1,
         ..Config::default()
     };
-    (Engine::open(cache, backing, cfg).unwrap().0, c_arm, b_arm)
+    (
+        SyncEngine::open(cache, backing, cfg).unwrap().0,
+        c_arm,
+        b_arm,
+    )
 }
 
-fn assert_dead_and_refusing(e: &mut Engine<Failing>) {
+fn assert_dead_and_refusing(e: &mut SyncEngine<Failing>) {
     let st = e.status();
     assert!(
         st.dead
@@ -87,7 +94,7 @@ fn assert_dead_and_refusing(e: &mut Engine<Failing>) {
 
 #[test]
 fn a_failed_cache_flush_fails_the_client_flush_and_kills_the_cache() {
-    let (mut e, c_arm, _) = open(IoOp::Flush, IoOp::Flush);
+    let (mut e, c_arm, _) = open(Access::Flush, Access::Flush);
     e.write(0, &[1u8; 4096], false).unwrap();
     c_arm.set(true);
     let err = e.flush().unwrap_err();
@@ -100,7 +107,7 @@ fn a_failed_cache_flush_fails_the_client_flush_and_kills_the_cache() {
 
 #[test]
 fn a_failed_segment_write_kills_the_cache() {
-    let (mut e, c_arm, _) = open(IoOp::Write, IoOp::Write);
+    let (mut e, c_arm, _) = open(Access::Write, Access::Write);
     e.write(0, &[1u8; 4096], false).unwrap();
     c_arm.set(true);
     assert!(
@@ -112,7 +119,7 @@ fn a_failed_segment_write_kills_the_cache() {
 
 #[test]
 fn a_failed_backing_read_is_an_error_not_data() {
-    let (mut e, _, b_arm) = open(IoOp::Write, IoOp::Read);
+    let (mut e, _, b_arm) = open(Access::Write, Access::Read);
     b_arm.set(true);
     let mut buf = [0u8; 512];
     assert!(matches!(e.read(40, &mut buf), Err(Error::Io { .. })));
@@ -121,7 +128,7 @@ fn a_failed_backing_read_is_an_error_not_data() {
 
 #[test]
 fn a_failed_writeback_keeps_the_data_in_the_log() {
-    let (mut e, _, b_arm) = open(IoOp::Write, IoOp::Write);
+    let (mut e, _, b_arm) = open(Access::Write, Access::Write);
     e.write(0, &[9u8; 4096], false).unwrap();
     e.flush().unwrap();
     b_arm.set(true);
@@ -135,7 +142,7 @@ fn a_failed_writeback_keeps_the_data_in_the_log() {
         nr_rambuf_pool: 1,
         ..Config::default()
     };
-    let (mut e, rep) = Engine::open(c, b, cfg).unwrap();
+    let (mut e, rep) = SyncEngine::open(c, b, cfg).unwrap();
     assert_eq!(rep.segments_applied, 1);
     let mut buf = [0u8; 4096];
     e.read(0, &mut buf).unwrap();

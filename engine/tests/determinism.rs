@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
 use engine::{
-    BlockDevice, Config, Engine, FormatPolicy, IoError, MemDevice, ReadReq, Step, Tunables,
+    BlockDevice, Config, FormatPolicy, IoError, MemDevice, ReadReq, Step, SyncEngine, Tunables,
     WriteReq,
 };
 
@@ -175,7 +175,7 @@ fn run(s: Setup, seed: u64) -> Outcome {
     tunables.sync_interval = 1;
     tunables.update_record_interval = 2;
     let (mut e, _) =
-        Engine::open(cache, backing, config(&s, FormatPolicy::IfBlank, tunables)).unwrap();
+        SyncEngine::open(cache, backing, config(&s, FormatPolicy::IfBlank, tunables)).unwrap();
     let mut rng = Rng(seed);
     let mut reads = Trace::new();
     let mut now = 0u64;
@@ -240,7 +240,7 @@ fn run(s: Setup, seed: u64) -> Outcome {
             94..=96 => {
                 let t = e.tunables();
                 let (c, b) = e.shutdown().unwrap();
-                e = Engine::open(c, b, config(&s, FormatPolicy::Never, t))
+                e = SyncEngine::open(c, b, config(&s, FormatPolicy::Never, t))
                     .unwrap()
                     .0;
             }
@@ -249,7 +249,7 @@ fn run(s: Setup, seed: u64) -> Outcome {
                 e.flush().unwrap();
                 let t = e.tunables();
                 let (c, b) = e.into_devices();
-                e = Engine::open(c, b, config(&s, FormatPolicy::Never, t))
+                e = SyncEngine::open(c, b, config(&s, FormatPolicy::Never, t))
                     .unwrap()
                     .0;
             }

@@ -1,4 +1,4 @@
-//! Differential test: random request sequences against `Engine<MemDevice>` compared with a plain
+//! Differential test: random request sequences against `SyncEngine<MemDevice>` compared with a plain
 //! in-memory disk (a `Vec<u8>` that applies every write), on tiny rings that wrap within a few
 //! dozen operations.
 //!
@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
-use engine::{Config, Engine, FormatPolicy, MemDevice, RecoveryReport, Status, Step, Tunables};
+use engine::{Config, FormatPolicy, MemDevice, RecoveryReport, Status, Step, SyncEngine, Tunables};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 
@@ -100,7 +100,7 @@ enum Op {
     DropCaches,
     /// `drop_caches` interrupted after at most this many steps.
     DropCachesPartial(u8),
-    /// Clean shutdown, then `Engine::open` with `FormatPolicy::Never` and this pool size.
+    /// Clean shutdown, then `SyncEngine::open` with `FormatPolicy::Never` and this pool size.
     Reopen {
         pool: usize,
     },
@@ -301,7 +301,7 @@ fn diff(what: &str, got: &[u8], want: &[u8]) -> Result<(), TestCaseError> {
     )))
 }
 
-fn read_all(e: &mut Engine<MemDevice>) -> Result<Vec<u8>, TestCaseError> {
+fn read_all(e: &mut SyncEngine<MemDevice>) -> Result<Vec<u8>, TestCaseError> {
     let mut buf = vec![0u8; e.size_sectors() as usize * SECTOR_SIZE];
     e.read(0, &mut buf)
         .map_err(|err| fail(format!("full read: {err}")))?;
@@ -309,7 +309,7 @@ fn read_all(e: &mut Engine<MemDevice>) -> Result<Vec<u8>, TestCaseError> {
 }
 
 /// Runs due steps until the drain started by `drop_caches` is complete.
-fn finish_drain(e: &mut Engine<MemDevice>) -> Result<(), TestCaseError> {
+fn finish_drain(e: &mut SyncEngine<MemDevice>) -> Result<(), TestCaseError> {
     for _ in 0..8 {
         if !e.draining() {
             break;
@@ -329,7 +329,7 @@ fn finish_drain(e: &mut Engine<MemDevice>) -> Result<(), TestCaseError> {
 struct Case<'a> {
     s: &'a Setup,
     cov: &'a Coverage,
-    engine: Engine<MemDevice>,
+    engine: SyncEngine<MemDevice>,
     model: Vec<u8>,
     nblocks: u64,
     writes: u64,
@@ -426,7 +426,7 @@ impl Case<'_> {
         let cfg = self.config(pool, self.engine.tunables());
         let engine = std::mem::replace(&mut self.engine, placeholder());
         let (cache, backing, plog) = engine.into_all_devices();
-        let (engine, report) = Engine::open_with_plog(cache, backing, plog, cfg)?;
+        let (engine, report) = SyncEngine::open_with_plog(cache, backing, plog, cfg)?;
         self.engine = engine;
         bump(&self.cov.cuts);
         Ok((before, report))
@@ -585,7 +585,7 @@ impl Case<'_> {
                 let engine = std::mem::replace(&mut self.engine, placeholder());
                 let (cache, backing, plog) = engine.shutdown_all().map_err(ctx)?;
                 let (engine, report) =
-                    Engine::open_with_plog(cache, backing, plog, cfg).map_err(ctx)?;
+                    SyncEngine::open_with_plog(cache, backing, plog, cfg).map_err(ctx)?;
                 self.engine = engine;
                 bump(&self.cov.reopens);
                 prop_assert!(!report.formatted);
@@ -683,7 +683,7 @@ fn open_has_data(st: &Status) -> u64 {
 }
 
 /// A throwaway engine to swap in while the real one is shut down and reopened.
-fn placeholder() -> Engine<MemDevice> {
+fn placeholder() -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + 32);
     let backing = MemDevice::new(SECTORS_PER_BLOCK);
     let cfg = Config {
@@ -691,7 +691,9 @@ fn placeholder() -> Engine<MemDevice> {
         nr_rambuf_pool: 1,
         ..Config::default()
     };
-    Engine::open(cache, backing, cfg).expect("placeholder").0
+    SyncEngine::open(cache, backing, cfg)
+        .expect("placeholder")
+        .0
 }
 
 fn run_case(s: &Setup, ops: &[Op], cov: &Coverage) -> Result<(), TestCaseError> {
@@ -715,7 +717,7 @@ fn run_case(s: &Setup, ops: &[Op], cov: &Coverage) -> Result<(), TestCaseError> 
         ..Config::default()
     };
     let (engine, report) =
-        Engine::open_with_plog(MemDevice::new(cache_sectors), backing, s.plog_device(), cfg)
+        SyncEngine::open_with_plog(MemDevice::new(cache_sectors), backing, s.plog_device(), cfg)
             .map_err(|e| fail(format!("open: {e}")))?;
     prop_assert!(report.formatted);
     prop_assert_eq!(engine.cache_type(), s.type1() as u8);
@@ -774,7 +776,7 @@ fn run_case(s: &Setup, ops: &[Op], cov: &Coverage) -> Result<(), TestCaseError> 
         backing.bytes(),
         &case.model,
     )?;
-    let (mut engine, report) = Engine::open_with_plog(cache, backing, plog, cfg)
+    let (mut engine, report) = SyncEngine::open_with_plog(cache, backing, plog, cfg)
         .map_err(|e| fail(format!("final reopen: {e}")))?;
     prop_assert_eq!(report.segments_applied, 0, "{:?}", report);
     prop_assert_eq!(report.dirty_blocks, 0, "{:?}", report);
@@ -905,7 +907,7 @@ fn order10_overwrites_in_the_open_segment_are_in_place() {
         nr_rambuf_pool: 2,
         ..Config::default()
     };
-    let (mut e, _) = Engine::open(cache, backing, cfg).unwrap();
+    let (mut e, _) = SyncEngine::open(cache, backing, cfg).unwrap();
     e.write(8, &pattern(1, 8, 8), false).unwrap();
     e.write(10, &pattern(2, 10, 3), false).unwrap();
     e.write(8, &pattern(3, 8, 1), false).unwrap();

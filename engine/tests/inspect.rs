@@ -1,6 +1,6 @@
 //! Offline `check` and `dump` (engine/src/inspect.rs).
 //!
-//! The central property: what `check` says replay would do is what `Engine::open` then does,
+//! The central property: what `check` says replay would do is what `SyncEngine::open` then does,
 //! on images made by the engine itself and cut at random points, with and without damage
 //! (torn segments, zeroed or garbage headers, a rotted record copy). Also: the verdicts on
 //! fresh, blank, foreign, interrupted, resized, upstream and otherwise odd images; dumps of one
@@ -21,8 +21,8 @@ use engine::format::{
 };
 use engine::inspect::{NoteKind, ProblemKind, RecordSource, SlotClass, StopReason, SuperblockKind};
 use engine::{
-    check, check_against_backing, dump, BlockDevice, CheckReport, Config, Dump, Engine, Error,
-    FormatPolicy, IoError, MemDevice, RecoveryReport, Step,
+    check, check_against_backing, dump, BlockDevice, CheckReport, Config, Dump, Error,
+    FormatPolicy, IoError, MemDevice, RecoveryReport, Step, SyncEngine,
 };
 use proptest::prelude::*;
 
@@ -92,10 +92,10 @@ fn cfg(order: u8, format: FormatPolicy) -> Config {
     }
 }
 
-fn fresh(order: u8, nr: u64, backing_blocks: u64) -> Engine<MemDevice> {
+fn fresh(order: u8, nr: u64, backing_blocks: u64) -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + (nr << order));
     let backing = MemDevice::new(backing_blocks * SECTORS_PER_BLOCK);
-    let (e, rep) = Engine::open(cache, backing, cfg(order, FormatPolicy::IfBlank)).unwrap();
+    let (e, rep) = SyncEngine::open(cache, backing, cfg(order, FormatPolicy::IfBlank)).unwrap();
     assert!(rep.formatted);
     e
 }
@@ -103,8 +103,8 @@ fn fresh(order: u8, nr: u64, backing_blocks: u64) -> Engine<MemDevice> {
 fn open(
     cache: MemDevice,
     backing: MemDevice,
-) -> Result<(Engine<MemDevice>, RecoveryReport), Error> {
-    Engine::open(cache, backing, cfg(4, FormatPolicy::Never))
+) -> Result<(SyncEngine<MemDevice>, RecoveryReport), Error> {
+    SyncEngine::open(cache, backing, cfg(4, FormatPolicy::Never))
 }
 
 fn blk(tag: u32) -> Vec<u8> {
@@ -115,7 +115,7 @@ fn blk(tag: u32) -> Vec<u8> {
     v
 }
 
-fn write_block(e: &mut Engine<MemDevice>, block: u64, tag: u32) {
+fn write_block(e: &mut SyncEngine<MemDevice>, block: u64, tag: u32) {
     e.write(block * SECTORS_PER_BLOCK, &blk(tag), false)
         .unwrap();
 }
@@ -206,7 +206,7 @@ fn freshly_formatted_device_is_sound_and_empty() {
     }
 }
 
-// ----- agreement with Engine::open on random crash images -----
+// ----- agreement with SyncEngine::open on random crash images -----
 
 /// splitmix64: a tiny deterministic generator for the workloads.
 struct Rng(u64);
@@ -228,7 +228,7 @@ impl Rng {
 }
 
 /// Random writes (full and partial blocks, some FUA), FLUSHes and background steps.
-fn run_workload(e: &mut Engine<MemDevice>, rng: &mut Rng, ops: u64, backing_blocks: u64) {
+fn run_workload(e: &mut SyncEngine<MemDevice>, rng: &mut Rng, ops: u64, backing_blocks: u64) {
     for _ in 0..ops {
         match rng.below(100) {
             0..=54 => {
@@ -1008,7 +1008,7 @@ impl BlockDevice for FailingRead {
         let end = sector + (buf.len() / SECTOR_SIZE) as u64;
         if (sector..end).contains(&self.bad_sector) {
             return Err(IoError::new(
-                engine::IoOp::Read,
+                engine::Access::Read,
                 sector,
                 end - sector,
                 "medium error",
@@ -1062,7 +1062,12 @@ const T1_ORDER: u8 = 5;
 const T1_REGION: u64 = 54;
 
 /// A fresh type-1 cache: `nr` slots, a plog of `regions` regions, `backing_blocks` blocks.
-fn fresh_type1(nr: u64, regions: u64, backing_blocks: u64, generation: u64) -> Engine<MemDevice> {
+fn fresh_type1(
+    nr: u64,
+    regions: u64,
+    backing_blocks: u64,
+    generation: u64,
+) -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + (nr << T1_ORDER));
     let backing = MemDevice::new(backing_blocks * SECTORS_PER_BLOCK);
     let plog = MemDevice::new(PLOG_FIRST_REGION_SECTOR + regions * T1_REGION);
@@ -1070,7 +1075,7 @@ fn fresh_type1(nr: u64, regions: u64, backing_blocks: u64, generation: u64) -> E
         generation,
         ..cfg(T1_ORDER, FormatPolicy::IfBlank)
     };
-    let (e, rep) = Engine::open_with_plog(cache, backing, Some(plog), cfg).unwrap();
+    let (e, rep) = SyncEngine::open_with_plog(cache, backing, Some(plog), cfg).unwrap();
     assert!(rep.formatted && e.cache_type() == 1);
     e
 }
@@ -1079,8 +1084,8 @@ fn open_type1(
     cache: MemDevice,
     backing: MemDevice,
     plog: MemDevice,
-) -> Result<(Engine<MemDevice>, RecoveryReport), Error> {
-    Engine::open_with_plog(
+) -> Result<(SyncEngine<MemDevice>, RecoveryReport), Error> {
+    SyncEngine::open_with_plog(
         cache,
         backing,
         Some(plog),

@@ -16,12 +16,12 @@ use engine::format::{
     SUPERBLOCK_SECTORS,
 };
 use engine::{
-    BlockDevice, Config, Engine, Error, FormatPolicy, IoError, MemDevice, RecoveryReport,
+    BlockDevice, Config, Error, FormatPolicy, IoError, MemDevice, RecoveryReport, SyncEngine,
 };
 use proptest::prelude::*;
 
 /// A device whose storage the test keeps a handle on, counting writes, so the bytes can be
-/// inspected after `Engine::open` consumed (and dropped) the device.
+/// inspected after `SyncEngine::open` consumed (and dropped) the device.
 #[derive(Clone)]
 struct Shared {
     dev: Rc<RefCell<MemDevice>>,
@@ -76,11 +76,11 @@ fn open_image(
     cache: Vec<u8>,
     backing_sectors: u64,
     cfg: Config,
-) -> Result<(Engine<Shared>, RecoveryReport), Error> {
+) -> Result<(SyncEngine<Shared>, RecoveryReport), Error> {
     let before = cache.clone();
     let dev = Shared::new(cache);
     let backing = Shared::new(vec![0u8; backing_sectors as usize * SECTOR_SIZE]);
-    let r = Engine::open(dev.clone(), backing, cfg);
+    let r = SyncEngine::open(dev.clone(), backing, cfg);
     if let Err(e) = &r {
         assert_eq!(
             dev.writes(),
@@ -95,7 +95,7 @@ fn open_image(
     r
 }
 
-fn expect_err(r: Result<(Engine<Shared>, RecoveryReport), Error>) -> Error {
+fn expect_err(r: Result<(SyncEngine<Shared>, RecoveryReport), Error>) -> Error {
     match r {
         Ok((e, rep)) => panic!(
             "open succeeded (order {}, {:?}) where it must fail",
@@ -269,7 +269,7 @@ proptest! {
                 e.flush().unwrap();
                 e.check_invariants().unwrap();
                 let (c, b) = e.shutdown().unwrap();
-                let (mut e, _) = Engine::open(c, b, cfg(order, FormatPolicy::Never)).unwrap();
+                let (mut e, _) = SyncEngine::open(c, b, cfg(order, FormatPolicy::Never)).unwrap();
                 let mut got = vec![0u8; data.len()];
                 e.read(16, &mut got).unwrap();
                 prop_assert!(got == data);
@@ -399,7 +399,7 @@ fn an_empty_backing_device_is_refused() {
 fn devices_that_are_not_whole_blocks_work_to_their_last_sector() {
     for backing in [1u64, 7, 9, 15, 8 * 100 + 3] {
         let cache = MemDevice::new(SUPERBLOCK_SECTORS + 4 * 16 + 5);
-        let (mut e, _) = Engine::open(
+        let (mut e, _) = SyncEngine::open(
             cache,
             MemDevice::new(backing),
             cfg(4, FormatPolicy::IfBlank),
@@ -422,7 +422,7 @@ fn devices_that_are_not_whole_blocks_work_to_their_last_sector() {
         e.flush().unwrap();
         // Replayed, then written back to the partial block of the backing device.
         let (c, b) = e.into_devices();
-        let (mut e, rep) = Engine::open(c, b, cfg(4, FormatPolicy::Never)).unwrap();
+        let (mut e, rep) = SyncEngine::open(c, b, cfg(4, FormatPolicy::Never)).unwrap();
         assert!(rep.segments_applied >= 1, "{rep:?}");
         e.check_invariants().unwrap();
         e.drop_caches();
@@ -596,7 +596,7 @@ fn segment_beyond_the_backing_device_is_refused() {
     // Written through the engine in front of a 128-block backing device, reopened in front of
     // a 16-block one (the wrong backing device).
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + 8 * 64);
-    let (mut e, _) = Engine::open(
+    let (mut e, _) = SyncEngine::open(
         cache,
         MemDevice::new(128 * SECTORS_PER_BLOCK),
         cfg(6, FormatPolicy::IfBlank),
@@ -666,8 +666,8 @@ fn implausible_record_is_corruption() {
 
 // ----- requests and messages on an open engine -----
 
-fn small_engine() -> Engine<MemDevice> {
-    Engine::open(
+fn small_engine() -> SyncEngine<MemDevice> {
+    SyncEngine::open(
         MemDevice::new(SUPERBLOCK_SECTORS + 4 * 16),
         MemDevice::new(64),
         cfg(4, FormatPolicy::IfBlank),

@@ -14,7 +14,7 @@
 
 use engine::format::plog::{self as pf, PLOG_FIRST_REGION_SECTOR};
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
-use engine::{BlockDevice, Config, Engine, Error, FormatPolicy, MemDevice, RecoveryReport};
+use engine::{BlockDevice, Config, Error, FormatPolicy, MemDevice, RecoveryReport, SyncEngine};
 
 const ORDER: u8 = 5; // three blocks per segment
 const SEGMENTS: u64 = 6;
@@ -35,12 +35,13 @@ fn plog_sectors(regions: u64) -> u64 {
     PLOG_FIRST_REGION_SECTOR + regions * pf::region_sectors_for(3) as u64
 }
 
-fn fresh(regions: u64) -> Engine<MemDevice> {
+fn fresh(regions: u64) -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + (SEGMENTS << ORDER));
     let backing = MemDevice::new(BACKING_BLOCKS * SECTORS_PER_BLOCK);
     let plog = MemDevice::new(plog_sectors(regions));
     let (e, rep) =
-        Engine::open_with_plog(cache, backing, Some(plog), cfg(FormatPolicy::IfBlank, 2)).unwrap();
+        SyncEngine::open_with_plog(cache, backing, Some(plog), cfg(FormatPolicy::IfBlank, 2))
+            .unwrap();
     assert!(rep.formatted);
     assert_eq!(e.cache_type(), 1);
     e
@@ -48,14 +49,14 @@ fn fresh(regions: u64) -> Engine<MemDevice> {
 
 type Devs = (MemDevice, MemDevice, MemDevice);
 
-fn cut(e: Engine<MemDevice>) -> Devs {
+fn cut(e: SyncEngine<MemDevice>) -> Devs {
     let (c, b, p) = e.into_all_devices();
     (c, b, p.expect("type 1 keeps its plog"))
 }
 
-fn reopen(d: Devs) -> (Engine<MemDevice>, RecoveryReport) {
+fn reopen(d: Devs) -> (SyncEngine<MemDevice>, RecoveryReport) {
     let (e, rep) =
-        Engine::open_with_plog(d.0, d.1, Some(d.2), cfg(FormatPolicy::Never, 2)).unwrap();
+        SyncEngine::open_with_plog(d.0, d.1, Some(d.2), cfg(FormatPolicy::Never, 2)).unwrap();
     e.check_invariants().unwrap();
     (e, rep)
 }
@@ -66,7 +67,7 @@ fn data(tag: u32, sectors: usize) -> Vec<u8> {
         .collect()
 }
 
-fn read(e: &mut Engine<MemDevice>, sector: u64, sectors: usize) -> Vec<u8> {
+fn read(e: &mut SyncEngine<MemDevice>, sector: u64, sectors: usize) -> Vec<u8> {
     let mut out = vec![0u8; sectors * SECTOR_SIZE];
     e.read(sector, &mut out).unwrap();
     out
@@ -215,12 +216,12 @@ fn wrong_device_combinations_are_typed_errors() {
     let e = fresh(4);
     let (c, b, p) = cut(e);
     // Type 1 without its plog.
-    let err = Engine::open(c.clone(), b.clone(), cfg(FormatPolicy::Never, 2)).err();
+    let err = SyncEngine::open(c.clone(), b.clone(), cfg(FormatPolicy::Never, 2)).err();
     assert_eq!(err, Some(Error::PlogMissing));
     // A plog of another format (another generation).
     let other = MemDevice::new(plog_sectors(4));
     let cache2 = MemDevice::new(SUPERBLOCK_SECTORS + (SEGMENTS << ORDER));
-    let (e2, _) = Engine::open_with_plog(
+    let (e2, _) = SyncEngine::open_with_plog(
         cache2,
         MemDevice::new(BACKING_BLOCKS * SECTORS_PER_BLOCK),
         Some(other),
@@ -231,7 +232,8 @@ fn wrong_device_combinations_are_typed_errors() {
     )
     .unwrap();
     let (_, _, p2) = e2.into_all_devices();
-    let err = Engine::open_with_plog(c.clone(), b.clone(), p2, cfg(FormatPolicy::Never, 2)).err();
+    let err =
+        SyncEngine::open_with_plog(c.clone(), b.clone(), p2, cfg(FormatPolicy::Never, 2)).err();
     assert!(
         matches!(
             err,
@@ -243,7 +245,7 @@ fn wrong_device_combinations_are_typed_errors() {
         "{err:?}"
     );
     // A blank plog.
-    let err = Engine::open_with_plog(
+    let err = SyncEngine::open_with_plog(
         c.clone(),
         b.clone(),
         Some(MemDevice::new(plog_sectors(4))),
@@ -254,7 +256,7 @@ fn wrong_device_combinations_are_typed_errors() {
     // A resized plog.
     let mut bigger = p.bytes().to_vec();
     bigger.extend_from_slice(&[0u8; 8 * SECTOR_SIZE]);
-    let err = Engine::open_with_plog(
+    let err = SyncEngine::open_with_plog(
         c.clone(),
         b.clone(),
         Some(MemDevice::from_bytes(bigger)),
@@ -264,7 +266,7 @@ fn wrong_device_combinations_are_typed_errors() {
     assert!(matches!(err, Some(Error::PlogResized { .. })), "{err:?}");
     // A plog too small to format.
     let cache3 = MemDevice::new(SUPERBLOCK_SECTORS + (SEGMENTS << ORDER));
-    let err = Engine::open_with_plog(
+    let err = SyncEngine::open_with_plog(
         cache3,
         b.clone(),
         Some(MemDevice::new(plog_sectors(2) - 1)),
@@ -274,9 +276,9 @@ fn wrong_device_combinations_are_typed_errors() {
     assert!(matches!(err, Some(Error::PlogGeometry(_))), "{err:?}");
     // A type-0 cache with a plog.
     let cache4 = MemDevice::new(SUPERBLOCK_SECTORS + (SEGMENTS << ORDER));
-    let (e0, _) = Engine::open(cache4, b.clone(), cfg(FormatPolicy::IfBlank, 2)).unwrap();
+    let (e0, _) = SyncEngine::open(cache4, b.clone(), cfg(FormatPolicy::IfBlank, 2)).unwrap();
     let (c0, b0) = e0.into_devices();
-    let err = Engine::open_with_plog(c0, b0, Some(p), cfg(FormatPolicy::Never, 2)).err();
+    let err = SyncEngine::open_with_plog(c0, b0, Some(p), cfg(FormatPolicy::Never, 2)).err();
     assert_eq!(err, Some(Error::PlogUnexpected));
 }
 
@@ -288,7 +290,8 @@ fn format_voids_an_older_plog_even_under_the_same_generation() {
     let epoch_before = e.status().plog_epoch;
     let (c, b, p) = cut(e);
     // Format again over the same devices with the same generation: nothing old may come back.
-    let (mut e, rep) = Engine::open_with_plog(c, b, Some(p), cfg(FormatPolicy::Always, 2)).unwrap();
+    let (mut e, rep) =
+        SyncEngine::open_with_plog(c, b, Some(p), cfg(FormatPolicy::Always, 2)).unwrap();
     assert!(rep.formatted);
     assert!(e.status().plog_epoch > epoch_before);
     assert_eq!(read(&mut e, 0, 8), vec![0u8; 8 * SECTOR_SIZE]);
@@ -307,7 +310,7 @@ fn the_geometry_is_stored_not_derived_from_tunables() {
     let d = cut(e);
     // Reopen with another RAM buffer pool: the plog keeps its four regions.
     let (mut e, _) =
-        Engine::open_with_plog(d.0, d.1, Some(d.2), cfg(FormatPolicy::Never, 5)).unwrap();
+        SyncEngine::open_with_plog(d.0, d.1, Some(d.2), cfg(FormatPolicy::Never, 5)).unwrap();
     for b in 0..7u64 {
         assert_eq!(read(&mut e, b * 8, 8), data(b as u32 + 1, 8), "block {b}");
     }
@@ -393,13 +396,17 @@ fn g_cfg(format: FormatPolicy) -> Config {
 
 /// A fresh type-1 engine on volatile devices, and the plog's (writes, flushes) counter.
 #[allow(clippy::type_complexity)]
-fn g_fresh() -> (Engine<Volatile>, std::rc::Rc<std::cell::Cell<(u64, u64)>>) {
+fn g_fresh() -> (
+    SyncEngine<Volatile>,
+    std::rc::Rc<std::cell::Cell<(u64, u64)>>,
+) {
     let cache = Volatile::new(SUPERBLOCK_SECTORS + (6 << G_ORDER));
     let backing = Volatile::new(256 * SECTORS_PER_BLOCK);
     let plog = Volatile::new(PLOG_FIRST_REGION_SECTOR + 4 * pf::region_sectors_for(63) as u64);
     let counts = plog.counts.clone();
     let (e, rep) =
-        Engine::open_with_plog(cache, backing, Some(plog), g_cfg(FormatPolicy::IfBlank)).unwrap();
+        SyncEngine::open_with_plog(cache, backing, Some(plog), g_cfg(FormatPolicy::IfBlank))
+            .unwrap();
     assert!(rep.formatted);
     // Formatting wrote and flushed; count from here.
     counts.set((0, 0));
@@ -407,9 +414,9 @@ fn g_fresh() -> (Engine<Volatile>, std::rc::Rc<std::cell::Cell<(u64, u64)>>) {
 }
 
 /// A power cut on volatile devices (only flushed writes survive), then recovery.
-fn g_crash_and_reopen(e: Engine<Volatile>) -> (Engine<MemDevice>, RecoveryReport) {
+fn g_crash_and_reopen(e: SyncEngine<Volatile>) -> (SyncEngine<MemDevice>, RecoveryReport) {
     let (c, b, p) = e.into_all_devices();
-    let (e, rep) = Engine::open_with_plog(
+    let (e, rep) = SyncEngine::open_with_plog(
         c.crash(),
         b.crash(),
         Some(p.unwrap().crash()),
@@ -420,7 +427,7 @@ fn g_crash_and_reopen(e: Engine<Volatile>) -> (Engine<MemDevice>, RecoveryReport
     (e, rep)
 }
 
-fn g_read(e: &mut Engine<impl BlockDevice>, block: u64) -> Vec<u8> {
+fn g_read(e: &mut SyncEngine<impl BlockDevice>, block: u64) -> Vec<u8> {
     let mut out = vec![0u8; 8 * SECTOR_SIZE];
     e.read(block * 8, &mut out).unwrap();
     out

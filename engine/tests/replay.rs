@@ -18,8 +18,8 @@ use engine::format::{
     self, Geometry, BLOCK_SIZE, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS,
 };
 use engine::{
-    BlockDevice, Config, DeviceRole, Engine, Error, FormatPolicy, IoError, MemDevice,
-    RecoveryReport, Step,
+    BlockDevice, Config, DeviceRole, Error, FormatPolicy, IoError, MemDevice, RecoveryReport, Step,
+    SyncEngine,
 };
 
 fn cfg(order: u8, format: FormatPolicy) -> Config {
@@ -34,23 +34,23 @@ fn cfg(order: u8, format: FormatPolicy) -> Config {
 }
 
 /// A fresh engine at `order` with `nr` segments in front of `backing_blocks` zeroed blocks.
-fn fresh(order: u8, nr: u64, backing_blocks: u64) -> Engine<MemDevice> {
+fn fresh(order: u8, nr: u64, backing_blocks: u64) -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(SUPERBLOCK_SECTORS + (nr << order));
     let backing = MemDevice::new(backing_blocks * SECTORS_PER_BLOCK);
-    let (e, rep) = Engine::open(cache, backing, cfg(order, FormatPolicy::IfBlank)).unwrap();
+    let (e, rep) = SyncEngine::open(cache, backing, cfg(order, FormatPolicy::IfBlank)).unwrap();
     assert!(rep.formatted);
     e
 }
 
 /// Power cut (no further I/O), then reopen.
-fn cut_and_reopen(e: Engine<MemDevice>) -> (Engine<MemDevice>, RecoveryReport) {
+fn cut_and_reopen(e: SyncEngine<MemDevice>) -> (SyncEngine<MemDevice>, RecoveryReport) {
     let order = e.geometry().order;
     let (c, b) = e.into_devices();
     reopen(c, b, order)
 }
 
-fn reopen(c: MemDevice, b: MemDevice, order: u8) -> (Engine<MemDevice>, RecoveryReport) {
-    let (e, rep) = Engine::open(c, b, cfg(order, FormatPolicy::Never)).unwrap();
+fn reopen(c: MemDevice, b: MemDevice, order: u8) -> (SyncEngine<MemDevice>, RecoveryReport) {
+    let (e, rep) = SyncEngine::open(c, b, cfg(order, FormatPolicy::Never)).unwrap();
     e.check_invariants().unwrap();
     assert!(!rep.formatted);
     (e, rep)
@@ -65,13 +65,13 @@ fn blk(tag: u32) -> Vec<u8> {
     v
 }
 
-fn read_block<D: BlockDevice>(e: &mut Engine<D>, block: u64) -> Vec<u8> {
+fn read_block<D: BlockDevice>(e: &mut SyncEngine<D>, block: u64) -> Vec<u8> {
     let mut buf = vec![0u8; BLOCK_SIZE];
     e.read(block * SECTORS_PER_BLOCK, &mut buf).unwrap();
     buf
 }
 
-fn write_block<D: BlockDevice>(e: &mut Engine<D>, block: u64, tag: u32) {
+fn write_block<D: BlockDevice>(e: &mut SyncEngine<D>, block: u64, tag: u32) {
     e.write(block * SECTORS_PER_BLOCK, &blk(tag), false)
         .unwrap();
 }
@@ -180,7 +180,7 @@ fn empty_cache_replays_nothing() {
 /// Writes `lens[i]` distinct blocks into segment i + 1 (one FLUSH per segment), block numbers
 /// starting at `first_block`. Returns the blocks written with their tags.
 fn write_segments<D: BlockDevice>(
-    e: &mut Engine<D>,
+    e: &mut SyncEngine<D>,
     first_block: u64,
     lens: &[u64],
     tag0: u32,
@@ -444,14 +444,14 @@ impl BlockDevice for Shared {
     }
 }
 
-fn shared_engine(order: u8, nr: u64, backing_blocks: u64) -> (Engine<Shared>, Shared, Shared) {
+fn shared_engine(order: u8, nr: u64, backing_blocks: u64) -> (SyncEngine<Shared>, Shared, Shared) {
     let cache = Shared(Rc::new(RefCell::new(MemDevice::new(
         SUPERBLOCK_SECTORS + (nr << order),
     ))));
     let backing = Shared(Rc::new(RefCell::new(MemDevice::new(
         backing_blocks * SECTORS_PER_BLOCK,
     ))));
-    let (e, _) = Engine::open(
+    let (e, _) = SyncEngine::open(
         cache.clone(),
         backing.clone(),
         cfg(order, FormatPolicy::IfBlank),
@@ -600,7 +600,7 @@ fn forced_writeback_keeps_flushed_data_of_an_overwritten_block() {
     let backing = MemDevice::new(16 * SECTORS_PER_BLOCK);
     let mut c = cfg(4, FormatPolicy::IfBlank);
     c.nr_rambuf_pool = 4;
-    let (mut e, _) = Engine::open(cache, backing, c).unwrap();
+    let (mut e, _) = SyncEngine::open(cache, backing, c).unwrap();
     // One segment per writeback batch (with a bigger batch the forced writeback would take
     // segment 2 along and make it durable).
     e.message("nr_max_batched_writeback 1").unwrap();

@@ -8,7 +8,7 @@
 
 use engine::format::{self, Geometry, Metablock, BLOCK_SIZE, SECTOR_SIZE, SUPERBLOCK_SECTORS};
 use engine::inspect::{NoteKind, ProblemKind, SlotClass};
-use engine::{check, check_against_backing, Config, Engine, Error, FormatPolicy, MemDevice};
+use engine::{check, check_against_backing, Config, Error, FormatPolicy, MemDevice, SyncEngine};
 
 const ORDER: u8 = 10;
 const BACKING_BLOCKS: u64 = 256;
@@ -96,8 +96,8 @@ fn cfg() -> Config {
     }
 }
 
-fn open(img: &Image) -> Result<(Engine<MemDevice>, engine::RecoveryReport), Error> {
-    Engine::open(
+fn open(img: &Image) -> Result<(SyncEngine<MemDevice>, engine::RecoveryReport), Error> {
+    SyncEngine::open(
         MemDevice::from_bytes(img.bytes.clone()),
         MemDevice::new(BACKING_BLOCKS * 8),
         cfg(),
@@ -105,7 +105,7 @@ fn open(img: &Image) -> Result<(Engine<MemDevice>, engine::RecoveryReport), Erro
 }
 
 /// The 4 KiB blocks a reader sees, by backing block.
-fn read_blocks(e: &mut Engine<MemDevice>, blocks: &[u64]) -> Vec<[u8; BLOCK_SIZE]> {
+fn read_blocks(e: &mut SyncEngine<MemDevice>, blocks: &[u64]) -> Vec<[u8; BLOCK_SIZE]> {
     blocks
         .iter()
         .map(|&b| {
@@ -163,7 +163,7 @@ fn wrapped_log_with_record_zero_recovers_every_segment() {
     let s2047 = &c.bytes()[2047 * SECTOR_SIZE..2048 * SECTOR_SIZE];
     assert_eq!(format::decode_record(s2047), 55);
     // Opened again (no more evidence needed), and drained: the backing device holds it all.
-    let (mut e, rep) = Engine::open(c, b, cfg()).unwrap();
+    let (mut e, rep) = SyncEngine::open(c, b, cfg()).unwrap();
     assert_eq!((rep.record, rep.segments_applied), (55, 6));
     e.drop_caches();
     e.run_due_steps().unwrap();
@@ -267,7 +267,7 @@ fn an_upstream_segment_past_a_hole_is_refused_not_destroyed() {
         .iter()
         .any(|p| p.kind == ProblemKind::WouldDiscard));
     let cache = MemDevice::from_bytes(img.bytes.clone());
-    let err = Engine::open(cache, MemDevice::new(BACKING_BLOCKS * 8), cfg())
+    let err = SyncEngine::open(cache, MemDevice::new(BACKING_BLOCKS * 8), cfg())
         .map(|_| ())
         .unwrap_err();
     assert!(
@@ -352,7 +352,7 @@ fn replay_writebacks_are_explained_and_backing_size_is_checked() {
     // written anywhere.
     let small = check_against_backing(&mut MemDevice::from_bytes(img.bytes.clone()), 45).unwrap();
     assert!(!small.sound);
-    let err = Engine::open(
+    let err = SyncEngine::open(
         MemDevice::from_bytes(img.bytes.clone()),
         MemDevice::new(45),
         cfg(),

@@ -1,13 +1,13 @@
 //! `cache_image`: arbitrary bytes as a cache device (a template patched by the input, at most
 //! [`image::MAX_CACHE_SECTORS`]) in front of a valid patterned backing device.
 //!
-//! `Engine::open` (never formatting) must give a typed error or a working engine. A working
+//! `SyncEngine::open` (never formatting) must give a typed error or a working engine. A working
 //! engine must keep its invariants; every sector must read or fail with a typed error; unless
 //! a read killed it, a block it accepts must read back, survive a flush and the background steps
 //! then due, and, after a clean shutdown, a reopen. Never a panic, hang or unbounded memory.
 
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, Engine, MemDevice};
+use engine::{BlockDevice, MemDevice, SyncEngine};
 
 use crate::image::{self, backing_image, open_config};
 
@@ -18,14 +18,14 @@ pub fn run(data: &[u8]) {
         |t| &t.cache,
         image::MAX_CACHE_SECTORS,
     );
-    let opened = Engine::open(
+    let opened = SyncEngine::open(
         MemDevice::from_bytes(d.image),
         MemDevice::from_bytes(backing_image()),
         open_config(),
     );
     if let Ok((engine, _report)) = opened {
         exercise(engine, d.probe, |c, b, p| {
-            Engine::open_with_plog(c, b, p, open_config()).map(|(e, _)| e)
+            SyncEngine::open_with_plog(c, b, p, open_config()).map(|(e, _)| e)
         });
     }
 }
@@ -33,9 +33,9 @@ pub fn run(data: &[u8]) {
 /// Reads every sector, then (if alive) writes a block at `probe`, reads it back, flushes, runs
 /// the due steps, shuts down cleanly and reopens with `reopen`: the block must still be there.
 pub fn exercise<D: BlockDevice>(
-    mut e: Engine<D>,
+    mut e: SyncEngine<D>,
     probe: u64,
-    reopen: impl FnOnce(D, D, Option<D>) -> engine::Result<Engine<D>>,
+    reopen: impl FnOnce(D, D, Option<D>) -> engine::Result<SyncEngine<D>>,
 ) {
     invariants(&e, "after open");
     let size = e.size_sectors();
@@ -83,7 +83,7 @@ pub fn exercise<D: BlockDevice>(
     assert!(got == data, "{sector}+8 lost across a clean shutdown");
 }
 
-fn invariants<D: BlockDevice>(e: &Engine<D>, when: &str) {
+fn invariants<D: BlockDevice>(e: &SyncEngine<D>, when: &str) {
     if let Err(err) = e.check_invariants() {
         panic!("engine invariant broken {when}: {err}");
     }

@@ -3,13 +3,13 @@
 //! [`image::MAX_CACHE_SECTORS`]): never a panic, and never an error on a readable in-memory
 //! device (`Err` means a device I/O error, i.e. a read outside the device).
 //!
-//! Agreement with recovery, kept to what inspect.rs promises: when `Engine::open` (never
+//! Agreement with recovery, kept to what inspect.rs promises: when `SyncEngine::open` (never
 //! formatting, no plog) recovers the image, `check_against_backing` on the same bytes must plan
 //! a replay from the same record, and must not call the superblock region (sector 0, the
 //! records, the geometry) unsound.
 
 use engine::inspect::ProblemKind;
-use engine::{Engine, MemDevice};
+use engine::{MemDevice, SyncEngine};
 
 use crate::image::{self, backing_image, backing_sectors, open_config};
 
@@ -49,7 +49,7 @@ pub fn run(data: &[u8]) {
         "check or dump wrote to the device"
     );
 
-    let Ok((_engine, recovery)) = Engine::open(
+    let Ok((_engine, recovery)) = SyncEngine::open(
         MemDevice::from_bytes(d.image),
         MemDevice::from_bytes(backing_image()),
         open_config(),

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use engine::format::{self, Metablock, BLOCK_SIZE, SECTORS_PER_BLOCK, SECTOR_SIZE};
-use engine::{Config, Engine, FormatPolicy, MemDevice, Step};
+use engine::{Config, FormatPolicy, MemDevice, Step, SyncEngine};
 
 use crate::bytes::Reader;
 
@@ -90,7 +90,7 @@ fn build(order: u8, cache_sectors: u64, plog_sectors: Option<u64>, acts: &[Act])
     let cache = MemDevice::new(cache_sectors);
     let backing = MemDevice::from_bytes(backing_image());
     let plog = plog_sectors.map(MemDevice::new);
-    let (mut e, _) = Engine::open_with_plog(cache, backing, plog, fmt_config(order))
+    let (mut e, _) = SyncEngine::open_with_plog(cache, backing, plog, fmt_config(order))
         .expect("template: format a blank cache");
     for (n, a) in acts.iter().enumerate() {
         match *a {

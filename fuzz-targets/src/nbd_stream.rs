@@ -11,7 +11,7 @@
 use std::io::{self, Cursor, Read, Write};
 
 use engine::format::SECTOR_SIZE;
-use engine::{Config, Engine, FormatPolicy, MemDevice};
+use engine::{Config, FormatPolicy, MemDevice, SyncEngine};
 use models::ModelDisk;
 use runner::core::{Core, EngineCore};
 use runner::engine_thread::{execute, EngineReq, Outcome};
@@ -65,7 +65,7 @@ fn engine() -> EngineCore<MemDevice> {
         generation: 7,
         ..Config::default()
     };
-    let (e, _) = Engine::open(cache, backing, cfg).expect("format an in-memory cache");
+    let (e, _) = SyncEngine::open(cache, backing, cfg).expect("format an in-memory cache");
     EngineCore::new(e)
 }
 

@@ -4,7 +4,7 @@
 //! working engine, reads that succeed or fail with a typed error, a written block that reads
 //! back and survives a clean shutdown.
 
-use engine::{Engine, MemDevice};
+use engine::{MemDevice, SyncEngine};
 
 use crate::cache_image::exercise;
 use crate::image::{self, backing_image, open_config};
@@ -16,7 +16,7 @@ pub fn run(data: &[u8]) {
         |t| t.plog.as_deref().unwrap_or_default(),
         image::MAX_PLOG_SECTORS,
     );
-    let opened = Engine::open_with_plog(
+    let opened = SyncEngine::open_with_plog(
         MemDevice::from_bytes(d.template.cache.clone()),
         MemDevice::from_bytes(backing_image()),
         Some(MemDevice::from_bytes(d.image)),
@@ -24,7 +24,7 @@ pub fn run(data: &[u8]) {
     );
     if let Ok((engine, _report)) = opened {
         exercise(engine, d.probe, |c, b, p| {
-            Engine::open_with_plog(c, b, p, open_config()).map(|(e, _)| e)
+            SyncEngine::open_with_plog(c, b, p, open_config()).map(|(e, _)| e)
         });
     }
 }

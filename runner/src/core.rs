@@ -1,9 +1,9 @@
 //! What the engine thread needs of the cache: the engine's client and background API behind a
 //! trait, so the loom tests can put a small fake with the same durability contract behind the
 //! runner's real handoff code. [`EngineCore`] is the production implementation: a thin
-//! forwarding layer over `engine::Engine`, plus the backing-load sampling for the modulator.
+//! forwarding layer over `engine::SyncEngine`, plus the backing-load sampling for the modulator.
 
-use engine::{BlockDevice, Engine, Error, MemDevice, ReadReq, Status};
+use engine::{BlockDevice, Error, MemDevice, ReadReq, Status, SyncEngine};
 
 /// The cache as the engine thread drives it. Every method runs on the engine thread only.
 pub trait Core {
@@ -51,13 +51,13 @@ const LOAD_SAMPLE_MS: u64 = 1000;
 
 /// The engine behind [`Core`].
 pub struct EngineCore<D: BlockDevice> {
-    pub engine: Engine<D>,
+    pub engine: SyncEngine<D>,
     /// (time, backing busy ns) at the last load sample.
     load_sample: Option<(u64, u64)>,
 }
 
 impl<D: BlockDevice> EngineCore<D> {
-    pub fn new(engine: Engine<D>) -> Self {
+    pub fn new(engine: SyncEngine<D>) -> Self {
         EngineCore {
             engine,
             load_sample: None,

@@ -27,7 +27,7 @@ pub const JOB_QUEUE_CAPACITY: usize = 64;
 /// writeback still happen under a steady request stream.
 pub const REQUEST_BURST: u32 = 32;
 /// Most read jobs served by one `read_many` (the engine's own batch bound).
-pub const READ_RUN_MAX: usize = engine::read_many::READ_MANY_MAX_REQUESTS;
+pub const READ_RUN_MAX: usize = 32;
 /// How long the idle engine thread waits for a request before looking at the clock again.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -251,7 +251,7 @@ mod tests {
     use crate::inflight::Inflight;
     use crate::nbd::proto;
     use crate::sync::{thread, Arc};
-    use engine::{BlockDevice, Config, Engine, IoError, IoOp, MemDevice};
+    use engine::{Access, BlockDevice, Config, IoError, MemDevice, SyncEngine};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
 
@@ -270,13 +270,13 @@ mod tests {
         }
         fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
             if self.broken.load(Ordering::SeqCst) {
-                return Err(IoError::new(IoOp::Write, sector, 1, "injected EIO"));
+                return Err(IoError::new(Access::Write, sector, 1, "injected EIO"));
             }
             self.mem.write(sector, data, fua)
         }
         fn flush(&mut self) -> Result<(), IoError> {
             if self.broken.load(Ordering::SeqCst) {
-                return Err(IoError::new(IoOp::Flush, 0, 0, "injected EIO"));
+                return Err(IoError::new(Access::Flush, 0, 0, "injected EIO"));
             }
             self.mem.flush()
         }
@@ -337,7 +337,7 @@ mod tests {
         };
         // Backing block b holds bytes b + 1.
         let backing: Vec<u8> = (0..32 * 4096).map(|i| (i / 4096 + 1) as u8).collect();
-        let (engine, _) = Engine::open(
+        let (engine, _) = SyncEngine::open(
             dev(MemDevice::new(2048 + 4 * 32)),
             dev(MemDevice::from_bytes(backing)),
             cfg,
@@ -410,7 +410,7 @@ mod tests {
             segment_size_order: 5,
             ..Config::default()
         };
-        let (engine, _) = Engine::open(dev(2048 + 4 * 32), dev(256), cfg).unwrap();
+        let (engine, _) = SyncEngine::open(dev(2048 + 4 * 32), dev(256), cfg).unwrap();
         let jobs = Arc::new(BoundedQueue::new(4));
         let logged = Arc::new(Mutex::new(Vec::<String>::new()));
         let t = {

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{bail, Context};
-use engine::{Config, Engine, FormatPolicy, RecoveryReport};
+use engine::{Config, FormatPolicy, RecoveryReport, SyncEngine};
 
 use crate::core::EngineCore;
 use crate::engine_thread::{self, Job, MonotonicClock, JOB_QUEUE_CAPACITY};
@@ -166,7 +166,7 @@ pub fn open_engine(
     plog: Option<&Path>,
     io_mode: IoMode,
     nr_rambuf_pool: usize,
-) -> anyhow::Result<(Engine<FileDevice>, RecoveryReport)> {
+) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
     let cache_dev = FileDevice::open(cache, io_mode, 0)?;
     let backing_dev = FileDevice::open(backing, io_mode, 0)?;
     let plog_dev = match plog {
@@ -178,7 +178,7 @@ pub fn open_engine(
         format: FormatPolicy::Never,
         ..Config::default()
     };
-    Engine::open_with_plog(cache_dev, backing_dev, plog_dev, cfg)
+    SyncEngine::open_with_plog(cache_dev, backing_dev, plog_dev, cfg)
         .map_err(|e| explain_open_error(e, cache, plog))
 }
 

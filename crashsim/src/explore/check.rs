@@ -2,7 +2,7 @@
 //! check the engine's invariants, read again and compare.
 
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, Config, DeviceRole, Engine, RecoveryReport};
+use engine::{BlockDevice, Config, DeviceRole, RecoveryReport, SyncEngine};
 use models::{BlockOracle, PrefixOracle};
 
 use crate::{CrashImages, ImageDevice};
@@ -63,13 +63,13 @@ pub struct Finding {
 /// A recovered engine and what it showed. Its devices share the chunks recovery did not write
 /// with the crash images it recovered.
 pub struct Recovered {
-    pub engine: Engine<ImageDevice>,
+    pub engine: SyncEngine<ImageDevice>,
     pub report: RecoveryReport,
     pub observed: Vec<u8>,
 }
 
 /// Reads the whole exported device.
-pub fn read_all<D: BlockDevice>(engine: &mut Engine<D>) -> Result<Vec<u8>, String> {
+pub fn read_all<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, String> {
     let size = engine.size_sectors();
     let mut out = vec![0u8; size as usize * SECTOR_SIZE];
     const CHUNK: u64 = 128;
@@ -107,7 +107,7 @@ pub fn check_images(
         );
     };
     let plog = take(&mut images, DeviceRole::Plog);
-    let (mut engine, report) = match Engine::open_with_plog(cache, backing, plog, config) {
+    let (mut engine, report) = match SyncEngine::open_with_plog(cache, backing, plog, config) {
         Ok(x) => x,
         Err(e) => {
             return (

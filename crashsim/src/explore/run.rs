@@ -2,7 +2,7 @@
 //! client operation; the crash states are generated from that record afterwards.
 
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, Config, DeviceRole, Engine, FormatPolicy, Tunables};
+use engine::{BlockDevice, Config, DeviceRole, FormatPolicy, SyncEngine, Tunables};
 use models::{History, ModelDisk, OpId};
 
 use super::workload::{WlConfig, WlOp};
@@ -124,9 +124,9 @@ pub fn sim_devices(
 pub fn open_on(
     world: &SharedWorld,
     config: Config,
-) -> Result<engine::Result<(Engine<SimDevice>, engine::RecoveryReport)>, String> {
+) -> Result<engine::Result<(SyncEngine<SimDevice>, engine::RecoveryReport)>, String> {
     let (c, b, p) = sim_devices(world)?;
-    Ok(Engine::open_with_plog(c, b, p, config))
+    Ok(SyncEngine::open_with_plog(c, b, p, config))
 }
 
 /// A world holding a cache and a backing device (and a plog) with the given images.
@@ -190,7 +190,7 @@ enum OpError {
 /// is recorded as failed (it may or may not persist) and the engine, now dead, is left as is.
 #[allow(clippy::too_many_arguments)]
 pub fn drive<D: BlockDevice>(
-    engine: &mut Option<Engine<D>>,
+    engine: &mut Option<SyncEngine<D>>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -216,7 +216,7 @@ pub fn drive<D: BlockDevice>(
 
 #[allow(clippy::too_many_arguments)]
 fn drive_one<D: BlockDevice>(
-    slot: &mut Option<Engine<D>>,
+    slot: &mut Option<SyncEngine<D>>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -305,7 +305,7 @@ fn drive_one<D: BlockDevice>(
 /// to the backing device, shut down cleanly, format. The exported device keeps its content, so
 /// for the client it is a FLUSH (everything before it is durable once it completes).
 fn reformat<D: BlockDevice>(
-    slot: &mut Option<Engine<D>>,
+    slot: &mut Option<SyncEngine<D>>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -330,7 +330,7 @@ fn reformat<D: BlockDevice>(
         format: FormatPolicy::Always,
         ..config
     };
-    let (e, _) = Engine::open_with_plog(c, b, p, cfg).map_err(|x| x.to_string())?;
+    let (e, _) = SyncEngine::open_with_plog(c, b, p, cfg).map_err(|x| x.to_string())?;
     *slot = Some(e);
     world.borrow_mut().client_end(id, true);
     history.complete(id).map_err(|e| e.to_string())
@@ -351,7 +351,7 @@ fn client<T>(
 /// Reads a range back and compares it with the model: a failed read is a device error (allowed
 /// under error faults), different data is a lie (never allowed).
 fn read_back<D: BlockDevice>(
-    engine: &mut Engine<D>,
+    engine: &mut SyncEngine<D>,
     model: &ModelDisk,
     sector: u64,
     sectors: u64,

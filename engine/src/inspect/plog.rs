@@ -1,14 +1,14 @@
 //! The plog device in `check` and `dump`: both superblock copies, every region, and (for
 //! `check`) what recovery would do, found by running it on copy-on-write overlays.
 
-use crate::cache::{Config, Engine, FormatPolicy};
-use crate::device::{check_access, BlockDevice, DeviceRole, IoError, IoOp};
+use crate::cache::{Config, FormatPolicy};
+use crate::device::{check_access, Access, BlockDevice, DeviceRole, IoError};
 use crate::error::{Error, Result};
 use crate::format::plog::{
     EntryHeader, PlogSuperblock, PLOG_BACKUP_SB_SECTOR, PLOG_FIRST_REGION_SECTOR, PLOG_SB_SECTOR,
 };
 use crate::format::{Geometry, SuperblockExt, SECTOR_SIZE};
-use crate::plog::{verified_run, RunOwner};
+use crate::recovery::plog::{verified_run, RunOwner};
 use crate::recovery::RecoveryReport;
 
 use super::report::{Problem, ProblemKind};
@@ -74,7 +74,7 @@ impl<D: BlockDevice> BlockDevice for OverlayDevice<'_, D> {
     }
 
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> std::result::Result<(), IoError> {
-        check_access(IoOp::Read, self.sectors, sector, buf.len())?;
+        check_access(Access::Read, self.sectors, sector, buf.len())?;
         match self.base.as_deref_mut() {
             Some(base) => base.read(sector, buf)?,
             None => buf.fill(0),
@@ -92,7 +92,7 @@ impl<D: BlockDevice> BlockDevice for OverlayDevice<'_, D> {
     }
 
     fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> std::result::Result<(), IoError> {
-        check_access(IoOp::Write, self.sectors, sector, data.len())?;
+        check_access(Access::Write, self.sectors, sector, data.len())?;
         for (i, d) in data.chunks_exact(SECTOR_SIZE).enumerate() {
             let kept = d.iter().any(|&b| b != 0).then(|| d.into());
             self.written.insert(sector + i as u64, kept);
@@ -222,7 +222,7 @@ pub(super) fn read_plog_info<D: BlockDevice>(
     let device_sectors = plog.size_sectors();
     let generation = cache_ext.map(|e| e.generation);
     let decoded = if device_sectors >= PLOG_FIRST_REGION_SECTOR {
-        crate::plog::read_superblocks(plog)?
+        crate::recovery::plog::read_superblocks(plog)?
     } else {
         [None; 2]
     };
@@ -258,7 +258,7 @@ pub(super) fn read_plog_info<D: BlockDevice>(
         ));
         return Ok(info);
     }
-    let sb = match crate::plog::open_superblock(plog, ext.generation, geo.order, false) {
+    let sb = match crate::recovery::plog::open_superblock(plog, ext.generation, geo.order, false) {
         Ok(sb) => sb,
         Err(e @ Error::Io { .. }) => return Err(e),
         Err(e) => {
@@ -331,7 +331,7 @@ pub(super) fn recover_on_overlays<D: BlockDevice>(
         ..Config::default()
     };
     let backing = OverlayDevice::zeros(backing_sectors.unwrap_or(UNKNOWN_BACKING_SECTORS));
-    match Engine::open_with_plog(
+    match crate::SyncEngine::open_with_plog(
         OverlayDevice::new(cache),
         backing,
         Some(OverlayDevice::new(plog)),

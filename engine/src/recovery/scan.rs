@@ -16,7 +16,7 @@ use crate::format::{
 /// Slots read per batch while scanning headers or segments: bounds memory on huge caches.
 pub const SCAN_BATCH: u64 = 256;
 /// Bytes of whole segments read per batch (16 segments at order 10).
-const SEGMENT_BATCH_BYTES: usize = 8 << 20;
+pub const SEGMENT_BATCH_BYTES: usize = 8 << 20;
 
 fn io<T>(r: std::result::Result<T, IoError>) -> Result<T> {
     r.map_err(|source| Error::Io {
@@ -126,56 +126,63 @@ pub struct LayoutScan {
     pub records: Option<[RecordSector; 2]>,
 }
 
-/// Reads sector 0 and both record sectors (whatever the device holds; a device too small for
-/// them reads as `Missing` / `None`).
-pub fn read_layout<D: BlockDevice + ?Sized>(cache: &mut D) -> Result<LayoutScan> {
-    let device_sectors = cache.size_sectors();
-    if device_sectors == 0 {
-        return Ok(LayoutScan {
-            device_sectors,
-            superblock: SuperblockInfo {
+/// The reads of the superblock region: sector 0 and both record sectors (sector, bytes).
+/// A device too small for the record sectors reads sector 0 only (and none when empty).
+pub fn layout_reads(device_sectors: u64) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    if device_sectors > 0 {
+        out.push((0, SECTOR_SIZE));
+    }
+    if device_sectors > format::RECORD_SECTOR {
+        out.push((format::RECORD_SECTOR, SECTOR_SIZE));
+        out.push((format::BACKUP_RECORD_SECTOR, SECTOR_SIZE));
+    }
+    out
+}
+
+impl LayoutScan {
+    /// Decodes what [`layout_reads`] read, in that order.
+    pub fn decode(device_sectors: u64, bufs: &[&[u8]]) -> Self {
+        let superblock = match bufs.first() {
+            Some(s0) => SuperblockInfo::decode(s0),
+            None => SuperblockInfo {
                 kind: SuperblockKind::Missing,
                 magic: 0,
                 ext: None,
             },
-            records: None,
+        };
+        let records = (bufs.len() == 3).then(|| {
+            [
+                RecordSector::decode(RecordCopyName::Primary, format::RECORD_SECTOR, bufs[1]),
+                RecordSector::decode(
+                    RecordCopyName::Backup,
+                    format::BACKUP_RECORD_SECTOR,
+                    bufs[2],
+                ),
+            ]
         });
-    }
-    let mut s0 = [0u8; SECTOR_SIZE];
-    io(cache.read(0, &mut s0))?;
-    let superblock = SuperblockInfo::decode(&s0);
-    if device_sectors <= format::RECORD_SECTOR {
-        return Ok(LayoutScan {
+        LayoutScan {
             device_sectors,
             superblock,
-            records: None,
-        });
+            records,
+        }
     }
-    let mut bufs = [[0u8; SECTOR_SIZE]; 2];
-    let [p, b] = &mut bufs;
-    io(cache.read_batch(&mut [
-        ReadReq {
-            sector: format::RECORD_SECTOR,
-            buf: p,
-        },
-        ReadReq {
-            sector: format::BACKUP_RECORD_SECTOR,
-            buf: b,
-        },
-    ]))?;
-    let records = Some([
-        RecordSector::decode(RecordCopyName::Primary, format::RECORD_SECTOR, &bufs[0]),
-        RecordSector::decode(
-            RecordCopyName::Backup,
-            format::BACKUP_RECORD_SECTOR,
-            &bufs[1],
-        ),
-    ]);
-    Ok(LayoutScan {
-        device_sectors,
-        superblock,
-        records,
-    })
+}
+
+/// Reads sector 0 and both record sectors (whatever the device holds; a device too small for
+/// them reads as `Missing` / `None`).
+pub fn read_layout<D: BlockDevice + ?Sized>(cache: &mut D) -> Result<LayoutScan> {
+    let device_sectors = cache.size_sectors();
+    let reads = layout_reads(device_sectors);
+    let mut bufs = vec![[0u8; SECTOR_SIZE]; reads.len()];
+    let mut reqs: Vec<ReadReq<'_>> = bufs
+        .iter_mut()
+        .zip(&reads)
+        .map(|(buf, &(sector, _))| ReadReq { sector, buf })
+        .collect();
+    io(cache.read_batch(&mut reqs))?;
+    let views: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+    Ok(LayoutScan::decode(device_sectors, &views))
 }
 
 /// The first sector of a slot: the id and length its header claims.
@@ -183,6 +190,22 @@ pub fn read_layout<D: BlockDevice + ?Sized>(cache: &mut D) -> Result<LayoutScan>
 pub struct SlotHeader {
     pub id: u64,
     pub length: u8,
+}
+
+impl SlotHeader {
+    pub fn decode(sector: &[u8]) -> Self {
+        let h = format::decode_segment_header(sector);
+        SlotHeader {
+            id: h.id,
+            length: h.length,
+        }
+    }
+}
+
+/// The bytes of slot `slot` a full read takes: the header block and as many data blocks as
+/// its header sector claims, capped by the geometry.
+pub fn segment_read_len(geo: &Geometry, header: SlotHeader) -> usize {
+    format::segment_len_bytes((header.length as usize).min(geo.blocks_per_segment()))
 }
 
 /// Reads the first sector of every slot, in batches.
@@ -206,13 +229,11 @@ pub fn read_headers<D: BlockDevice + ?Sized>(
             })
             .collect();
         io(cache.read_batch(&mut reqs))?;
-        out.extend(bufs.chunks(SECTOR_SIZE).take(count as usize).map(|s| {
-            let h = format::decode_segment_header(s);
-            SlotHeader {
-                id: h.id,
-                length: h.length,
-            }
-        }));
+        out.extend(
+            bufs.chunks(SECTOR_SIZE)
+                .take(count as usize)
+                .map(SlotHeader::decode),
+        );
         first += count;
     }
     Ok(out)
@@ -304,7 +325,6 @@ pub fn read_segments<D: BlockDevice + ?Sized>(
     headers: &[SlotHeader],
     mut wanted: impl FnMut(u64, SlotHeader) -> bool,
 ) -> Result<Vec<SegmentScan>> {
-    let n = geo.blocks_per_segment();
     let slots: Vec<u64> = (0..geo.nr_segments)
         .filter(|&s| wanted(s, headers[s as usize]))
         .collect();
@@ -316,7 +336,7 @@ pub fn read_segments<D: BlockDevice + ?Sized>(
     for chunk in slots.chunks(per_batch) {
         let lens: Vec<usize> = chunk
             .iter()
-            .map(|&s| format::segment_len_bytes((headers[s as usize].length as usize).min(n)))
+            .map(|&s| segment_read_len(geo, headers[s as usize]))
             .collect();
         let mut reqs: Vec<ReadReq<'_>> = bufs
             .chunks_mut(geo.segment_bytes())

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use engine::device::check_access;
-use engine::{BlockDevice, IoError, IoOp, ReadReq, WriteReq};
+use engine::{Access, BlockDevice, IoError, ReadReq, WriteReq};
 use thiserror::Error;
 
 use crate::core::BusyTime;
@@ -564,7 +564,7 @@ impl FileDevice {
     }
 }
 
-fn io_err(op: IoOp, sector: u64, len: usize, e: io::Error) -> IoError {
+fn io_err(op: Access, sector: u64, len: usize, e: io::Error) -> IoError {
     IoError::new(op, sector, (len as u64) / SECTOR, e.to_string())
 }
 
@@ -574,13 +574,13 @@ impl BlockDevice for FileDevice {
     }
 
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        check_access(IoOp::Read, self.sectors, sector, buf.len())?;
+        check_access(Access::Read, self.sectors, sector, buf.len())?;
         self.timed(|d| d.read_at(sector * SECTOR, buf))
-            .map_err(|e| io_err(IoOp::Read, sector, buf.len(), e))
+            .map_err(|e| io_err(Access::Read, sector, buf.len(), e))
     }
 
     fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        check_access(IoOp::Write, self.sectors, sector, data.len())?;
+        check_access(Access::Write, self.sectors, sector, data.len())?;
         self.timed(|d| {
             d.write_at(sector * SECTOR, data)?;
             if fua {
@@ -588,12 +588,12 @@ impl BlockDevice for FileDevice {
             }
             Ok(())
         })
-        .map_err(|e| io_err(IoOp::Write, sector, data.len(), e))
+        .map_err(|e| io_err(Access::Write, sector, data.len(), e))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
         self.timed(|d| d.file.sync_data())
-            .map_err(|e| io_err(IoOp::Flush, 0, 0, e))
+            .map_err(|e| io_err(Access::Flush, 0, 0, e))
     }
 
     /// In order, contiguous stretches merged (see the module doc); one `fdatasync` at the end
@@ -603,7 +603,7 @@ impl BlockDevice for FileDevice {
     /// sync: the first FUA request).
     fn write_batch(&mut self, writes: &[WriteReq<'_>]) -> Result<(), IoError> {
         for w in writes {
-            check_access(IoOp::Write, self.sectors, w.sector, w.data.len())?;
+            check_access(Access::Write, self.sectors, w.sector, w.data.len())?;
         }
         let runs = merge_runs(writes.iter().map(|w| (w.sector, w.data.len())));
         self.timed(|d| {
@@ -616,11 +616,11 @@ impl BlockDevice for FileDevice {
         .map_err(|(i, e)| {
             let reqs = &writes[runs[i].clone()];
             let len: usize = reqs.iter().map(|w| w.data.len()).sum();
-            io_err(IoOp::Write, reqs[0].sector, len, e)
+            io_err(Access::Write, reqs[0].sector, len, e)
         })?;
         if let Some(w) = writes.iter().find(|w| w.fua) {
             self.timed(|d| d.file.sync_data())
-                .map_err(|e| io_err(IoOp::Write, w.sector, w.data.len(), e))?;
+                .map_err(|e| io_err(Access::Write, w.sector, w.data.len(), e))?;
         }
         Ok(())
     }
@@ -631,7 +631,7 @@ impl BlockDevice for FileDevice {
     /// length.
     fn read_batch(&mut self, reads: &mut [ReadReq<'_>]) -> Result<(), IoError> {
         for r in reads.iter() {
-            check_access(IoOp::Read, self.sectors, r.sector, r.buf.len())?;
+            check_access(Access::Read, self.sectors, r.sector, r.buf.len())?;
         }
         let runs = merge_runs(reads.iter().map(|r| (r.sector, r.buf.len())));
         let r = self.timed(|d| {
@@ -644,7 +644,7 @@ impl BlockDevice for FileDevice {
         r.map_err(|(i, e)| {
             let reqs = &reads[runs[i].clone()];
             let len: usize = reqs.iter().map(|r| r.buf.len()).sum();
-            io_err(IoOp::Read, reqs[0].sector, len, e)
+            io_err(Access::Read, reqs[0].sector, len, e)
         })
     }
 }

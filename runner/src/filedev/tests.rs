@@ -250,7 +250,7 @@ fn batches_round_trip(force_align: Option<u64>) {
         },
     ];
     let e = d.write_batch(&bad).unwrap_err();
-    assert_eq!((e.op, e.sector), (IoOp::Write, (BYTES / 512) as u64 - 4));
+    assert_eq!((e.op, e.sector), (Access::Write, (BYTES / 512) as u64 - 4));
     let mut buf = vec![0u8; 512];
     let e = d
         .read_batch(&mut [ReadReq {
@@ -258,7 +258,7 @@ fn batches_round_trip(force_align: Option<u64>) {
             buf: &mut buf,
         }])
         .unwrap_err();
-    assert_eq!((e.op, e.sector), (IoOp::Read, (BYTES / 512) as u64));
+    assert_eq!((e.op, e.sector), (Access::Read, (BYTES / 512) as u64));
     d.flush().unwrap();
     drop(d);
     assert!(std::fs::read(f.path()).unwrap() == model, "file content");
@@ -314,7 +314,7 @@ fn concurrent_reads_fail_as_in_order(force_align: Option<u64>) {
     let e = read_blocks(&mut d, &batch).unwrap_err();
     assert_eq!(
         (e.op, e.sector, e.sectors),
-        (IoOp::Read, half + 40, 8),
+        (Access::Read, half + 40, 8),
         "the first failing stretch in batch order: {e}"
     );
     // Contiguous with a failing block: the merged stretch fails as a whole.
@@ -414,7 +414,7 @@ fn concurrent_writes_fail_as_in_order() {
         .unwrap_err();
     assert_eq!(
         (e.op, e.sector, e.sectors),
-        (IoOp::Write, half + 41, 1),
+        (Access::Write, half + 41, 1),
         "the first failing stretch in batch order: {e}"
     );
     // Sharing an aligned block, so written in order on the calling thread: still judged in
@@ -473,7 +473,7 @@ fn failed_merged_write_names_its_first_request() {
         })
         .collect();
     let e = d.write_batch(&reqs).unwrap_err();
-    assert_eq!((e.op, e.sector, e.sectors), (IoOp::Write, 16, 24), "{e}");
+    assert_eq!((e.op, e.sector, e.sectors), (Access::Write, 16, 24), "{e}");
 }
 
 #[test]

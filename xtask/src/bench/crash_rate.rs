@@ -12,7 +12,7 @@
 //!
 //! Then where the time of a state goes: the top-level crash states of the same workloads are
 //! re-enacted with the explorer's public pieces (`choices_for`, `CrashState::image`,
-//! `Engine::open_with_plog`, `read_all`, the oracles), each phase timed. And one configuration
+//! `SyncEngine::open_with_plog`, `read_all`, the oracles), each phase timed. And one configuration
 //! again on every core with the same workloads and slices, for the scaling ratio. Any violation
 //! aborts the bench with its replay command: a violation is a bug, never a number.
 //!
@@ -29,7 +29,7 @@ use crashsim::explore::{
 };
 use crashsim::{Dedup, ImageDevice, PointSelection};
 use engine::format::SECTOR_SIZE;
-use engine::{DeviceRole, Engine};
+use engine::{DeviceRole, SyncEngine};
 use models::{BlockOracle, PrefixOracle, PrefixUnit};
 
 use super::{Mode, Section, Table};
@@ -219,7 +219,7 @@ struct Phases {
     /// Building the crash images (copy-on-write clones of the durable images with the choice
     /// applied: only the chunks the choice changes are copied).
     image: f64,
-    /// `Engine::open_with_plog` on the images: recovery.
+    /// `SyncEngine::open_with_plog` on the images: recovery.
     recovery: f64,
     invariants: f64,
     /// Reading the whole exported device, twice (the second read checks stability).
@@ -349,7 +349,7 @@ fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String>
                 let (Some(cache), Some(backing)) = (cache, backing) else {
                     return Err(fail(path, Kind::Recovery, "images lack a device".into()));
                 };
-                let (mut engine, _) = Engine::open_with_plog(cache, backing, plog, config)
+                let (mut engine, _) = SyncEngine::open_with_plog(cache, backing, plog, config)
                     .map_err(|e| {
                         fail(
                             path.clone(),

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use engine::format::{plog::region_sectors_for, BLOCK_SIZE, SECTORS_PER_BLOCK};
-use engine::{Config, Engine, FormatPolicy, Tunables};
+use engine::{Config, FormatPolicy, SyncEngine, Tunables};
 
 use super::latency::{Counters, LatencyDevice, LatencyModel, HDD, SSD};
 use super::{Mode, Section, Table};
@@ -43,7 +43,7 @@ fn fill(buf: &mut [u8], block: u64, write: u64) {
     }
 }
 
-type Eng = Engine<LatencyDevice>;
+type Eng = SyncEngine<LatencyDevice>;
 
 /// Counters of (cache, plog, backing); the plog's are zero in type 0.
 fn counters(e: &Eng) -> [Counters; 3] {
@@ -153,7 +153,7 @@ fn run_one(order: u8, cache_type: u8, interval: u64, writes: u64) -> Result<Run,
         LatencyDevice::new(sectors, SSD)
     });
     let cfg = config(order, FormatPolicy::IfBlank);
-    let (mut e, _) = Engine::open_with_plog(cache, backing, plog, cfg)
+    let (mut e, _) = SyncEngine::open_with_plog(cache, backing, plog, cfg)
         .map_err(|err| format!("cannot open a type-{cache_type} cache: {err}"))?;
     if e.cache_type() != cache_type {
         return Err(format!("opened type {} not {cache_type}", e.cache_type()));
@@ -207,7 +207,7 @@ fn run_one(order: u8, cache_type: u8, interval: u64, writes: u64) -> Result<Run,
         let (cache, backing) = (e.cache_device().clone(), e.backing_device().clone());
         let plog = e.plog_device().cloned();
         let (mut copy, _) =
-            Engine::open_with_plog(cache, backing, plog, config(order, FormatPolicy::Never))
+            SyncEngine::open_with_plog(cache, backing, plog, config(order, FormatPolicy::Never))
                 .map_err(|err| engine_err("reopening a copy as after a power cut", err))?;
         verify(
             &mut copy,

@@ -23,7 +23,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use engine::format::{plog::region_sectors_for, BLOCK_SIZE, SECTORS_PER_BLOCK, SUPERBLOCK_SECTORS};
-use engine::{BlockDevice, Config, Engine, FormatPolicy, IoError, MemDevice, Tunables};
+use engine::{BlockDevice, Config, FormatPolicy, IoError, MemDevice, SyncEngine, Tunables};
 
 use super::{Mode, Section, Table};
 use crashsim::rng::SplitMix64;
@@ -287,7 +287,7 @@ impl Run {
 }
 
 fn verify(
-    e: &mut Engine<Counted>,
+    e: &mut SyncEngine<Counted>,
     last: &[u32],
     payloads: &[Vec<u8>],
     when: &str,
@@ -336,12 +336,13 @@ fn run_one(
         Counted::new(2 * SECTORS_PER_BLOCK + PLOG_REGIONS * region_sectors_for(n as usize) as u64)
     });
     let engine_err = |what: &str, err: engine::Error| format!("{what}: {err}");
-    let (mut e, _) = Engine::open_with_plog(cache, backing, plog, config(FormatPolicy::IfBlank))
-        .map_err(|err| engine_err(&format!("cannot open a type-{cache_type} cache"), err))?;
+    let (mut e, _) =
+        SyncEngine::open_with_plog(cache, backing, plog, config(FormatPolicy::IfBlank))
+            .map_err(|err| engine_err(&format!("cannot open a type-{cache_type} cache"), err))?;
     if e.cache_type() != cache_type {
         return Err(format!("opened type {} not {cache_type}", e.cache_type()));
     }
-    let counts = |e: &Engine<Counted>| {
+    let counts = |e: &SyncEngine<Counted>| {
         [
             e.cache_device().c,
             e.backing_device().c,
@@ -395,7 +396,7 @@ fn run_one(
     }
     let verified = verify(&mut e, &last, &payloads, "read back after the run")?;
     let (cache, backing, plog) = e.into_all_devices();
-    let (mut e, _) = Engine::open_with_plog(cache, backing, plog, config(FormatPolicy::Never))
+    let (mut e, _) = SyncEngine::open_with_plog(cache, backing, plog, config(FormatPolicy::Never))
         .map_err(|err| engine_err("reopening as after a power cut", err))?;
     verify(
         &mut e,

@@ -1,4 +1,4 @@
-//! Section: replay, ours (`Engine::open`) against upstream's full-read replay, on the same
+//! Section: replay, ours (`SyncEngine::open`) against upstream's full-read replay, on the same
 //! cache image in the same run.
 //!
 //! **Ours** (engine/src/recovery.rs, docs/DESIGN.md "Replay"): the superblock and both record
@@ -46,7 +46,9 @@ use engine::format::{
     UPSTREAM_ORDER,
 };
 use engine::index::{Index, Mb};
-use engine::{BlockDevice, Config, Engine, FormatPolicy, IoError, MemDevice, RecoveryReport, Step};
+use engine::{
+    BlockDevice, Config, FormatPolicy, IoError, MemDevice, RecoveryReport, Step, SyncEngine,
+};
 use runner::filedev::{FileDevice, IoMode};
 
 use super::{Mode, Section, Table};
@@ -459,9 +461,9 @@ struct Prep {
     align: u64,
 }
 
-type FillEng = Engine<TrackedMem>;
+type FillEng = SyncEngine<TrackedMem>;
 /// Our engine recovered from the files.
-type FileEng = Engine<Counted<FileDevice>>;
+type FileEng = SyncEngine<Counted<FileDevice>>;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -557,7 +559,7 @@ fn time_ours(cache: &Path, backing: &Path) -> Result<(FileEng, RecoveryReport, f
         ..Config::default()
     };
     let t = Instant::now();
-    let (e, rep) = Engine::open(c, b, cfg).map_err(eng_err("our replay (Engine::open)"))?;
+    let (e, rep) = SyncEngine::open(c, b, cfg).map_err(eng_err("our replay (SyncEngine::open)"))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let mut io = e.cache_device().io;
     let bio = e.backing_device().io;
@@ -693,7 +695,7 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
         generation: GENERATION,
         ..Config::default()
     };
-    let (mut e, rep) = Engine::open(TrackedMem::new(sectors), TrackedMem::new(sectors), cfg)
+    let (mut e, rep) = SyncEngine::open(TrackedMem::new(sectors), TrackedMem::new(sectors), cfg)
         .map_err(eng_err("formatting the in-memory cache"))?;
     if !rep.formatted {
         return Err("the in-memory cache was not formatted".into());
@@ -1042,7 +1044,7 @@ impl Section for Replay {
         let mut md = String::new();
         md.push_str(&format!(
             "Time and bytes read to recover a type-0 cache at segment order {UPSTREAM_ORDER} \
-             (upstream's: 512 KiB segments of 127 blocks), `Engine::open` against upstream's \
+             (upstream's: 512 KiB segments of 127 blocks), `SyncEngine::open` against upstream's \
              `replay_log_on_cache` (shared/seeds/000, reimplemented in \
              `xtask/src/bench/replay.rs` with the same reads of the same sizes: every segment's \
              4 KiB header, then every segment whole, checksum checked, metablocks applied to an \
@@ -1131,7 +1133,8 @@ mod tests {
             generation: GENERATION,
             ..Config::default()
         };
-        let (mut e, _) = Engine::open(MemDevice::new(sectors), MemDevice::new(2048), cfg).unwrap();
+        let (mut e, _) =
+            SyncEngine::open(MemDevice::new(sectors), MemDevice::new(2048), cfg).unwrap();
         let mut rng = SplitMix64::new(1);
         let mut buf = vec![0u8; BLOCK_SIZE];
         for w in 1..=(20 * 127) {
@@ -1146,7 +1149,7 @@ mod tests {
             format: FormatPolicy::Never,
             ..cfg
         };
-        let (_, rep) = Engine::open(cache.clone(), backing, cfg).unwrap();
+        let (_, rep) = SyncEngine::open(cache.clone(), backing, cfg).unwrap();
         assert!(up.last_applied > 6, "the ring wrapped");
         assert_eq!(up.last_applied, rep.last_applied);
         assert_eq!(up.last_writeback, rep.record);
