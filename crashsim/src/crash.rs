@@ -12,7 +12,7 @@
 
 use crate::choice::{Choice, Units};
 use crate::image::Image;
-use crate::log::{Event, FlushEffect, WriteEffect};
+use crate::log::{Event, FlushEffect, Submitted, WriteEffect};
 use crate::media::{Media, PendingWrite};
 use crate::rng::{mix64, SplitMix64};
 use crate::world::{AtomicUnit, World};
@@ -161,6 +161,9 @@ pub struct Replayer<'w> {
     world: &'w World,
     next: u64,
     media: Vec<(DeviceRole, Media)>,
+    /// Writes submitted and not completed (the asynchronous driver), by submission sequence:
+    /// at a power cut they may persist like completed unflushed ones.
+    in_flight: BTreeMap<u64, PendingWrite>,
     /// [`image_fingerprint`] of every device's `media.durable`, XORed.
     durable_fp: u128,
 }
@@ -179,6 +182,7 @@ impl<'w> Replayer<'w> {
             world,
             next: 0,
             media,
+            in_flight: BTreeMap::new(),
             durable_fp,
         }
     }
@@ -225,12 +229,34 @@ impl<'w> Replayer<'w> {
         let world = self.world;
         for entry in &world.log[self.next as usize..point.before as usize] {
             match &entry.event {
+                Event::Submit {
+                    role,
+                    what: Submitted::Write { sector, data, .. },
+                } => {
+                    let unit_sectors = world.devices[role].config.atomic_unit.sectors();
+                    let w = PendingWrite {
+                        seq: entry.seq,
+                        role: *role,
+                        sector: *sector,
+                        data: Rc::clone(data),
+                        live: vec![true; data.len() / SECTOR_SIZE],
+                        unit_sectors,
+                    };
+                    self.in_flight.insert(entry.seq, w);
+                }
                 Event::Write {
                     role,
                     data,
-                    effect: WriteEffect::Landed { at, durable },
+                    effect,
+                    submitted,
                     ..
                 } => {
+                    if let Some(s) = submitted {
+                        self.in_flight.remove(s);
+                    }
+                    let WriteEffect::Landed { at, durable } = effect else {
+                        continue;
+                    };
                     let unit_sectors = world.devices[role].config.atomic_unit.sectors();
                     let w = PendingWrite {
                         seq: entry.seq,
@@ -251,9 +277,11 @@ impl<'w> Replayer<'w> {
                 Event::Flush {
                     role,
                     effect: FlushEffect::Done,
+                    covers_before,
                 } => {
-                    let sectors = self.pending_sectors(*role);
-                    self.change_durable(*role, &sectors, Media::flush);
+                    let sectors = self.media_of(*role).pending_sectors_before(*covers_before);
+                    let c = *covers_before;
+                    self.change_durable(*role, &sectors, |m| m.flush_before(c));
                 }
                 Event::BitRot { role, byte, bit } => {
                     let sector = byte / SECTOR_SIZE as u64;
@@ -275,6 +303,7 @@ impl<'w> Replayer<'w> {
             .media
             .iter()
             .flat_map(|(_, m)| m.pending.iter().cloned())
+            .chain(self.in_flight.values().cloned())
             .collect();
         pending.sort_by_key(|p| p.seq);
         let devices = self
@@ -298,22 +327,13 @@ impl<'w> Replayer<'w> {
         })
     }
 
-    /// Every sector the pending writes of `role` cover (live or not), each once, in order.
-    fn pending_sectors(&self, role: DeviceRole) -> Vec<u64> {
-        let m = &self
+    fn media_of(&self, role: DeviceRole) -> &Media {
+        &self
             .media
             .iter()
             .find(|(r, _)| *r == role)
             .expect("logged roles exist")
-            .1;
-        let mut sectors: Vec<u64> = m
-            .pending
-            .iter()
-            .flat_map(|p| p.sector..p.sector + p.sectors())
-            .collect();
-        sectors.sort_unstable();
-        sectors.dedup();
-        sectors
+            .1
     }
 }
 

@@ -40,25 +40,52 @@ pub enum ClientOp {
     Flush,
 }
 
+/// What an operation handed out by the engine asks for (the asynchronous driver logs it when
+/// the operation is handed out; its effect is logged when it completes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    Read {
+        sector: u64,
+        sectors: u64,
+    },
+    Write {
+        sector: u64,
+        data: Rc<[u8]>,
+        fua: bool,
+    },
+    Flush,
+}
+
 /// One logged event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// An operation was handed to the device and is in flight until its completion event. A
+    /// write in flight may persist (whole or torn) or not at a power cut, like a completed
+    /// unflushed one.
+    Submit { role: DeviceRole, what: Submitted },
     Read {
         role: DeviceRole,
         sector: u64,
         sectors: u64,
         error: Option<IoError>,
     },
+    /// A write completed. `submitted`: the sequence number of its `Submit` (asynchronous
+    /// driver), `None` when it was submitted and completed at once.
     Write {
         role: DeviceRole,
         sector: u64,
         data: Rc<[u8]>,
         fua: bool,
         effect: WriteEffect,
+        submitted: Option<u64>,
     },
+    /// A flush completed. It covers the writes that completed before sequence number
+    /// `covers_before` (its submission; its own sequence number when submitted and completed
+    /// at once).
     Flush {
         role: DeviceRole,
         effect: FlushEffect,
+        covers_before: u64,
     },
     /// A bit of the durable image flipped (the bit-rot fault).
     BitRot {
@@ -88,6 +115,7 @@ impl Event {
             Event::Read { role, .. }
             | Event::Write { role, .. }
             | Event::Flush { role, .. }
+            | Event::Submit { role, .. }
             | Event::BitRot { role, .. } => Some(*role),
             Event::Mark(_) | Event::ClientBegin { .. } | Event::ClientEnd { .. } => None,
         }
@@ -131,14 +159,31 @@ impl fmt::Display for LogEntry {
                 }
                 Ok(())
             }
+            Event::Submit { role, what } => match what {
+                Submitted::Read { sector, sectors } => {
+                    write!(f, "{role} submit R {sector}+{sectors}")
+                }
+                Submitted::Write { sector, data, fua } => write!(
+                    f,
+                    "{role} submit W {sector}+{}{} crc={:08x}",
+                    sectors_of(data),
+                    if *fua { " fua" } else { "" },
+                    crc32c::crc32c(data)
+                ),
+                Submitted::Flush => write!(f, "{role} submit F"),
+            },
             Event::Write {
                 role,
                 sector,
                 data,
                 fua,
                 effect,
+                submitted,
             } => {
                 write!(f, "{role} W {sector}+{}", sectors_of(data))?;
+                if let Some(s) = submitted {
+                    write!(f, " (submitted #{s})")?;
+                }
                 if *fua {
                     f.write_str(" fua")?;
                 }
@@ -156,8 +201,15 @@ impl fmt::Display for LogEntry {
                     WriteEffect::Failed(e) => write!(f, " EIO ({})", e.detail),
                 }
             }
-            Event::Flush { role, effect } => {
+            Event::Flush {
+                role,
+                effect,
+                covers_before,
+            } => {
                 write!(f, "{role} F")?;
+                if *covers_before != self.seq {
+                    write!(f, " (covers writes completed before #{covers_before})")?;
+                }
                 match effect {
                     FlushEffect::Done => Ok(()),
                     FlushEffect::Lied => f.write_str(" (lied)"),

@@ -106,11 +106,30 @@ impl Media {
         self.durable.write(start as usize * SECTOR_SIZE, &w.data);
     }
 
-    /// A device flush: every pending write becomes durable, in completion order.
-    pub fn flush(&mut self) {
-        for p in std::mem::take(&mut self.pending) {
+    /// A device flush submitted at log sequence `covers_before`: the pending writes that had
+    /// completed by then become durable, in completion order; later ones stay pending.
+    pub fn flush_before(&mut self, covers_before: u64) {
+        let (covered, later): (Vec<PendingWrite>, Vec<PendingWrite>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|p| p.seq < covers_before);
+        for p in covered {
             p.apply_range(&mut self.durable, p.sector, p.sectors());
         }
+        self.pending = later;
+    }
+
+    /// The sectors the pending writes completed before `covers_before` cover.
+    pub fn pending_sectors_before(&self, covers_before: u64) -> Vec<u64> {
+        let mut sectors: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|p| p.seq < covers_before)
+            .flat_map(|p| p.sector..p.sector + p.sectors())
+            .collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        sectors
     }
 
     pub fn flip_bit(&mut self, byte: u64, bit: u8) {

@@ -324,13 +324,26 @@ impl World {
         result
     }
 
-    /// A device write (what `SimDevice::write` does).
+    /// A device write (what `SimDevice::write` does: submitted and completed at once).
     pub(crate) fn write(
         &mut self,
         role: DeviceRole,
         sector: u64,
         data: &[u8],
         fua: bool,
+    ) -> Result<(), IoError> {
+        self.complete_write(role, sector, Rc::from(data), fua, None)
+    }
+
+    /// A write completes (`submitted`: the sequence number of its `Submit`, when it was in
+    /// flight): it lands in the volatile cache (durable if an honoured FUA), reads see it.
+    pub fn complete_write(
+        &mut self,
+        role: DeviceRole,
+        sector: u64,
+        data: Rc<[u8]>,
+        fua: bool,
+        submitted: Option<u64>,
     ) -> Result<(), IoError> {
         self.rot_due(role);
         let seq = self.next_seq();
@@ -361,7 +374,6 @@ impl World {
                 }
             }
         };
-        let data: Rc<[u8]> = Rc::from(data);
         if let WriteEffect::Landed { at, durable } = effect {
             d.current.write(at as usize * SECTOR_SIZE, &data);
             let stale: Vec<u64> = d.latent.range(at..at + sectors).copied().collect();
@@ -388,12 +400,21 @@ impl World {
             data,
             fua,
             effect,
+            submitted,
         });
         result
     }
 
-    /// A device flush (what `SimDevice::flush` does).
+    /// A device flush (what `SimDevice::flush` does: submitted and completed at once, so it
+    /// covers every write completed so far).
     pub(crate) fn flush(&mut self, role: DeviceRole) -> Result<(), IoError> {
+        let now = self.next_seq();
+        self.complete_flush(role, now)
+    }
+
+    /// A flush submitted at sequence `covers_before` completes: the writes that had completed
+    /// by then become durable (a flush in flight guarantees nothing about later ones).
+    pub fn complete_flush(&mut self, role: DeviceRole, covers_before: u64) -> Result<(), IoError> {
         self.rot_due(role);
         let d = self
             .devices
@@ -411,14 +432,24 @@ impl World {
         } else if d.config.faults.lie_about_flush {
             FlushEffect::Lied
         } else {
-            d.media.flush();
+            d.media.flush_before(covers_before);
             FlushEffect::Done
         };
         let result = match &effect {
             FlushEffect::Failed(e) => Err(e.clone()),
             _ => Ok(()),
         };
-        self.push(Event::Flush { role, effect });
+        self.push(Event::Flush {
+            role,
+            effect,
+            covers_before,
+        });
         result
+    }
+
+    /// An operation is handed to a device (the asynchronous driver): logged, nothing changes
+    /// until it completes. Returns its sequence number.
+    pub fn submit(&mut self, role: DeviceRole, what: crate::log::Submitted) -> u64 {
+        self.push(Event::Submit { role, what })
     }
 }

@@ -123,6 +123,7 @@ fn wl_config_with(g: Geometry, quirks: &[&str]) -> WlConfig {
         cache_type: 0,
         plog_regions: 0,
         pool_after: 0,
+        completion: Default::default(),
     }
 }
 

@@ -189,6 +189,42 @@ impl WriteClock {
     }
 }
 
+/// The sector ranges of the writes in flight on one device, which never overlap (rule R0: a
+/// write that would overlap one in flight waits until that one completes, so the device's
+/// final content never depends on the order two writes complete in).
+#[derive(Clone, Debug, Default)]
+pub struct Extents {
+    /// start sector -> (end sector, op)
+    by_start: std::collections::BTreeMap<u64, (u64, OpId)>,
+}
+
+impl Extents {
+    /// Whether `[start, end)` overlaps a write in flight.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.by_start
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &(e, _))| e > start)
+    }
+
+    pub fn insert(&mut self, start: u64, end: u64, op: OpId) {
+        debug_assert!(!self.overlaps(start, end), "writes in flight never overlap");
+        self.by_start.insert(start, (end, op));
+    }
+
+    pub fn remove(&mut self, start: u64) {
+        self.by_start.remove(&start);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
+    }
+}
+
 /// The three devices' clocks.
 #[derive(Clone, Debug, Default)]
 pub struct Clocks {
@@ -218,6 +254,17 @@ impl Clocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extents_find_overlaps() {
+        let mut x = Extents::default();
+        x.insert(10, 20, OpId(1));
+        x.insert(30, 31, OpId(2));
+        assert!(x.overlaps(19, 25) && x.overlaps(0, 11) && x.overlaps(30, 31));
+        assert!(!x.overlaps(20, 30) && !x.overlaps(0, 10) && !x.overlaps(31, 40));
+        x.remove(10);
+        assert!(!x.overlaps(12, 13));
+    }
 
     #[test]
     fn a_flush_covers_only_what_had_completed_when_it_was_issued() {

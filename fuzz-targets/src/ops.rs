@@ -22,8 +22,8 @@
 //!   mask of `ceil(units / 8)` bytes following).
 
 use crashsim::explore::{
-    check_images, open_on, record, recovery_config, FaultSet, Finding, Level, OracleSel, PathStep,
-    Violation, WlConfig, WlOp, Workload,
+    check_images, open_on, record, recovery_config, Completion, FaultSet, Finding, Level,
+    OracleSel, PathStep, Violation, WlConfig, WlOp, Workload,
 };
 use crashsim::{Choice, CrashPoint, CrashState, Persist, PointSelection, Units};
 use engine::Step;
@@ -121,6 +121,11 @@ pub fn decode_workload(r: &mut Reader<'_>) -> (Workload, usize, bool) {
             0
         },
         pool_after: 0,
+        completion: if flags & 64 != 0 {
+            Completion::Seeded(g[3] as u64)
+        } else {
+            Completion::InOrder
+        },
     };
     let crashes = r.u8();
     let count = r.u8() as usize % (MAX_OPS + 1);
@@ -255,7 +260,7 @@ fn cut_recovery(
         .restarted(images)
         .unwrap_or_else(|e| panic!("restart: {e}"))
         .shared();
-    drop(open_on(&w2, config));
+    drop(open_on(&w2, config, Completion::InOrder.order()));
     let w2 = w2.borrow();
     let points = w2.crash_points(PointSelection::fine());
     let point: CrashPoint = points[r.u16() as usize % points.len()];

@@ -66,6 +66,7 @@ pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + 
         cache_type: 0,
         plog_regions: 0,
         pool_after: 0,
+        completion: Default::default(),
     };
     (1..=p.max_len).flat_map(move |len| {
         let alpha = alpha.clone();

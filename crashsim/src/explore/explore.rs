@@ -513,7 +513,11 @@ fn explore_recovery(
     let w2 = w2.shared();
     // The recovery itself was already checked on the same images; here only its device log
     // matters.
-    drop(open_on(&w2, ctx.config));
+    drop(open_on(
+        &w2,
+        ctx.config,
+        ctx.workload.config.completion.order(),
+    ));
     let w2 = w2.borrow();
     explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
 }
@@ -537,7 +541,7 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
         return;
     };
     let ops = continuation(seed, wc);
-    let Ok(opened) = open_on(&world, ctx.config) else {
+    let Ok(opened) = open_on(&world, ctx.config, wc.completion.order()) else {
         return;
     };
     match opened {
@@ -635,7 +639,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                     .restarted(&images)
                     .map_err(|e| e.to_string())?
                     .shared();
-                drop(open_on(&w2, config)?);
+                drop(open_on(&w2, config, workload.config.completion.order())?);
                 world = w2;
                 history = hist;
             }
@@ -654,7 +658,8 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
                 let mut h3 = History::new(recovered.observed.clone()).map_err(|e| e.to_string())?;
                 let mut model =
                     ModelDisk::from_bytes(recovered.observed).map_err(|e| e.to_string())?;
-                let (engine, _) = open_on(&w3, config)?.map_err(|e| e.to_string())?;
+                let (engine, _) =
+                    open_on(&w3, config, wc.completion.order())?.map_err(|e| e.to_string())?;
                 let mut engine = Some(engine);
                 drive(
                     &mut engine,

@@ -24,7 +24,9 @@ pub use run::{
 };
 pub use scenarios::{scenario_workloads, SCENARIOS};
 pub use shrink::shrink;
-pub use workload::{continuation, generate, FaultSet, GenParams, WlConfig, WlOp, Workload};
+pub use workload::{
+    continuation, generate, Completion, FaultSet, GenParams, WlConfig, WlOp, Workload,
+};
 
 /// Names of the seed quirks this build can switch on (`engine::quirks`), for the zoo.
 pub fn quirk_names() -> Vec<&'static str> {

@@ -2,12 +2,13 @@
 //! client operation; the crash states are generated from that record afterwards.
 
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, Config, DeviceRole, FormatPolicy, SyncEngine, Tunables};
+use engine::{Config, DeviceRole, FormatPolicy, Tunables};
 use models::{History, ModelDisk, OpId};
 
 use super::workload::{WlConfig, WlOp};
+use crate::driver::{Order, SimEngine};
 use crate::rng::{mix64, SplitMix64};
-use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, Image, SharedWorld, SimDevice, World};
+use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, Image, SharedWorld, World};
 
 /// The engine configuration a workload runs with.
 pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
@@ -105,28 +106,14 @@ pub fn recovery_config(c: &WlConfig) -> Result<Config, String> {
     Ok(cfg)
 }
 
-/// The engine's devices on a world: cache, backing and (type 1) plog.
-pub fn sim_devices(
-    world: &SharedWorld,
-) -> Result<(SimDevice, SimDevice, Option<SimDevice>), String> {
-    let cache = SimDevice::new(world, DeviceRole::Cache).map_err(|e| e.to_string())?;
-    let backing = SimDevice::new(world, DeviceRole::Backing).map_err(|e| e.to_string())?;
-    let has_plog = world.borrow().roles().contains(&DeviceRole::Plog);
-    let plog = if has_plog {
-        Some(SimDevice::new(world, DeviceRole::Plog).map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
-    Ok((cache, backing, plog))
-}
-
-/// Opens (formats or recovers) an engine on a world's devices.
+/// Opens (formats or recovers) an engine on a world's devices, its operations completing in
+/// the workload's order.
 pub fn open_on(
     world: &SharedWorld,
     config: Config,
-) -> Result<engine::Result<(SyncEngine<SimDevice>, engine::RecoveryReport)>, String> {
-    let (c, b, p) = sim_devices(world)?;
-    Ok(SyncEngine::open_with_plog(c, b, p, config))
+    order: Order,
+) -> Result<engine::Result<(SimEngine, engine::RecoveryReport)>, String> {
+    SimEngine::open(world, config, order)
 }
 
 /// A world holding a cache and a backing device (and a plog) with the given images.
@@ -189,8 +176,8 @@ enum OpError {
 /// (device error faults), the first request the engine fails ends the drive: the failed write
 /// is recorded as failed (it may or may not persist) and the engine, now dead, is left as is.
 #[allow(clippy::too_many_arguments)]
-pub fn drive<D: BlockDevice>(
-    engine: &mut Option<SyncEngine<D>>,
+pub fn drive(
+    engine: &mut Option<SimEngine>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -215,8 +202,8 @@ pub fn drive<D: BlockDevice>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn drive_one<D: BlockDevice>(
-    slot: &mut Option<SyncEngine<D>>,
+fn drive_one(
+    slot: &mut Option<SimEngine>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -291,7 +278,17 @@ fn drive_one<D: BlockDevice>(
         WlOp::Step(step) => {
             world.borrow_mut().mark(format!("step {step:?}"));
             engine
-                .run_step(step)
+                .start_step(step)
+                .map_err(|e| OpError::Device(format!("step {step:?} failed: {e}")))?;
+            engine.run_until_idle();
+            if let Some(cause) = engine.status().dead {
+                return Err(OpError::Device(format!("step {step:?} failed: {cause}")));
+            }
+        }
+        WlOp::Background(step) => {
+            world.borrow_mut().mark(format!("background {step:?}"));
+            engine
+                .start_step(step)
                 .map_err(|e| OpError::Device(format!("step {step:?} failed: {e}")))?;
         }
         WlOp::Reformat => unreachable!("handled before the engine is borrowed"),
@@ -304,8 +301,8 @@ fn drive_one<D: BlockDevice>(
 /// `wbcache format --force` over a cache in use, done the careful way: drain every dirty block
 /// to the backing device, shut down cleanly, format. The exported device keeps its content, so
 /// for the client it is a FLUSH (everything before it is durable once it completes).
-fn reformat<D: BlockDevice>(
-    slot: &mut Option<SyncEngine<D>>,
+fn reformat(
+    slot: &mut Option<SimEngine>,
     config: Config,
     world: &SharedWorld,
     history: &mut History,
@@ -313,24 +310,15 @@ fn reformat<D: BlockDevice>(
     let id = history.begin_flush().map_err(|e| e.to_string())?;
     world.borrow_mut().client_begin(id, ClientOp::Flush);
     let mut e = slot.take().ok_or("no engine to reformat")?;
-    e.drop_caches();
-    // Bounded: a drain needs at most a few steps per segment.
-    for _ in 0..4 {
-        e.run_due_steps().map_err(|x| x.to_string())?;
-        if !e.draining() {
-            break;
-        }
-    }
-    if e.draining() {
-        return Err("drop_caches did not finish".into());
-    }
-    let (c, b, p) = e.shutdown_all().map_err(|x| x.to_string())?;
+    let order = e.scheduler_order();
+    e.drain().map_err(|x| x.to_string())?;
+    e.shutdown().map_err(|x| x.to_string())?;
     world.borrow_mut().mark("reformat");
     let cfg = Config {
         format: FormatPolicy::Always,
         ..config
     };
-    let (e, _) = SyncEngine::open_with_plog(c, b, p, cfg).map_err(|x| x.to_string())?;
+    let (e, _) = SimEngine::open(world, cfg, order)?.map_err(|x| x.to_string())?;
     *slot = Some(e);
     world.borrow_mut().client_end(id, true);
     history.complete(id).map_err(|e| e.to_string())
@@ -350,8 +338,8 @@ fn client<T>(
 
 /// Reads a range back and compares it with the model: a failed read is a device error (allowed
 /// under error faults), different data is a lie (never allowed).
-fn read_back<D: BlockDevice>(
-    engine: &mut SyncEngine<D>,
+fn read_back(
+    engine: &mut SimEngine,
     model: &ModelDisk,
     sector: u64,
     sectors: u64,
@@ -397,7 +385,7 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
     let mut history = History::new(backing.clone()).map_err(|e| e.to_string())?;
     let mut model = ModelDisk::from_bytes(backing).map_err(|e| e.to_string())?;
     world.borrow_mut().mark("open");
-    let failure = match open_on(&world, engine_config(config)?)? {
+    let failure = match open_on(&world, engine_config(config)?, config.completion.order())? {
         // An injected device error may hit the format itself: an error, not a lie.
         Err(engine::Error::Io { .. }) if config.faults.errors_expected() => None,
         Err(e) => Some(RunFailure {

@@ -5,7 +5,7 @@
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 17] = [
+pub const SCENARIOS: [(&str, &str, &str); 21] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -90,6 +90,27 @@ pub const SCENARIOS: [(&str, &str, &str); 17] = [
         "h10-plog",
         "a format over an old type-1 cache whose plog still holds entries, cut anywhere",
         "o=4,n=3,b=4,p=1,k=1,u=1,s=110,t=1,g=2;W0+8.W8+8.F.W0+8.X.W16+8.F",
+    ),
+    // Completion order: these need operations in flight together, completing out of order.
+    (
+        "wc-flush-order",
+        "a FLUSH whose segment write is still in flight when a flush could be issued",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=121;W0+8.F.W8+8.F",
+    ),
+    (
+        "flush-ack-inflight",
+        "a FLUSH that arrives while an earlier cache flush (a sync's) is still in flight",
+        "o=4,n=3,b=4,p=2,k=1,u=1,s=122,c=x0:1;W0+8.y.W8+8.F",
+    ),
+    (
+        "wb-flush-early",
+        "a writeback batch whose backing writes complete after its backing flush could",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=123,c=x2:1;W0+8.W8+8.F.B.R",
+    ),
+    (
+        "record-before-log",
+        "a record written while the log holding a newer copy of a skipped block is in flight",
+        "o=4,n=4,b=4,p=2,k=1,u=1,s=124;W0+8.F.W0+8.B.R",
     ),
 ];
 

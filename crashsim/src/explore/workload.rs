@@ -23,8 +23,10 @@ pub enum WlOp {
     Discard { sector: u64, sectors: u32 },
     /// Client FLUSH.
     Flush,
-    /// One explicit background step.
+    /// One explicit background step, run until everything in flight completed.
     Step(Step),
+    /// A background step started and left running: later requests race it.
+    Background(Step),
     /// Format the cache device again under the running device (drain, shut down, format):
     /// the format-over-an-old-cache of hazard H10. For the client it is a FLUSH.
     Reformat,
@@ -124,6 +126,31 @@ pub struct WlConfig {
     pub plog_regions: u64,
     /// RAM buffers after a crash (0: as before): recovery under another tunable (H9).
     pub pool_after: usize,
+    /// In which order the simulated devices complete the operations in flight.
+    pub completion: Completion,
+}
+
+/// How a run's simulated devices complete the operations in flight.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Completion {
+    /// Oldest first (text: no `c=`).
+    #[default]
+    InOrder,
+    /// Seeded choices among those in flight (text: `c=SEED`).
+    Seeded(u64),
+    /// Given choices where two or more are in flight, then oldest first (text: `c=x2:0:1`);
+    /// bounded mode enumerates these.
+    Script(Vec<u32>),
+}
+
+impl Completion {
+    pub fn order(&self) -> crate::driver::Order {
+        match self {
+            Completion::InOrder => crate::driver::Order::InOrder,
+            Completion::Seeded(s) => crate::driver::Order::Seeded(*s),
+            Completion::Script(v) => crate::driver::Order::Scripted(v.clone()),
+        }
+    }
 }
 
 impl WlConfig {
@@ -149,6 +176,10 @@ pub struct Workload {
     pub ops: Vec<WlOp>,
 }
 
+fn background_letter(s: Step) -> char {
+    step_letter(s).to_ascii_lowercase()
+}
+
 fn step_letter(s: Step) -> char {
     match s {
         Step::Seal => 'S',
@@ -172,6 +203,7 @@ impl fmt::Display for WlOp {
             WlOp::Discard { sector, sectors } => write!(f, "Z{sector}+{sectors}"),
             WlOp::Flush => f.write_str("F"),
             WlOp::Step(s) => write!(f, "{}", step_letter(*s)),
+            WlOp::Background(s) => write!(f, "{}", background_letter(*s)),
             WlOp::Reformat => f.write_str("X"),
         }
     }
@@ -207,6 +239,11 @@ impl FromStr for WlOp {
             'B' if rest.is_empty() => WlOp::Step(Step::Writeback),
             'R' if rest.is_empty() => WlOp::Step(Step::Record),
             'Y' if rest.is_empty() => WlOp::Step(Step::Sync),
+            's' if rest.is_empty() => WlOp::Background(Step::Seal),
+            'g' if rest.is_empty() => WlOp::Background(Step::FlushSegment),
+            'b' if rest.is_empty() => WlOp::Background(Step::Writeback),
+            'r' if rest.is_empty() => WlOp::Background(Step::Record),
+            'y' if rest.is_empty() => WlOp::Background(Step::Sync),
             'X' if rest.is_empty() => WlOp::Reformat,
             _ => return Err(bad()),
         })
@@ -234,6 +271,14 @@ impl fmt::Display for Workload {
         }
         if c.pool_after != 0 {
             write!(f, ",P={}", c.pool_after)?;
+        }
+        match &c.completion {
+            Completion::InOrder => {}
+            Completion::Seeded(seed) => write!(f, ",c={seed}")?,
+            Completion::Script(v) => {
+                let v: Vec<String> = v.iter().map(u32::to_string).collect();
+                write!(f, ",c=x{}", v.join(":"))?
+            }
         }
         f.write_str(";")?;
         for (i, op) in self.ops.iter().enumerate() {
@@ -263,6 +308,7 @@ impl FromStr for Workload {
             cache_type: 0,
             plog_regions: 0,
             pool_after: 0,
+            completion: Completion::InOrder,
         };
         for kv in head.split(',') {
             let (k, v) = kv
@@ -289,6 +335,18 @@ impl FromStr for Workload {
                 "t" => c.cache_type = num()? as u8,
                 "g" => c.plog_regions = num()?,
                 "P" => c.pool_after = num()? as usize,
+                "c" => {
+                    c.completion = match v.strip_prefix('x') {
+                        Some("") => Completion::Script(Vec::new()),
+                        Some(script) => Completion::Script(
+                            script
+                                .split(':')
+                                .map(|x| x.parse().map_err(|_| format!("bad choice in {kv:?}")))
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        None => Completion::Seeded(num()?),
+                    }
+                }
                 _ => return Err(format!("unknown config key {k:?}")),
             }
         }
@@ -381,7 +439,15 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
             0
         },
         pool_after: 0,
+        // Three workloads in four complete their operations in a seeded order (from their
+        // own stream, so the ops do not depend on it); the rest in order.
+        completion: if crate::rng::mix64(seed ^ 0xC0DE) % 4 == 0 {
+            Completion::InOrder
+        } else {
+            Completion::Seeded(crate::rng::mix64(seed ^ 0x0DE5))
+        },
     };
+    let racing = config.completion != Completion::InOrder;
     let hot: Vec<u64> = (0..2 + rng.below(3))
         .map(|_| rng.below(backing_blocks))
         .collect();
@@ -433,9 +499,20 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
                 sectors: 8,
             }
         } else if r < 90 {
-            WlOp::Step([Step::Writeback, Step::Writeback, Step::Record][rng.below(3) as usize])
+            let step = [Step::Writeback, Step::Writeback, Step::Record][rng.below(3) as usize];
+            // Where completions race, half the background steps are left running.
+            if racing && rng.chance(1, 2) {
+                WlOp::Background(step)
+            } else {
+                WlOp::Step(step)
+            }
         } else if r < 99 {
-            WlOp::Step([Step::Seal, Step::FlushSegment, Step::Sync][rng.below(3) as usize])
+            let step = [Step::Seal, Step::FlushSegment, Step::Sync][rng.below(3) as usize];
+            if racing && rng.chance(1, 2) {
+                WlOp::Background(step)
+            } else {
+                WlOp::Step(step)
+            }
         } else {
             WlOp::Reformat
         };

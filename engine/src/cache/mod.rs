@@ -181,6 +181,8 @@ pub(crate) enum Purpose {
 
 struct Inflight {
     role: DeviceRole,
+    /// A write's first sector, while it is in flight (rule R0).
+    write_start: Option<u64>,
     purpose: Purpose,
     /// The write's sequence number on its device (writes only).
     seq: Option<u64>,
@@ -207,6 +209,9 @@ pub struct Engine {
     pub(crate) record_needs_log_for: u64,
     pub(crate) next_op: u64,
     outbox: VecDeque<IoOp>,
+    /// Writes in flight, per device (rule R0), and writes that wait for an overlapping one.
+    extents: [crate::io::Extents; 3],
+    deferred: VecDeque<IoOp>,
     inflight: BTreeMap<OpId, Inflight>,
     pub(crate) clocks: Clocks,
     pub(crate) writes: writes::WriteQueue,
@@ -222,6 +227,14 @@ pub struct Engine {
     pub(crate) plog: Option<Plog>,
     #[cfg(feature = "quirks")]
     pub(crate) quirks: crate::quirks::Quirks,
+}
+
+fn role_index(role: DeviceRole) -> usize {
+    match role {
+        DeviceRole::Cache => 0,
+        DeviceRole::Backing => 1,
+        DeviceRole::Plog => 2,
+    }
 }
 
 /// Bit mask of sectors `[first, first + count)` of a block.
@@ -283,6 +296,8 @@ impl Engine {
             record_needs_log_for: 0,
             next_op: 1,
             outbox: VecDeque::new(),
+            extents: Default::default(),
+            deferred: VecDeque::new(),
             inflight: BTreeMap::new(),
             clocks: Clocks::default(),
             writes: writes::WriteQueue::default(),
@@ -382,6 +397,10 @@ impl Engine {
         if let Some(slot) = f.pinned_slot {
             self.slot_pins[slot as usize] -= 1;
         }
+        if let Some(start) = f.write_start {
+            self.extents[role_index(f.role)].remove(start);
+            self.release_deferred();
+        }
         let data = match result {
             Ok(d) => d,
             Err(e) => {
@@ -459,12 +478,13 @@ impl Engine {
     ) -> OpId {
         let id = OpId(self.next_op);
         self.next_op += 1;
-        let seq = match &kind {
-            IoKind::Write { data, .. } => {
+        let (seq, extent) = match &kind {
+            IoKind::Write { sector, data, .. } => {
                 debug_assert_eq!(data.len() % SECTOR_SIZE, 0, "whole sectors");
-                Some(self.clocks.of(role).issue())
+                let end = sector + (data.len() / SECTOR_SIZE) as u64;
+                (Some(self.clocks.of(role).issue()), Some((*sector, end)))
             }
-            IoKind::Read { .. } | IoKind::Flush => None,
+            IoKind::Read { .. } | IoKind::Flush => (None, None),
         };
         if let Some(slot) = pinned_slot {
             self.slot_pins[slot as usize] += 1;
@@ -473,13 +493,57 @@ impl Engine {
             id,
             Inflight {
                 role,
+                write_start: None,
                 purpose,
                 seq,
                 pinned_slot,
             },
         );
-        self.outbox.push_back(IoOp { id, role, kind });
+        let op = IoOp { id, role, kind };
+        match extent {
+            Some((start, end)) if self.extents[role_index(role)].overlaps(start, end) => {
+                // Rule R0: it waits for the overlapping write to complete.
+                self.deferred.push_back(op);
+            }
+            Some((start, end)) => self.hand_out_write(op, start, end),
+            None => self.outbox.push_back(op),
+        }
         id
+    }
+
+    fn hand_out_write(&mut self, op: IoOp, start: u64, end: u64) {
+        self.extents[role_index(op.role)].insert(start, end, op.id);
+        self.inflight
+            .get_mut(&op.id)
+            .expect("registered")
+            .write_start = Some(start);
+        self.outbox.push_back(op);
+    }
+
+    /// Hands out the deferred writes that no longer overlap a write in flight, in order.
+    fn release_deferred(&mut self) {
+        let mut still = VecDeque::new();
+        while let Some(op) = self.deferred.pop_front() {
+            let IoKind::Write {
+                sector, ref data, ..
+            } = op.kind
+            else {
+                unreachable!("only writes are deferred")
+            };
+            let end = sector + (data.len() / SECTOR_SIZE) as u64;
+            let blocked = self.extents[role_index(op.role)].overlaps(sector, end)
+                || still.iter().any(|o: &IoOp| {
+                    o.role == op.role
+                        && matches!(&o.kind, IoKind::Write { sector: s, data: d, .. }
+                            if *s < end && sector < s + (d.len() / SECTOR_SIZE) as u64)
+                });
+            if blocked {
+                still.push_back(op);
+            } else {
+                self.hand_out_write(op, sector, end);
+            }
+        }
+        self.deferred = still;
     }
 
     pub(crate) fn issue_write(

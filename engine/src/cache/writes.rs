@@ -356,8 +356,9 @@ impl Engine {
             return Ok((b, true));
         }
         match &mut self.writes.merge {
-            Some(m) if m.idx == idx => match m.data.take() {
-                Some(d) => Ok((d, false)),
+            // Kept until the piece is placed: the piece may still wait for something else.
+            Some(m) if m.idx == idx => match &m.data {
+                Some(d) => Ok((d.clone(), false)),
                 None => Err(Blocked::OldCopy),
             },
             _ => {
@@ -435,10 +436,8 @@ impl Engine {
                     Purpose::ForegroundBacking,
                 );
             }
-            // Keep the data for the retry once the writes completed.
             let m = self.writes.merge.as_mut().expect("the merge read happened");
             m.foreground_done = true;
-            m.data = Some(Box::new(*old_data));
         }
         Err(Blocked::Foreground)
     }
