@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use engine::format::{self, Geometry, Superblock, SECTOR_SIZE};
-use engine::BlockDevice;
+use engine::{BlockDevice, DeviceRole};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::control;
 use crate::filedev::{FileDevice, IoMode};
-use crate::server::{describe_recovery, open_engine};
+use crate::server::{describe_recovery, open_engine, refuse_shared_devices};
 
 /// `wbcache check` exit status: the devices are sound.
 pub const CHECK_SOUND: u8 = 0;
@@ -71,15 +71,6 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
         .map(|at| format!("data (first non-zero byte at offset {at})")))
 }
 
-/// Whether two paths name the same file or device.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
-}
-
 /// Refuses a device that holds anything, unless `force`.
 fn refuse_content(dev: &mut FileDevice, path: &Path, force: bool) -> anyhow::Result<()> {
     if let Some(what) = existing_content(dev)? {
@@ -101,22 +92,17 @@ pub fn format_cache(
     order: u8,
     force: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = FileDevice::open(cache, IoMode::DirectIfSupported, 0)?;
+    refuse_shared_devices(&[("--cache", Some(cache)), ("--plog", plog)])?;
+    let mut dev = FileDevice::open(cache, DeviceRole::Cache, IoMode::DirectIfSupported, 0)?;
     // The geometry checks first: a device too small is refused before anything is written.
     let geo = Geometry::new(order, dev.size_sectors())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
     let mut plog_dev = match plog {
         Some(p) => {
-            let mut pd = FileDevice::open(p, IoMode::DirectIfSupported, 0)?;
+            let mut pd = FileDevice::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, 0)?;
             let pgeo =
                 format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            if same_file(p, cache) {
-                bail!(
-                    "{}: the plog device must be another device than the cache",
-                    p.display()
-                );
-            }
             refuse_content(&mut pd, p, force)?;
             Some((pd, pgeo))
         }
@@ -277,8 +263,13 @@ pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn open_for_inspection(path: &Path) -> anyhow::Result<FileDevice> {
-    Ok(FileDevice::open_read_only(path, IoMode::DirectIfSupported)?)
+/// Opens a device read-only with a shared claim: refused while another process writes it.
+fn open_for_inspection(path: &Path, role: DeviceRole) -> anyhow::Result<FileDevice> {
+    Ok(FileDevice::open_read_only(
+        path,
+        role,
+        IoMode::DirectIfSupported,
+    )?)
 }
 
 /// `wbcache check`: prints `engine::inspect`'s report and returns the exit status
@@ -289,14 +280,14 @@ pub fn check(
     backing: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let backing_sectors = match backing {
-        Some(b) => Some(open_for_inspection(b)?.size_sectors()),
+        Some(b) => Some(open_for_inspection(b, DeviceRole::Backing)?.size_sectors()),
         None => None,
     };
     let report = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::check_with_plog(&mut dev, &mut pd, backing_sectors)
         }
         None => match backing_sectors {
@@ -340,10 +331,10 @@ pub fn dump(
     segment: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let d = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::dump_with_plog(&mut dev, &mut pd, segment)
         }
         None => engine::dump(&mut dev, segment),
