@@ -228,38 +228,64 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
     let msg = words.join(" ");
-    control::request(control_path, &format!("message {msg}"))?;
     if msg != "drop_caches" {
+        control::request(control_path, &format!("message {msg}"))?;
         println!("ok");
         return Ok(());
     }
-    let dirty = |p: &[(String, String)]| -> u64 {
-        pairs_get(p, "nr_dirty_cache_blocks")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let d = drop_caches(control_path, POLL, true)?;
+    println!(
+        "drop_caches: cache is clean ({} dirty block(s) written back in {:.1} s)",
+        d.dirty_before,
+        d.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What `message drop_caches` saw.
+#[derive(Debug)]
+pub struct Drained {
+    /// Dirty blocks just before the message was sent: what the drain wrote back (plus
+    /// whatever clients wrote meanwhile).
+    pub dirty_before: u64,
+    pub elapsed: Duration,
+}
+
+fn dirty_of(pairs: &[(String, String)]) -> anyhow::Result<u64> {
+    pairs_get(pairs, "nr_dirty_cache_blocks")
+        .and_then(|v| v.parse().ok())
+        .context("the server's status has no nr_dirty_cache_blocks")
+}
+
+/// Sends `drop_caches` and polls the status every `poll` until the drain is over, with a
+/// progress bar of the blocks written back if `progress`.
+pub fn drop_caches(control_path: &Path, poll: Duration, progress: bool) -> anyhow::Result<Drained> {
+    // The dirty count is read before the message: the engine starts writing back as soon as it
+    // has the message, so a count read after it misses what the first steps wrote.
+    let dirty_before = dirty_of(&control::request(control_path, "status")?)?;
+    let bar = if progress {
+        dirty_bar(dirty_before)
+    } else {
+        ProgressBar::hidden()
     };
-    let first = control::request(control_path, "status")?;
-    let total = dirty(&first);
-    let bar = dirty_bar(total);
     let started = Instant::now();
+    control::request(control_path, "message drop_caches")?;
     // Ends when the server says the drain is over, the cache dies, or the server goes away.
     loop {
         let st = control::request(control_path, "status")
             .context("the server went away while draining")?;
-        bar.set_position(total.saturating_sub(dirty(&st)));
+        bar.set_position(dirty_before.saturating_sub(dirty_of(&st)?));
         if let Some(cause) = pairs_get(&st, "dead").filter(|d| *d != "-") {
             bail!("the cache died while draining: {cause}");
         }
         if pairs_get(&st, "draining") == Some("0") {
             bar.finish();
-            println!(
-                "drop_caches: cache is clean ({} dirty block(s) written back in {:.1} s)",
-                total,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
+            return Ok(Drained {
+                dirty_before,
+                elapsed: started.elapsed(),
+            });
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll);
     }
 }
 
@@ -362,4 +388,65 @@ pub fn dump(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A control server that drains as an engine does: the message starts the drain, and the
+    /// engine writes some blocks back before it answers the next status, which is what made the
+    /// old client (status after the message) under-report.
+    fn fake_server(listener: UnixListener, mut dirty: u64) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut draining = false;
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut line = String::new();
+            BufReader::new(stream.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let line = line.trim().to_string();
+            seen.push(line.clone());
+            let reply = match line.as_str() {
+                "status" => {
+                    if draining {
+                        // One writeback step of 4064 blocks per poll.
+                        dirty = dirty.saturating_sub(4064);
+                    }
+                    let out = format!(
+                        "nr_dirty_cache_blocks {dirty}\ndraining {}\ndead -\nok\n",
+                        (draining && dirty > 0) as u8
+                    );
+                    if draining && dirty == 0 {
+                        stream.write_all(out.as_bytes()).unwrap();
+                        return seen;
+                    }
+                    out
+                }
+                "message drop_caches" => {
+                    draining = true;
+                    "ok\n".to_string()
+                }
+                other => format!("err unexpected {other}\n"),
+            };
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+        seen
+    }
+
+    #[test]
+    fn drop_caches_counts_the_dirty_blocks_from_before_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || fake_server(listener, 51200));
+        let d = drop_caches(&path, Duration::from_millis(1), false).unwrap();
+        assert_eq!(d.dirty_before, 51200);
+        let seen = server.join().unwrap();
+        assert_eq!(seen[..2], ["status", "message drop_caches"]);
+        assert!(seen[2..].iter().all(|l| l == "status"), "{seen:?}");
+    }
 }

@@ -174,7 +174,11 @@ fn status_message_and_drop_caches_over_the_control_socket() {
     // drop_caches returns when the cache is clean; the backing file then holds the data.
     let o = wbcache(&["message", "--socket", &sock, "drop_caches"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("cache is clean"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("cache is clean (100 dirty block(s) written back"),
+        "{}",
+        stdout(&o)
+    );
     let o = wbcache(&["status", "--socket", &sock]);
     assert!(
         stdout(&o).contains("nr_dirty_cache_blocks: 0"),
