@@ -733,27 +733,49 @@ fn bad_messages_and_tunables_are_typed_errors() {
             other => panic!("{m}: {other:?}"),
         }
     }
-    for m in [
-        "frobnicate",
-        "",
-        "writeback_threshold",
-        "writeback_threshold abc",
-        "writeback_threshold -1",
-        "no_such_tunable 1",
-        "drop_caches now",
-    ] {
+    for m in ["frobnicate", "", "no_such_tunable 1", "drop_caches now"] {
         let err = e.message(m).unwrap_err();
         assert!(matches!(err, Error::UnknownMessage(_)), "{m:?}: {err}");
     }
+    let unknown = e.message("frobnicate 7").unwrap_err().to_string();
+    assert!(
+        unknown.starts_with("unknown message \"frobnicate 7\": the messages are drop_caches")
+            && unknown.contains("allow_writeback, enable_writeback_modulator"),
+        "{unknown}"
+    );
+    // A known tunable with a bad or missing value says so, with the range.
+    for (m, value) in [
+        ("writeback_threshold abc", "abc"),
+        ("writeback_threshold -1", "-1"),
+        ("allow_writeback yes", "yes"),
+        ("allow_writeback 1 2", "1 2"),
+    ] {
+        let err = e.message(m).unwrap_err();
+        match &err {
+            Error::UnparsableTunable { value: v, .. } => assert_eq!(v, value, "{m}"),
+            other => panic!("{m}: {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("must be a whole number in"),
+            "{err}"
+        );
+    }
     assert_eq!(
-        e.message("frobnicate 7").unwrap_err().to_string(),
-        "unknown message or tunable \"frobnicate\""
+        e.message("allow_writeback").unwrap_err().to_string(),
+        "allow_writeback needs a value: `allow_writeback N` with N in 0..=1"
+    );
+    assert_eq!(
+        e.message("allow_writeback yes").unwrap_err().to_string(),
+        "invalid value \"yes\" for allow_writeback: must be a whole number in 0..=1"
     );
     assert_eq!(e.tunables(), before, "failed messages change nothing");
 
-    // Valid ones work.
+    // Valid ones work, in either spelling.
     e.message("writeback_threshold 100").unwrap();
     assert_eq!(e.tunables().writeback_threshold, 100);
+    e.message("writeback-threshold 90").unwrap();
+    assert_eq!(e.tunables().writeback_threshold, 90);
+    e.message("clear-stat").unwrap();
     e.message("clear_stat").unwrap();
     e.message("drop_caches").unwrap();
     assert!(e.status().dead.is_none());

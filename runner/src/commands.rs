@@ -52,14 +52,14 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
     dev.read(0, &mut buf)?;
     if let Some(sb) = format::plog::decode_superblock(&buf) {
         return Ok(Some(format!(
-            "a wbcache plog device (generation {:#x}, epoch {})",
+            "a wbcache plog device (generation {}, epoch {})",
             sb.generation, sb.epoch
         )));
     }
     if let Superblock::Valid(ext) = format::decode_superblock(&buf) {
         return Ok(Some(match ext {
             Some(ext) => format!(
-                "a wbcache cache device (segment order {}, generation {:#x})",
+                "a wbcache cache device (segment order {}, generation {})",
                 ext.order, ext.generation
             ),
             None => "an upstream dm-writeboost cache device".to_string(),
@@ -129,7 +129,7 @@ pub fn format_cache(
         pd.flush()?;
     }
     println!(
-        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation:#x}",
+        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation}",
         cache.display(),
         geo.segment_bytes() / 1024,
         geo.nr_segments,
@@ -228,7 +228,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
     let msg = words.join(" ");
-    if msg != "drop_caches" {
+    if !matches!(msg.as_str(), "drop_caches" | "drop-caches") {
         control::request(control_path, &format!("message {msg}"))?;
         println!("ok");
         return Ok(());

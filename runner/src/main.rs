@@ -181,18 +181,23 @@ struct ServeArgs {
         conflicts_with = "listen"
     )]
     socket: Option<PathBuf>,
-    /// Serve NBD on TCP at ADDR:PORT (loopback only unless --allow-remote).
+    /// Serve NBD on TCP at ADDR:PORT (loopback only unless --allow_remote).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
     /// Allow --listen on a non-loopback address (NBD has no authentication here).
-    #[arg(long)]
+    #[arg(long = "allow_remote", alias = "allow-remote")]
     allow_remote: bool,
     /// Control socket for `wbcache status` / `message` [default: <SOCKET>.ctl with --socket,
     /// else $XDG_RUNTIME_DIR/wbcache.ctl or /tmp/wbcache.ctl].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// RAM buffers (segments being filled or waiting to be written), 1..=1024.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(
+        long = "nr_rambuf_pool",
+        alias = "nr-rambuf-pool",
+        value_name = "N",
+        default_value_t = 8
+    )]
     nr_rambuf_pool: usize,
     /// Open the devices without O_DIRECT (through the page cache).
     #[arg(long)]
@@ -291,7 +296,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             if !addr.ip().is_loopback() && !a.allow_remote {
                 anyhow::bail!(
                     "--listen {addr} is not a loopback address; NBD has no authentication here, \
-                     so pass --allow-remote to serve other machines"
+                     so pass --allow_remote to serve other machines"
                 );
             }
             Listen::Tcp(addr)

@@ -116,7 +116,7 @@ fn serve_refuses_an_unformatted_cache_and_bad_arguments_before_opening() {
         "--listen",
         "192.0.2.1:10809",
     ]);
-    assert!(stderr(&o).contains("--allow-remote"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--allow_remote"), "{}", stderr(&o));
     let o = wbcache(&["serve", "--backing", "b", "--cache", "c"]);
     assert!(
         stderr(&o).contains("--socket"),
@@ -397,4 +397,58 @@ fn the_binary_reports_whether_quirks_are_compiled_in() {
     } else {
         assert!(v.contains("quirks: off"), "{v}");
     }
+}
+
+/// One spelling everywhere: names with `_` (as `status` and its JSON print them) in flags,
+/// messages and help, `-` accepted too; the format generation in decimal in `format`,
+/// `dump`, `check`, their JSON and the errors.
+#[test]
+fn names_and_generations_are_spelled_one_way_everywhere() {
+    let help = stdout(&wbcache(&["serve", "--help"]));
+    for shown in ["--nr_rambuf_pool", "--sync_interval", "--allow_remote"] {
+        assert!(help.contains(shown), "{shown} in {help}");
+    }
+    for hidden in ["--nr-rambuf-pool", "--sync-interval", "--allow-remote"] {
+        assert!(!help.contains(hidden), "{hidden} in {help}");
+    }
+    let d = Devices::new(8 * MIB, 4 * MIB);
+    let o = wbcache(&["format", "--cache", d.cache_str(), "--order", "6"]);
+    let out = stdout(&o);
+    let generation = out.rsplit("generation ").next().unwrap().trim().to_string();
+    assert!(
+        generation.parse::<u64>().is_ok(),
+        "decimal generation: {out}"
+    );
+    let dump = stdout(&wbcache(&["dump", d.cache_str()]));
+    assert!(
+        dump.contains(&format!("generation {generation},")),
+        "{dump}"
+    );
+    let check = stdout(&wbcache(&["check", d.cache_str(), "--json"]));
+    assert!(
+        check.contains(&format!("\"generation\":{generation},")),
+        "{check}"
+    );
+    let o = wbcache(&["format", "--cache", d.cache_str()]);
+    assert!(
+        stderr(&o).contains(&format!("generation {generation})")),
+        "{}",
+        stderr(&o)
+    );
+    // Both spellings of a flag and a message; status prints one.
+    let srv = Server::start(&d, &["--nr-rambuf-pool", "4", "--sync-interval", "3"]);
+    let sock = srv.socket.to_str().unwrap().to_string();
+    let o = wbcache(&["message", "--socket", &sock, "update-record-interval", "9"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = stdout(&wbcache(&["status", "--socket", &sock]));
+    for line in [
+        "nr_rambuf_pool: 4",
+        "sync_interval: 3",
+        "update_record_interval: 9",
+    ] {
+        assert!(st.contains(line), "{line} in {st}");
+    }
+    let json = stdout(&wbcache(&["status", "--json", "--socket", &sock]));
+    assert!(json.contains("\"nr_rambuf_pool\": 4,"), "{json}");
+    assert!(srv.stop().0.success());
 }
