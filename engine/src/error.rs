@@ -25,10 +25,10 @@ pub enum Error {
     #[error("request buffer of {len} bytes is not a whole number of 512-byte sectors")]
     Unaligned { len: usize },
 
-    #[error("cache device holds unknown content: sector 0 is neither blank nor a wbcache/dm-writeboost superblock (magic 0x57427374); format it explicitly to overwrite it")]
+    #[error("cache device holds unknown content: sector 0 is neither blank nor a wbcache/dm-writeboost superblock (magic 0x57427374); refusing to format over it")]
     UnknownContent,
 
-    #[error("cache device holds an interrupted format (its records say formatting) and formatting was not allowed; format it again")]
+    #[error("cache device holds an interrupted format (its records say formatting) and formatting was not allowed; it needs formatting again")]
     InterruptedFormat,
 
     #[error("cache device is blank (sector 0 is all zero) and formatting was not allowed")]

@@ -12,7 +12,7 @@ use engine::{BlockDevice, DeviceRole};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::control;
-use crate::filedev::{FileDevice, IoMode};
+use crate::filedev::{DeviceError, FileDevice, IoMode};
 use crate::server::{describe_recovery, open_engine, refuse_shared_devices};
 
 /// `wbcache check` exit status: the devices are sound.
@@ -93,13 +93,39 @@ pub fn format_cache(
     force: bool,
 ) -> anyhow::Result<()> {
     refuse_shared_devices(&[("--cache", Some(cache)), ("--plog", plog)])?;
-    let mut dev = FileDevice::open(cache, DeviceRole::Cache, IoMode::DirectIfSupported, 0)?;
-    // The geometry checks first: a device too small is refused before anything is written.
+    // The sizes are checked first, in bytes, against what this order needs, so a device too
+    // small is refused before anything is written, with one number to aim for.
+    let segment_sectors = 1u64 << order;
+    let blocks = (segment_sectors / format::SECTORS_PER_BLOCK - 1) as usize;
+    let cache_min = (format::SUPERBLOCK_SECTORS + 2 * segment_sectors) * SECTOR_SIZE as u64;
+    let mut dev = FileDevice::open(
+        cache,
+        DeviceRole::Cache,
+        IoMode::DirectIfSupported,
+        cache_min,
+    )
+    .map_err(|e| match e {
+        DeviceError::TooSmall { .. } => anyhow::anyhow!(
+            "{e} for segment order {order} (the 1 MiB superblock region and 2 segments of \
+                 {} KiB)",
+            segment_sectors / 2
+        ),
+        e => e.into(),
+    })?;
     let geo = Geometry::new(order, dev.size_sectors())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
     let mut plog_dev = match plog {
         Some(p) => {
-            let mut pd = FileDevice::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, 0)?;
+            let plog_min = (format::plog::PLOG_FIRST_REGION_SECTOR
+                + 2 * format::plog::region_sectors_for(blocks) as u64)
+                * SECTOR_SIZE as u64;
+            let mut pd = FileDevice::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, plog_min)
+                .map_err(|e| match e {
+                    DeviceError::TooSmall { .. } => anyhow::anyhow!(
+                        "{e} for segment order {order} (2 superblock blocks and 2 regions)"
+                    ),
+                    e => e.into(),
+                })?;
             let pgeo =
                 format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
@@ -370,6 +396,13 @@ pub fn dump(
         println!("{}", d.to_json());
     } else {
         print!("{d}");
+    }
+    if let Some(why) = &d.unreadable {
+        bail!(
+            "{}: no segments to decode: {why} (not a wbcache or dm-writeboost cache device, or \
+             not one this build can read)",
+            cache.display()
+        );
     }
     if let Some(m) = d.missing {
         match m.slot {

@@ -55,7 +55,12 @@ enum Cmd {
         #[arg(long, value_name = "P")]
         plog: Option<PathBuf>,
         /// Segment size order: segments of 2^N sectors (4..=10; 10 = 512 KiB, as upstream).
-        #[arg(long, value_name = "N", default_value_t = 10)]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 10,
+            value_parser = clap::value_parser!(u8).range(4..=10)
+        )]
         order: u8,
         /// Overwrite a device (cache or plog) whose first MiB is not all zero or holds a
         /// wbcache superblock.
@@ -132,7 +137,8 @@ verdict and each metablock (backing sector, dirty bits, block CRC verdict). With
 both plog superblock copies and a summary of every plog region. Reads only.
 
 Exit status: 0, or 1 when --segment names a segment that is not on the device (the output \
-says what its slot holds instead) or on an error."
+says what its slot holds instead), when there are no segments to decode (no wbcache or \
+dm-writeboost superblock, or a geometry that does not fit the device), or on an error."
     )]
     Dump {
         /// Cache device (file or block device).
@@ -181,9 +187,10 @@ struct ServeArgs {
         conflicts_with = "listen"
     )]
     socket: Option<PathBuf>,
-    /// Serve NBD on TCP at ADDR:PORT (loopback only unless --allow_remote).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<SocketAddr>,
+    /// Serve NBD on TCP at HOST:PORT, HOST an address or a name such as localhost (loopback
+    /// only unless --allow_remote).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
     /// Allow --listen on a non-loopback address (NBD has no authentication here).
     #[arg(long = "allow_remote", alias = "allow-remote")]
     allow_remote: bool,
@@ -282,6 +289,26 @@ fn control_path(c: &ControlArgs) -> PathBuf {
     }
 }
 
+/// The addresses `--listen HOST:PORT` names: an address, or a host name the system resolves
+/// (`localhost:10809`); `serve` binds the first that works.
+fn resolve_listen(given: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    if given
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        anyhow::bail!("--listen {given}: expected HOST:PORT, e.g. localhost:10809 or [::1]:10809");
+    }
+    let addrs: Vec<SocketAddr> = given
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("--listen {given}: cannot resolve it: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("--listen {given}: the name resolves to no address");
+    }
+    Ok(addrs)
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Every tunable is range-checked by the engine's own rules before anything is opened.
     let mut check = Tunables::defaults(engine::format::UPSTREAM_ORDER);
@@ -292,21 +319,25 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let listen = match (a.socket, a.listen) {
         (Some(p), _) => Listen::Unix(p),
-        (None, Some(addr)) => {
-            if !addr.ip().is_loopback() && !a.allow_remote {
-                anyhow::bail!(
-                    "--listen {addr} is not a loopback address; NBD has no authentication here, \
-                     so pass --allow_remote to serve other machines"
-                );
+        (None, Some(given)) => {
+            let addrs = resolve_listen(&given)?;
+            if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                if !a.allow_remote {
+                    anyhow::bail!(
+                        "--listen {given}: {} is not a loopback address; NBD has no \
+                         authentication here, so pass --allow_remote to serve other machines",
+                        remote.ip()
+                    );
+                }
             }
-            Listen::Tcp(addr)
+            Listen::Tcp { given, addrs }
         }
         (None, None) => unreachable!("clap requires --socket or --listen"),
     };
     let control = match (&a.control, &listen) {
         (Some(p), _) => p.clone(),
         (None, Listen::Unix(s)) => control_of_socket(s),
-        (None, Listen::Tcp(_)) => default_control(),
+        (None, Listen::Tcp { .. }) => default_control(),
     };
     server::run(ServeOptions {
         backing: a.backing,

@@ -37,7 +37,11 @@ const POLL_MS: i32 = 100;
 #[derive(Clone, Debug)]
 pub enum Listen {
     Unix(PathBuf),
-    Tcp(SocketAddr),
+    /// `--listen` as given and the addresses it resolved to (the first that binds is used).
+    Tcp {
+        given: String,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 pub struct ServeOptions {
@@ -133,6 +137,10 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
         (engine::Error::Unformatted, _) => {
             anyhow::anyhow!("{c}: {e}; run `wbcache format --cache {c}` first")
         }
+        (engine::Error::UnknownContent | engine::Error::InterruptedFormat, _) => anyhow::anyhow!(
+            "{c}: {e}; to format it anyway (destroying what it holds): `wbcache format --force \
+             --cache {c}`"
+        ),
         (engine::Error::PlogMissing, _) => anyhow::anyhow!(
             "{c}: {e}: it was formatted with a persistent log (type 1); give its plog device \
              with --plog P"
@@ -294,15 +302,28 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     )?;
     let listener = match &opts.listen {
         Listen::Unix(p) => Listener::Unix(bind_unix(p)?),
-        Listen::Tcp(a) => {
-            Listener::Tcp(TcpListener::bind(a).with_context(|| format!("binding {a}"))?)
-        }
+        Listen::Tcp { given, addrs } => Listener::Tcp(
+            TcpListener::bind(&addrs[..]).with_context(|| format!("binding {given}"))?,
+        ),
     };
-    let control_listener = control::bind(&opts.control)?;
-    let cleanup = || {
+    let remove_nbd_socket = || {
         if let Listen::Unix(p) = &opts.listen {
             let _ = std::fs::remove_file(p);
         }
+    };
+    let control_listener = match control::bind(&opts.control) {
+        Ok(l) => l,
+        Err(e) => {
+            remove_nbd_socket();
+            return Err(anyhow::anyhow!(
+                "control socket: {e:#}; each server needs a control socket of its own: give \
+                 this one another with --control PATH (and the same --control to `wbcache \
+                 status` and `message`)"
+            ));
+        }
+    };
+    let cleanup = || {
+        remove_nbd_socket();
         let _ = std::fs::remove_file(&opts.control);
     };
     let opened = recover(devices, opts.nr_rambuf_pool);
@@ -370,13 +391,13 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             p.display(),
             opts.control.display()
         )),
-        Listen::Tcp(a) => {
+        Listen::Tcp { given, .. } => {
             // The address actually bound: with port 0 the system picks one, and a client needs it.
             let bound = match &listener {
                 Listener::Tcp(l) => l
                     .local_addr()
-                    .map_or_else(|_| a.to_string(), |x| x.to_string()),
-                Listener::Unix(_) => a.to_string(),
+                    .map_or_else(|_| given.clone(), |x| x.to_string()),
+                Listener::Unix(_) => given.clone(),
             };
             log_line(&format!(
                 "serving {} bytes over NBD on {bound} (control: {})",

@@ -57,7 +57,7 @@ fn format_refuses_content_unless_forced() {
     );
     std::fs::File::create(&d.backing)
         .unwrap()
-        .set_len(MIB + 512)
+        .set_len(4 * MIB + 512)
         .unwrap();
     let o = wbcache(&["format", "--cache", d.backing_str()]);
     assert!(
