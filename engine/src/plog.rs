@@ -13,7 +13,7 @@
 //! - entries are gathered in a bounded RAM stage (contiguous sectors of the open region) and
 //!   written as one device write when durability is needed (client FLUSH or FUA), when the open
 //!   region changes, when the next entry would overflow the stage, and at shutdown. Unflushed
-//!   writes carry no durability promise (SPEC §4), so losing the stage in a power cut is what a
+//!   writes carry no durability promise (the contract, docs/DESIGN.md), so losing the stage in a power cut is what a
 //!   device with a volatile write cache may do anyway: every crash image of the staged plog is
 //!   one the unstaged plog could also have left (its writes could be lost or torn in any subset).
 

@@ -25,7 +25,7 @@ pub const CHECK_ERROR: u8 = 2;
 /// How much of a device `format` inspects for existing content.
 pub const INSPECT_BYTES: usize = 1 << 20;
 
-/// A fresh format generation. The engine has no randomness (SPEC §7); the driver picks it:
+/// A fresh format generation. The engine has no randomness (docs/DESIGN.md, Determinism); the driver picks it:
 /// 8 bytes of /dev/urandom, or time and pid if that is unavailable.
 pub fn new_generation() -> u64 {
     let mut b = [0u8; 8];

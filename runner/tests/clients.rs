@@ -180,7 +180,7 @@ fn qemu_io_writes_fua_zeroes_flush_discard_and_restarts() {
     let d = Devices::formatted(16 * MIB, 4 * MIB, 7);
     let srv = Server::start(&d, &["--allow_writeback", "1"]);
     let u = uri(&srv);
-    // Each write is followed by a verified read on the same connection (SPEC §4.1).
+    // Each write is followed by a verified read on the same connection (contract rule 1, docs/DESIGN.md).
     qemu_io(
         &u,
         &[
@@ -846,7 +846,7 @@ impl KillTest {
         }
     }
 
-    /// Reads the whole export and checks every sector against the model (SPEC §4.3: the durable
+    /// Reads the whole export and checks every sector against the model (contract rule 3, docs/DESIGN.md: the durable
     /// value or a later one; never older, never garbage); then, after a completed FLUSH, what
     /// was read is the new durable state.
     fn verify(&mut self, c: &mut Client, round: usize) {
@@ -1010,7 +1010,7 @@ fn plog_supported() -> bool {
 }
 
 /// SIGKILL of the real server process at seeded moments, restarted on the same files each
-/// time; every sector must hold its last durable value or a later one (SPEC §4.3).
+/// time; every sector must hold its last durable value or a later one (contract rule 3, docs/DESIGN.md).
 /// `WBCACHE_KILL_SEED` and `WBCACHE_KILLS` (default 40) select the run.
 fn kill9_crash_test(plog: bool) {
     let seed = std::env::var("WBCACHE_KILL_SEED")

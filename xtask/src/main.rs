@@ -28,7 +28,8 @@ enum Task {
     CrashTest(Box<crash_test::CrashTestArgs>),
     /// Check the runner's request handoff, reply ordering and shutdown with loom.
     Loom,
-    /// Benchmarks (SPEC §8): writes a markdown report (docs/BENCH.md) and prints it.
+    /// Benchmarks against the targets of docs/DESIGN.md ("Performance targets"): writes a
+    /// markdown report (docs/BENCH.md) and prints it.
     Bench(bench::BenchArgs),
     /// Fuzz one target (or every target in turn) with cargo-fuzz on nightly; prints exec counts.
     Fuzz(fuzz::FuzzArgs),
