@@ -116,9 +116,8 @@ Exit status: 0 sound (recovery would succeed), 1 not sound (the problems say why
 I/O error (including a type-1 cache without --plog or a type-0 cache with one)."
     )]
     Check {
-        /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
-        #[arg(value_name = "C")]
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
         /// Persistent-log device of a type-1 cache.
         #[arg(long, value_name = "P")]
         plog: Option<PathBuf>,
@@ -141,9 +140,8 @@ says what its slot holds instead), when there are no segments to decode (no wbca
 dm-writeboost superblock, or a geometry that does not fit the device), or on an error."
     )]
     Dump {
-        /// Cache device (file or block device).
-        #[arg(value_name = "C")]
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
         /// Only this segment id (with its metablocks).
         #[arg(long, value_name = "ID")]
         segment: Option<u64>,
@@ -154,6 +152,26 @@ dm-writeboost superblock, or a geometry that does not fit the device), or on an 
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The cache device of `check` and `dump`: `C` or `--cache C`, as the other commands take it.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct CacheArg {
+    /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
+    #[arg(value_name = "C")]
+    path: Option<PathBuf>,
+    /// The same, as a flag (as `format`, `serve` and `writeback` take it).
+    #[arg(long = "cache", value_name = "C")]
+    flag: Option<PathBuf>,
+}
+
+impl CacheArg {
+    fn path(self) -> PathBuf {
+        self.path
+            .or(self.flag)
+            .expect("clap requires C or --cache C")
+    }
 }
 
 #[derive(Args)]
@@ -219,6 +237,31 @@ struct TunableArgs {
     given: Vec<(&'static str, u64)>,
 }
 
+/// A tunable's default as `serve --help` shows it (the engine's own defaults; one depends on
+/// the segment order the cache was formatted with).
+fn tunable_default(name: &str) -> String {
+    let at = |order: u8| {
+        Tunables::defaults(order)
+            .list()
+            .into_iter()
+            .find(|&(n, _)| n == name)
+            .map_or(0, |(_, v)| v)
+    };
+    let (lowest, upstream) = (
+        at(engine::format::MIN_ORDER),
+        at(engine::format::UPSTREAM_ORDER),
+    );
+    if lowest == upstream {
+        upstream.to_string()
+    } else {
+        format!(
+            "{upstream} at segment order {}, {lowest} at order {}",
+            engine::format::UPSTREAM_ORDER,
+            engine::format::MIN_ORDER
+        )
+    }
+}
+
 fn tunable_help(name: &str) -> &'static str {
     match name {
         "allow_writeback" => "Write back in the background (0/1)",
@@ -245,7 +288,11 @@ impl Args for TunableArgs {
                     .value_name("VALUE")
                     .value_parser(clap::value_parser!(u64))
                     .help_heading("Engine tunables (also settable later with `wbcache message`)")
-                    .help(format!("{} [{min}..={max}]", tunable_help(name))),
+                    .help(format!(
+                        "{} [{min}..={max}; default: {}]",
+                        tunable_help(name),
+                        tunable_default(name)
+                    )),
             )
         })
     }
@@ -378,7 +425,7 @@ fn main() -> ExitCode {
             backing,
             json,
         } => {
-            return match commands::check(&cache, plog.as_deref(), backing.as_deref(), json) {
+            return match commands::check(&cache.path(), plog.as_deref(), backing.as_deref(), json) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("wbcache: error: {e:#}");
@@ -391,7 +438,7 @@ fn main() -> ExitCode {
             segment,
             plog,
             json,
-        } => commands::dump(&cache, plog.as_deref(), segment, json),
+        } => commands::dump(&cache.path(), plog.as_deref(), segment, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -452,3 +452,29 @@ fn names_and_generations_are_spelled_one_way_everywhere() {
     assert!(json.contains("\"nr_rambuf_pool\": 4,"), "{json}");
     assert!(srv.stop().0.success());
 }
+
+#[test]
+fn help_shows_the_defaults_and_check_and_dump_take_cache_as_a_flag() {
+    let help = stdout(&wbcache(&["serve", "--help"]));
+    for line in [
+        "(0/1) [0..=1; default: 0]",
+        "[0..=100; default: 70]",
+        "[1..=1000; default: 32 at segment order 10, 2048 at order 4]",
+        "[0..=3600; default: 0]",
+        "[default: 8]",
+    ] {
+        assert!(help.contains(line), "{line} in {help}");
+    }
+    let d = Devices::formatted(8 * MIB, 4 * MIB, 6);
+    for cmd in ["check", "dump"] {
+        let positional = wbcache(&[cmd, d.cache_str()]);
+        let flag = wbcache(&[cmd, "--cache", d.cache_str()]);
+        assert!(flag.status.success(), "{cmd} --cache: {}", stderr(&flag));
+        assert_eq!(stdout(&flag), stdout(&positional), "{cmd}");
+        // One of the two, not both, not neither: a usage error.
+        let both = wbcache(&[cmd, d.cache_str(), "--cache", d.cache_str()]);
+        assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+        let neither = wbcache(&[cmd]);
+        assert_eq!(neither.status.code(), Some(2), "{}", stderr(&neither));
+    }
+}

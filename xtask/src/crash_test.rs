@@ -37,10 +37,7 @@ pub struct CrashTestArgs {
     /// garbage-torn, eio-write, eio-read (must not: errors are reported, never lies).
     #[arg(long = "fault")]
     faults: Vec<String>,
-    /// Seed quirk to switch back on (repeatable): h1, h2, h3, h5, h6, h10, h12, h13, h14,
-    /// lc-nochecksum, wc-flush-order, wc-ignore-fua, dmcache-early-commit (docs/HAZARDS.md).
-    /// Must produce violations.
-    #[arg(long = "quirk")]
+    #[arg(long = "quirk", help = quirk_help())]
     quirks: Vec<String>,
     /// Segment size order of the workloads (default: 4, some 5).
     #[arg(long, value_parser = clap::value_parser!(u8).range(4..=10))]
@@ -74,10 +71,7 @@ pub struct CrashTestArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Run only the hand-written scenario for this hazard (h1, h2, h3, h5, h6, h10, h11, h12,
-    /// h13, h14, lc-nochecksum, wc-ignore-fua, h4, h7, h8, h9, h10-plog); by default they all run
-    /// before the seeded workloads.
-    #[arg(long)]
+    #[arg(long, help = scenario_help())]
     scenario: Option<String>,
     /// Switch on every seed quirk in turn and hunt it (up to --zoo-budget seconds each); print a
     /// table. Fails if any quirk is not caught.
@@ -89,6 +83,25 @@ pub struct CrashTestArgs {
     /// Violations to shrink and print in full (the rest are counted).
     #[arg(long, default_value_t = 3)]
     show: usize,
+}
+
+/// `--quirk`'s help, listing every quirk this build knows.
+fn quirk_help() -> String {
+    format!(
+        "Seed quirk to switch back on (repeatable): {} (docs/HAZARDS.md). Must produce \
+         violations",
+        crashsim::explore::quirk_names().join(", ")
+    )
+}
+
+/// `--scenario`'s help, listing every hand-written scenario.
+fn scenario_help() -> String {
+    let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+    format!(
+        "Run only the hand-written scenario for this hazard ({}); by default they all run \
+         before the seeded workloads",
+        names.join(", ")
+    )
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -11,7 +11,11 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "wbcache project tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "wbcache project tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -198,6 +202,33 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("xtask: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_test_help_names_the_command_every_quirk_and_every_scenario() {
+        // What `cargo xtask crash-test --help` prints (argv[0] is the xtask binary's path).
+        let help = match Cli::try_parse_from(["target/release/xtask", "crash-test", "--help"]) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            _ => panic!("--help did not print help"),
+        };
+        assert!(
+            help.contains("Usage: cargo xtask crash-test [OPTIONS]"),
+            "{help}"
+        );
+        for q in crashsim::explore::quirk_names() {
+            assert!(
+                help.contains(&format!(" {q},")) || help.contains(&format!(" {q} ")),
+                "{q}: {help}"
+            );
+        }
+        for (s, ..) in crashsim::explore::SCENARIOS {
+            assert!(help.contains(s), "{s}: {help}");
         }
     }
 }
