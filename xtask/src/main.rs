@@ -4,6 +4,8 @@ mod bench;
 mod crash_test;
 mod fuzz;
 mod heap;
+#[cfg(test)]
+mod rust_version;
 mod zoo;
 
 use std::process::{Command, ExitCode};
