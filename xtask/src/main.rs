@@ -233,4 +233,22 @@ mod tests {
             assert!(help.contains(s), "{s}: {help}");
         }
     }
+
+    #[test]
+    fn the_cargo_xtask_alias_lets_cargo_show_that_it_builds() {
+        let config = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.cargo/config.toml"
+        ))
+        .unwrap();
+        let alias = config
+            .lines()
+            .find(|l| l.starts_with("xtask = "))
+            .expect("the xtask alias");
+        assert!(alias.contains("--release --package xtask"), "{alias}");
+        assert!(
+            !alias.contains("--quiet") && !alias.contains(" -q"),
+            "{alias}"
+        );
+    }
 }
