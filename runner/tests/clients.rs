@@ -1005,10 +1005,6 @@ impl KillTest {
     }
 }
 
-fn plog_supported() -> bool {
-    stdout(&wbcache(&["serve", "--help"])).contains("--plog")
-}
-
 /// SIGKILL of the real server process at seeded moments, restarted on the same files each
 /// time; every sector must hold its last durable value or a later one (contract rule 3, docs/DESIGN.md).
 /// `WBCACHE_KILL_SEED` and `WBCACHE_KILLS` (default 40) select the run.
@@ -1148,16 +1144,9 @@ fn kill9_type0_real_process() {
     kill9_crash_test(false);
 }
 
-/// Type 1 needs the runner's `--plog` (its own issue, in progress); until `wbcache serve`
-/// has it, this says so and does nothing — there is no type-1 server to test yet.
+/// The same with a type-1 cache (`--plog`): the writes a FLUSH covered may live only in the
+/// plog when the server dies.
 #[test]
 fn kill9_type1_plog_real_process() {
-    if !plog_supported() {
-        eprintln!(
-            "kill9_type1_plog_real_process: not applicable yet: `wbcache serve --help` has no \
-             --plog (the runner's type-1 support is a separate issue); the test runs once it does"
-        );
-        return;
-    }
     kill9_crash_test(true);
 }
