@@ -179,6 +179,18 @@ impl Ctx<'_> {
                 .is_some_and(|d| std::time::Instant::now() >= d)
     }
 
+    /// A crash state (or the level below it) the tester could not check: an error of kind
+    /// `Harness`, counted and kept like a violation, never a skip.
+    fn harness_error(&mut self, path: &[PathStep], what: String) {
+        self.report(
+            path,
+            vec![Finding {
+                kind: Kind::Harness,
+                detail: format!("this crash state could not be checked: {what}"),
+            }],
+        );
+    }
+
     fn report(&mut self, path: &[PathStep], findings: Vec<Finding>) {
         for finding in findings {
             self.result.violation_count += 1;
@@ -446,16 +458,33 @@ fn explore_world(
             if ctx.done() {
                 return;
             }
-            let Ok(fp) = state.fingerprint_of(&choice) else {
-                continue;
+            let path_to = |choice: &Choice| {
+                let mut path = prefix.to_vec();
+                path.push(PathStep {
+                    level: level.clone(),
+                    point: point.before,
+                    choice: choice.clone(),
+                });
+                path
+            };
+            let fp = match state.fingerprint_of(&choice) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    ctx.harness_error(&path_to(&choice), format!("fingerprint: {e}"));
+                    continue;
+                }
             };
             // The same images under another client cut are another check (more writes may be
             // durable by now), so the cut is part of what is deduplicated.
             if !dedup.insert_fingerprint(fp ^ cut_key) {
                 continue;
             }
-            let Ok(images) = state.image(&choice) else {
-                continue;
+            let images = match state.image(&choice) {
+                Ok(images) => images,
+                Err(e) => {
+                    ctx.harness_error(&path_to(&choice), format!("images: {e}"));
+                    continue;
+                }
             };
             debug_assert_eq!(
                 images.fingerprint(),
@@ -463,12 +492,7 @@ fn explore_world(
                 "fingerprint_of agrees with the images"
             );
             ctx.result.states += 1;
-            let mut path = prefix.to_vec();
-            path.push(PathStep {
-                level: level.clone(),
-                point: point.before,
-                choice: choice.clone(),
-            });
+            let path = path_to(&choice);
             let (findings, recovered) = check_images(
                 images,
                 ctx.config,
@@ -487,8 +511,9 @@ fn explore_world(
             let r = &recovered.report;
             let wrote = r.formatted || r.stale_invalidated > 0 || r.plog_epoch > 0;
             if ctx.opts.recovery_crash && wrote {
-                if let Ok(images) = state.image(&choice) {
-                    explore_recovery(ctx, world, images, &hist, &path);
+                match state.image(&choice) {
+                    Ok(images) => explore_recovery(ctx, world, images, &hist, &path),
+                    Err(e) => ctx.harness_error(&path, format!("images for recovery: {e}")),
                 }
             }
             let every = ctx.opts.continuation_every;
@@ -507,13 +532,15 @@ fn explore_recovery(
     hist: &History,
     path: &[PathStep],
 ) {
-    let Ok(w2) = world.restarted(&images) else {
-        return;
+    let w2 = match world.restarted(&images) {
+        Ok(w2) => w2.shared(),
+        Err(e) => return ctx.harness_error(path, format!("restart for recovery crashes: {e}")),
     };
-    let w2 = w2.shared();
-    // The recovery itself was already checked on the same images; here only its device log
-    // matters.
-    drop(open_on(&w2, ctx.config));
+    // The recovery itself was already checked on the same images (so the engine's answer is
+    // not judged again); here only its device log matters.
+    if let Err(e) = open_on(&w2, ctx.config) {
+        return ctx.harness_error(path, format!("recovery for recovery crashes: {e}"));
+    }
     let w2 = w2.borrow();
     explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
 }
@@ -522,23 +549,28 @@ fn explore_recovery(
 fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathStep], seed: u64) {
     let (cache, backing, plog) = recovered.engine.into_all_devices();
     let wc = &ctx.workload.config;
-    let Ok(world) = new_world(
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("continuation {what}: {e}");
+    let world = match new_world(
         wc,
         cache.into_image(),
         backing.into_image(),
         plog.map(ImageDevice::into_image),
-    ) else {
-        return;
+    ) {
+        Ok(w) => w,
+        Err(e) => return ctx.harness_error(path, fail("world", &e)),
     };
-    let Ok(mut history) = History::new(recovered.observed.clone()) else {
-        return;
+    let mut history = match History::new(recovered.observed.clone()) {
+        Ok(h) => h,
+        Err(e) => return ctx.harness_error(path, fail("history", &e)),
     };
-    let Ok(mut model) = ModelDisk::from_bytes(recovered.observed) else {
-        return;
+    let mut model = match ModelDisk::from_bytes(recovered.observed) {
+        Ok(m) => m,
+        Err(e) => return ctx.harness_error(path, fail("model", &e)),
     };
     let ops = continuation(seed, wc);
-    let Ok(opened) = open_on(&world, ctx.config) else {
-        return;
+    let opened = match open_on(&world, ctx.config) {
+        Ok(o) => o,
+        Err(e) => return ctx.harness_error(path, fail("reopen", &e)),
     };
     match opened {
         // An injected device error may hit the reopen itself: an error, not a lie.
@@ -708,6 +740,59 @@ mod tests {
             live: vec![true; sectors],
             unit_sectors,
         }
+    }
+
+    /// A continuation the tester cannot set up (here: a recovered image it cannot model) used to
+    /// end that branch silently; it is a `Harness` violation, counted, with its path.
+    #[test]
+    fn a_state_the_tester_cannot_check_is_a_counted_harness_violation() {
+        let w: Workload = "o=4,n=2,b=4,p=1,k=1,u=1,s=7;W0+8.F.W8+8.F".parse().unwrap();
+        let rec = record(&w.config, &w.ops).unwrap();
+        let end = rec.world.borrow().log().len() as u64;
+        let state = rec
+            .world
+            .borrow()
+            .crash_state(CrashPoint::before(end))
+            .unwrap();
+        let config = recovery_config(&w.config).unwrap();
+        let oracles = oracles_for(&rec.history);
+        let images = state.image(&Choice::default()).unwrap();
+        let (findings, recovered) =
+            check_images(images, config, (&oracles.0, &oracles.1), OracleSel::Both);
+        assert!(findings.is_empty(), "{findings:?}");
+        let mut recovered = recovered.unwrap();
+        recovered.observed.truncate(100); // not a whole sector: no model can be built from it
+        let opts = ExploreOpts::default();
+        let mut ctx = Ctx {
+            workload: &w,
+            config,
+            opts: &opts,
+            result: WorkloadResult::default(),
+        };
+        let path = vec![PathStep {
+            level: Level::Top,
+            point: end,
+            choice: Choice::default(),
+        }];
+        explore_continuation(&mut ctx, recovered, &path, 1);
+        assert_eq!(ctx.result.violation_count, 1);
+        let v = &ctx.result.violations[0];
+        assert_eq!(v.finding.kind, Kind::Harness);
+        assert!(
+            v.finding
+                .detail
+                .starts_with("this crash state could not be checked: continuation"),
+            "{}",
+            v.finding.detail
+        );
+        assert_eq!(v.path, path);
+        // The zoo and the shrinker stop at it like at any violation.
+        let stop = ExploreOpts {
+            stop_at_first: true,
+            ..ExploreOpts::default()
+        };
+        ctx.opts = &stop;
+        assert!(ctx.done());
     }
 
     #[test]

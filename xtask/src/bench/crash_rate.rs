@@ -336,8 +336,12 @@ fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String>
                     choice: choice.clone(),
                 }];
                 let t = Instant::now();
-                let Ok(mut images) = state.image(&choice) else {
-                    continue;
+                let mut images = match state.image(&choice) {
+                    Ok(images) => images,
+                    // A state the bench cannot build is never skipped: it ends the run.
+                    Err(e) => {
+                        return Err(fail(path, Kind::Harness, format!("images: {e}")));
+                    }
                 };
                 p.image += secs(t);
 
