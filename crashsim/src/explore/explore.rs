@@ -10,7 +10,7 @@ use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
 use super::run::{drive, new_world, open_on, record, recovery_config};
-use super::workload::{continuation, WlConfig, Workload};
+use super::workload::{continuation, WlConfig, WlOp, Workload};
 use crate::rng::mix64;
 use crate::{Choice, CrashPoint, CrashState, Dedup, ImageDevice, Others, PointSelection, World};
 
@@ -38,6 +38,9 @@ pub struct ExploreOpts {
     pub keep_violations: usize,
     /// Stop exploring (even inside a workload) at this moment.
     pub deadline: Option<std::time::Instant>,
+    /// Stop exploring (even inside a workload) once this is set, from another thread: a run
+    /// that has what it wants ends its workloads in flight.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for ExploreOpts {
@@ -54,6 +57,7 @@ impl Default for ExploreOpts {
             stop_at_first: false,
             keep_violations: 16,
             deadline: None,
+            cancel: None,
         }
     }
 }
@@ -121,7 +125,28 @@ pub struct Violation {
     pub finding: Finding,
 }
 
+/// The seed of the continuation workload run after recovering from the crash at `point` of a
+/// workload whose seed is `workload_seed`.
+fn continuation_seed(workload_seed: u64, point: u64) -> u64 {
+    mix64(workload_seed ^ point ^ 0xC0)
+}
+
 impl Violation {
+    /// The operations of the continuation workload on the crash path, if it has one: they run
+    /// on the devices recovered from the crash before it (`--replay` reruns them), so a
+    /// violating sector may have been written only by them.
+    pub fn continuation_ops(&self) -> Option<Vec<WlOp>> {
+        let at = self
+            .path
+            .iter()
+            .position(|s| s.level == Level::Continuation)?;
+        let before = &self.path[at.checked_sub(1)?];
+        Some(continuation(
+            continuation_seed(self.workload.config.seed, before.point),
+            &self.workload.config,
+        ))
+    }
+
     /// The argument of `--replay`.
     pub fn case(&self) -> String {
         let mut s = self.workload.to_string();
@@ -177,6 +202,11 @@ impl Ctx<'_> {
                 .opts
                 .deadline
                 .is_some_and(|d| std::time::Instant::now() >= d)
+            || self
+                .opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A crash state (or the level below it) the tester could not check: an error of kind
@@ -518,7 +548,8 @@ fn explore_world(
             }
             let every = ctx.opts.continuation_every;
             if every > 0 && ctx.result.states % every == 0 {
-                explore_continuation(ctx, recovered, &path, mix64(seed ^ point.before ^ 0xC0));
+                let seed = continuation_seed(seed, point.before);
+                explore_continuation(ctx, recovered, &path, seed);
             }
         }
     }
@@ -674,7 +705,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
             Some(Level::Continuation) => {
                 let recovered =
                     recovered.ok_or("the crash before a continuation did not recover")?;
-                let seed = mix64(workload.config.seed ^ step.point ^ 0xC0);
+                let seed = continuation_seed(workload.config.seed, step.point);
                 let (c, b, p) = recovered.engine.into_all_devices();
                 let wc: &WlConfig = &workload.config;
                 let w3 = new_world(
