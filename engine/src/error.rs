@@ -37,9 +37,7 @@ pub enum Error {
     #[error("cache device geometry: {0}")]
     Geometry(#[from] GeometryError),
 
-    #[error(
-        "backing device of {sectors} sectors is not a whole number of 4 KiB blocks (or is empty)"
-    )]
+    #[error("backing device has {sectors} sectors; it must have at least one")]
     BackingSize { sectors: u64 },
 
     #[error("cache device was formatted with {formatted} sectors but now has {actual}; refusing to guess its geometry")]
@@ -74,6 +72,13 @@ pub enum Error {
         slot: u64,
         sector: u64,
         backing_sectors: u64,
+    },
+
+    #[error("replay would drop intact segment(s) {ids:?}, which are newer than segment {stop} where the log stops ({why}), were not written by wbcache (no block CRCs: upstream dm-writeboost wrote them) and are not written back; dm-writeboost would apply them, wbcache cannot apply them past the gap, so it refuses and changes nothing (recover this cache with dm-writeboost)")]
+    WouldDiscard {
+        ids: Vec<u64>,
+        stop: u64,
+        why: String,
     },
 
     #[error("{role} device is corrupt at sector {sector}: {what}")]

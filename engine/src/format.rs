@@ -244,6 +244,21 @@ pub fn encode_record_block(rec: &RecordExt) -> [u8; BLOCK_SIZE] {
     b
 }
 
+/// The 4 KiB record block as upstream dm-writeboost writes it (`update_sb_record_interval`):
+/// zeros, and the id at offset 0 of its last sector (2047). Its write replaces our extension.
+pub fn encode_upstream_record_block(last_writeback_id: u64) -> [u8; BLOCK_SIZE] {
+    let mut b = [0u8; BLOCK_SIZE];
+    put_u64(&mut b, BLOCK_SIZE - SECTOR_SIZE, last_writeback_id);
+    b
+}
+
+/// The superblock block as upstream writes it at format: the magic, then zeros.
+pub fn encode_upstream_superblock() -> [u8; BLOCK_SIZE] {
+    let mut b = [0u8; BLOCK_SIZE];
+    put_u32(&mut b, 0, SUPERBLOCK_MAGIC);
+    b
+}
+
 /// Decodes the record id as upstream reads it: the u64 at offset 0 of sector 2047.
 pub fn decode_record(sector: &[u8]) -> u64 {
     le_u64(sector, 0)
@@ -332,6 +347,18 @@ pub fn seal_segment(segment: &mut [u8], id: u64, length: usize) {
     segment[HEADER_LENGTH_OFFSET] = length as u8;
     let crc = segment_checksum(segment, length);
     put_u32(segment, HEADER_CHECKSUM_OFFSET, crc);
+}
+
+/// A whole segment image of `blocks` (metablock, data), sealed with `id`: how tests and tools
+/// build images as either writer would (upstream leaves `block_crc` out).
+pub fn build_segment(id: u64, blocks: &[(Metablock, [u8; BLOCK_SIZE])]) -> Vec<u8> {
+    let mut seg = vec![0u8; segment_len_bytes(blocks.len())];
+    for (i, (m, data)) in blocks.iter().enumerate() {
+        encode_metablock(&mut seg, i, m);
+        seg[BLOCK_SIZE * (1 + i)..BLOCK_SIZE * (2 + i)].copy_from_slice(data);
+    }
+    seal_segment(&mut seg, id, blocks.len());
+    seg
 }
 
 /// Whether a segment image (header + `length` data blocks) carries a checksum that matches.
@@ -446,6 +473,21 @@ mod tests {
             (BACKUP_RECORD_SECTOR, BACKUP_RECORD_BLOCK_SECTOR),
             (2039, 2032)
         );
+    }
+
+    #[test]
+    fn upstream_record_block_is_zeros_and_the_id() {
+        let b = encode_upstream_record_block(61);
+        let last = &b[BLOCK_SIZE - SECTOR_SIZE..];
+        assert_eq!(decode_record(last), 61);
+        assert_eq!(decode_record_ext(last), None, "no extension survives it");
+        assert!(b
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == 0 || i >= BLOCK_SIZE - SECTOR_SIZE));
+        assert!(last[8..].iter().all(|&x| x == 0));
+        let sb = encode_upstream_superblock();
+        assert_eq!(decode_superblock(&sb), Superblock::Valid(None));
     }
 
     #[test]

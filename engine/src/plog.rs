@@ -480,14 +480,13 @@ impl<D: BlockDevice> Engine<D> {
     pub(crate) fn plog_plan(
         &mut self,
         first_missing: u64,
-        slot_ids: &[u64],
-        slot_lens: &[u8],
+        segments: &[crate::recovery::scan::SegmentScan],
         report: &mut RecoveryReport,
     ) -> Result<Vec<PlanItem>> {
         let nr_regions = self.plog.as_ref().expect("type 1").geo().nr_regions as u64;
         let seed_replay = quirk!(self, H8PlogRewritesCache);
+        let ignore_checksum = quirk!(self, LcNoChecksum);
         let mut plan = Vec::new();
-        let mut segbuf = vec![0u8; self.geo.segment_bytes()];
         // Entries of the previous segment when it came from the plog: the next one may follow
         // only if it confirms that run was complete.
         let mut prev_from_plog: Option<usize> = None;
@@ -521,14 +520,14 @@ impl<D: BlockDevice> Engine<D> {
                     break;
                 }
             }
-            let slot = self.geo.slot_of(id);
-            let on_cache = if slot_ids[slot as usize] == id {
-                self.load_segment(slot, id, slot_lens[slot as usize], &mut segbuf, report)?
-            } else {
-                None
-            };
-            if let Some(len) = on_cache {
-                plan.push(PlanItem::Cache { id, slot, len });
+            let on_cache =
+                crate::recovery::intact_on_cache(segments, &self.geo, id, ignore_checksum);
+            if let Some(seg) = on_cache {
+                plan.push(PlanItem::Cache {
+                    id,
+                    slot: seg.slot,
+                    len: seg.length as usize,
+                });
                 prev_from_plog = None;
             } else if count > 0 {
                 plan.push(PlanItem::Plog { id, count });
@@ -597,7 +596,10 @@ impl<D: BlockDevice> Engine<D> {
                             what: format!("segment {id} changed while recovery read it"),
                         });
                     }
-                    self.apply_segment(id, slot, &buf, len)?;
+                    let metablocks: Vec<_> = (0..len)
+                        .map(|j| crate::format::decode_metablock(&buf, j))
+                        .collect();
+                    self.apply_segment(id, slot, &metablocks);
                     self.push_loaded_segment(id, buf, len);
                 }
                 PlanItem::Plog { id, count } => {

@@ -381,16 +381,59 @@ fn bad_order_at_format_is_a_geometry_error() {
 }
 
 #[test]
-fn backing_sizes_not_whole_blocks_are_refused() {
-    for backing in [0u64, 1, 7, 9, 15, 8 * 1000 + 3] {
-        for image in [
-            sectors(SUPERBLOCK_SECTORS + 64),
-            formatted(4, SUPERBLOCK_SECTORS + 64),
-        ] {
-            let err = expect_err(open_image(image, backing, cfg(4, FormatPolicy::IfBlank)));
-            assert_eq!(err, Error::BackingSize { sectors: backing });
-            assert!(err.to_string().contains(&backing.to_string()), "{err}");
+fn an_empty_backing_device_is_refused() {
+    for image in [
+        sectors(SUPERBLOCK_SECTORS + 64),
+        formatted(4, SUPERBLOCK_SECTORS + 64),
+    ] {
+        let err = expect_err(open_image(image, 0, cfg(4, FormatPolicy::IfBlank)));
+        assert_eq!(err, Error::BackingSize { sectors: 0 });
+        assert!(err.to_string().contains("0 sectors"), "{err}");
+    }
+}
+
+/// Upstream takes devices of any size: a backing device whose last 4 KiB block is partial
+/// caches that block's sectors like any other, and a cache device that is not whole blocks
+/// uses the whole segments that fit.
+#[test]
+fn devices_that_are_not_whole_blocks_work_to_their_last_sector() {
+    for backing in [1u64, 7, 9, 15, 8 * 100 + 3] {
+        let cache = MemDevice::new(SUPERBLOCK_SECTORS + 4 * 16 + 5);
+        let (mut e, _) = Engine::open(
+            cache,
+            MemDevice::new(backing),
+            cfg(4, FormatPolicy::IfBlank),
+        )
+        .unwrap();
+        assert_eq!(e.geometry().nr_segments, 4);
+        assert_eq!(e.size_sectors(), backing);
+        let last = backing - 1;
+        // The last sector, alone and together with the one before it.
+        e.write(last, &[0xA1; SECTOR_SIZE], false).unwrap();
+        if backing > 1 {
+            e.write(last - 1, &[0xB2; 2 * SECTOR_SIZE], true).unwrap();
         }
+        let err = e.write(last, &[0u8; 2 * SECTOR_SIZE], false).unwrap_err();
+        assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+        let mut got = [0u8; SECTOR_SIZE];
+        e.read(last, &mut got).unwrap();
+        let want = if backing > 1 { 0xB2 } else { 0xA1 };
+        assert!(got.iter().all(|&b| b == want), "backing {backing}");
+        e.flush().unwrap();
+        // Replayed, then written back to the partial block of the backing device.
+        let (c, b) = e.into_devices();
+        let (mut e, rep) = Engine::open(c, b, cfg(4, FormatPolicy::Never)).unwrap();
+        assert!(rep.segments_applied >= 1, "{rep:?}");
+        e.check_invariants().unwrap();
+        e.drop_caches();
+        e.run_due_steps().unwrap();
+        assert_eq!(e.status().nr_dirty_cache_blocks, 0);
+        let (_, b) = e.shutdown().unwrap();
+        let bytes = b.bytes();
+        assert_eq!(bytes.len(), backing as usize * SECTOR_SIZE);
+        assert!(bytes[last as usize * SECTOR_SIZE..]
+            .iter()
+            .all(|&x| x == want));
     }
 }
 
@@ -530,11 +573,14 @@ fn upstream_image_opens_at_order_10_and_replays() {
     assert_eq!(e.geometry().order, 10);
     assert_eq!(e.geometry().nr_segments, 3);
     assert_eq!(rep.segments_applied, 2, "{rep:?}");
-    // Block 0: newest copy (segment 2) holds sectors 4..8 only; the rest comes from backing.
+    // Block 0: the newest copy (segment 2) holds sectors 4..8 only; replay writes the older
+    // copy's sectors back first, as upstream's replay does, so 0..4 read segment 1's data.
     // Block 1: clean entry, backing. Block 2: sectors 0..4 from segment 1.
+    assert_eq!(rep.replay_writebacks, 1, "{rep:?}");
     let mut got = vec![0u8; 3 * BLOCK_SIZE];
     e.read(0, &mut got).unwrap();
     let mut want = vec![0u8; 3 * BLOCK_SIZE];
+    want[..4 * SECTOR_SIZE].fill(0x11);
     want[4 * SECTOR_SIZE..BLOCK_SIZE].fill(0x44);
     want[2 * BLOCK_SIZE..2 * BLOCK_SIZE + 4 * SECTOR_SIZE].fill(0x33);
     assert!(

@@ -167,7 +167,7 @@ fn empty_cache_replays_nothing() {
             stop_reason: None,
             stale_invalidated: 0,
             dirty_blocks: 0,
-            bytes_read: (BLOCK_SIZE + 2 * SECTOR_SIZE) as u64 + nr * SECTOR_SIZE as u64,
+            bytes_read: 3 * SECTOR_SIZE as u64 + nr * SECTOR_SIZE as u64,
             bytes_written: 0,
             ..RecoveryReport::default()
         }
@@ -203,7 +203,7 @@ fn write_segments<D: BlockDevice>(
 fn replay_starts_at_the_record_and_reads_only_headers_and_dirty_segments() {
     let order = 6; // 7 blocks per segment
     let nr = 16u64;
-    let header_bytes = (BLOCK_SIZE + 2 * SECTOR_SIZE) as u64 + nr * SECTOR_SIZE as u64;
+    let header_bytes = 3 * SECTOR_SIZE as u64 + nr * SECTOR_SIZE as u64;
     let seg_bytes = |len: u64| format::segment_len_bytes(len as usize) as u64;
     let old_lens = [3u64; 10];
     let new_lens = [2u64, 5];

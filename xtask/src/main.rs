@@ -4,6 +4,7 @@ mod bench;
 mod crash_test;
 mod fuzz;
 mod heap;
+mod kernel_interop;
 #[cfg(test)]
 mod rust_version;
 mod stages;
@@ -40,6 +41,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz one target (or every target in turn) with cargo-fuzz on nightly; prints exec counts.
     Fuzz(fuzz::FuzzArgs),
+    /// Interop with the real dm-writeboost kernel module (Debian bookworm's 6.1 kernel and
+    /// dm-writeboost-dkms, in qemu): both directions on seeded workloads.
+    KernelInterop(kernel_interop::KernelInteropArgs),
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -192,6 +196,13 @@ fn test_stages() -> Vec<stages::Stage> {
         Stage::new("quirk zoo", || {
             crash_test::stage(&["--zoo", "--zoo-budget", "120"])
         }),
+        // Against the real dm-writeboost kernel module in qemu (artefacts cached in target/),
+        // in a child process: its VMs boot this binary as their /init.
+        Stage::new("kernel interop", || {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            run(Command::new(exe).arg("kernel-interop"))
+                .map(|()| "every scenario against dm-writeboost in qemu".into())
+        }),
     ]
 }
 
@@ -200,6 +211,10 @@ fn task_test() -> bool {
 }
 
 fn main() -> ExitCode {
+    // In the interop VMs this binary is the initramfs's /init (PID 1, started as /init).
+    if std::process::id() == 1 && std::env::args().next().as_deref() == Some("/init") {
+        kernel_interop::guest_main();
+    }
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => Ok(task_test()),
@@ -207,6 +222,7 @@ fn main() -> ExitCode {
         Task::CrashTest(args) => crash_test::run(*args),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::KernelInterop(args) => kernel_interop::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
