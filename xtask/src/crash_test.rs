@@ -400,6 +400,8 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             .progress_chars("=> "),
     );
     let next = AtomicU64::new(0);
+    // A run that stops at its first violation shows that one (a state can fail two oracles).
+    let shown_at_most = max_violations.map_or(args.show, |m| args.show.min(m as usize));
     let (tx, rx) = mpsc::channel();
     let mut states = 0u64;
     let mut done = 0u64;
@@ -434,7 +436,7 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             }
             for v in r.violations {
                 // Keep the first violation of each kind for shrinking and printing.
-                if violations.len() < args.show
+                if violations.len() < shown_at_most
                     && !violations.iter().any(|k| k.finding.kind == v.finding.kind)
                 {
                     violations.push(v);
