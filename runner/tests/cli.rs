@@ -320,8 +320,10 @@ fn offline_writeback_drains_an_upstream_dm_writeboost_image() {
     );
     let backing = std::fs::read(&d.backing).unwrap();
     let mut want = vec![0u8; 3 * BLOCK_SIZE];
-    // Newest copy of block 0 holds sectors 4..8 only (upstream semantics); block 1 was clean;
-    // block 2 has sectors 0..4.
+    // Newest copy of block 0 holds sectors 4..8 only; replay first writes back the older
+    // copy's other sectors, as upstream's replay does; block 1 was clean; block 2 has sectors
+    // 0..4.
+    want[..4 * SECTOR_SIZE].fill(0x11);
     want[4 * SECTOR_SIZE..BLOCK_SIZE].fill(0x44);
     want[2 * BLOCK_SIZE..2 * BLOCK_SIZE + 4 * SECTOR_SIZE].fill(0x33);
     assert!(
