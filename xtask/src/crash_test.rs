@@ -207,7 +207,8 @@ pub fn stage(words: &[&str]) -> crate::stages::StageResult {
     let o = run_outcome(parse_args(words)?)?;
     if o.passed {
         return Ok(if o.total == 0 {
-            "passed".to_string()
+            // The zoo, which reports its own table.
+            "every seed quirk caught".to_string()
         } else {
             format!(
                 "{} crash states of {} of {} workloads, 0 violations",
