@@ -1194,8 +1194,8 @@ mod tests {
         assert_eq!(prep.distinct, rows[0].dirty_blocks);
         assert_eq!(rows[1].record, nr - nr / DIRTY_TAIL);
         assert_eq!(rows[2].dirty_blocks, 0);
-        // All written back: ours reads the superblock, both records and one sector a slot.
-        assert_eq!(rows[2].ours.read_bytes, 4096 + 1024 + nr * 512);
+        // All written back: ours reads sector 0, both records and one sector a slot.
+        assert_eq!(rows[2].ours.read_bytes, 512 + 1024 + nr * 512);
         // Upstream: one sector twice, then a header and a whole segment per slot.
         assert_eq!(rows[2].up.read_bytes, 1024 + nr * (4096 + 512 * 1024));
         for r in &rows {
