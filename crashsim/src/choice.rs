@@ -33,7 +33,8 @@ pub struct BitFlip {
 
 /// What the power cut did. Persisted writes are applied in the order listed, so where several
 /// cover a sector the last listed wins: listing them in log order is the natural outcome, any
-/// other order picks an older version (SPEC §5 allows any one of the pending versions).
+/// other order picks an older version (the media model allows any one of the pending versions:
+/// docs/DESIGN.md, "Media assumptions" 4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Choice {
     pub persisted: Vec<Persist>,

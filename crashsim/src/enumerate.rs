@@ -1,4 +1,4 @@
-//! Ways to pick crash choices (SPEC §5, "Enumeration"): every subset when the pending set is
+//! Ways to pick crash choices (docs/DESIGN.md, "Crash simulator and oracles"): every subset when the pending set is
 //! small, all subsets up to size k, tears of one write, seeded random sampling; plus
 //! deduplication of identical crash images.
 

@@ -1,4 +1,4 @@
-//! Fault switches of one simulated device (SPEC §5). All are deterministic: they trigger at
+//! Fault switches of one simulated device (docs/DESIGN.md, Media assumptions). All are deterministic: they trigger at
 //! configured operation numbers or addresses, never at random, and what they did is in the log.
 
 use crate::SimError;

@@ -1,4 +1,4 @@
-//! Simulated block devices with the media model of SPEC §5, for running the very same engine
+//! Simulated block devices with the media model of docs/DESIGN.md ("Media assumptions"), for running the very same engine
 //! under power cuts, torn writes and device faults.
 //!
 //! - A [`World`] holds the devices of one run (backing, cache, plog) and one global operation

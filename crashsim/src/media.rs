@@ -1,4 +1,4 @@
-//! The media model of one device (SPEC §5): a durable image plus the writes that completed into
+//! The media model of one device (docs/DESIGN.md, Media assumptions): a durable image plus the writes that completed into
 //! the volatile cache and are not durable yet. The live devices and the crash replayer both run
 //! this same code, so a crash state is exactly what the run had at that moment.
 

@@ -1,4 +1,4 @@
-//! Where to cut power (SPEC §5, "Crash points"), and what the client had been told by then.
+//! Where to cut power (docs/DESIGN.md, "Crash simulator and oracles"), and what the client had been told by then.
 
 use crate::crash::CrashPoint;
 use crate::log::{ClientOp, Event};

@@ -4,7 +4,7 @@
 //! part of what was pending, the engine recovers on them in a fresh world, the whole device is
 //! checked against the block and prefix oracles for the history since the previous recovery,
 //! and the sequence goes on on the recovered engine. Every read while running is checked
-//! against a `ModelDisk` (SPEC §4.1). A failure shrinks to the fewest operations.
+//! against a `ModelDisk` (contract rule 1, docs/DESIGN.md). A failure shrinks to the fewest operations.
 
 use crashsim::explore::{engine_config, initial_backing, sector_data, FaultSet, WlConfig};
 use crashsim::{

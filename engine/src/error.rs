@@ -25,10 +25,10 @@ pub enum Error {
     #[error("request buffer of {len} bytes is not a whole number of 512-byte sectors")]
     Unaligned { len: usize },
 
-    #[error("cache device holds unknown content: sector 0 is neither blank nor a wbcache/dm-writeboost superblock (magic 0x57427374); format it explicitly to overwrite it")]
+    #[error("cache device holds unknown content: sector 0 is neither blank nor a wbcache/dm-writeboost superblock (magic 0x57427374); refusing to format over it")]
     UnknownContent,
 
-    #[error("cache device holds an interrupted format (its records say formatting) and formatting was not allowed; format it again")]
+    #[error("cache device holds an interrupted format (its records say formatting) and formatting was not allowed; it needs formatting again")]
     InterruptedFormat,
 
     #[error("cache device is blank (sector 0 is all zero) and formatting was not allowed")]
@@ -57,7 +57,7 @@ pub enum Error {
     )]
     PlogUnexpected,
 
-    #[error("plog device belongs to another cache: its generation is {plog:#x}, the cache device's is {cache:#x}")]
+    #[error("plog device belongs to another cache: its generation is {plog}, the cache device's is {cache}")]
     PlogMismatch { cache: u64, plog: u64 },
 
     #[error("plog device was formatted with {formatted} sectors but now has {actual}; refusing to guess its geometry")]
@@ -96,7 +96,26 @@ pub enum Error {
         max: u64,
     },
 
-    #[error("unknown message or tunable {0:?}")]
+    #[error("invalid value {value:?} for {name}: must be a whole number in {min}..={max}")]
+    UnparsableTunable {
+        name: &'static str,
+        value: String,
+        min: u64,
+        max: u64,
+    },
+
+    #[error("{name} needs a value: `{name} N` with N in {min}..={max}")]
+    MissingTunableValue {
+        name: &'static str,
+        min: u64,
+        max: u64,
+    },
+
+    #[error(
+        "unknown message {0:?}: the messages are drop_caches, clear_stat and TUNABLE VALUE, with \
+         TUNABLE one of {names}",
+        names = crate::tunables::tunable_names()
+    )]
     UnknownMessage(String),
 
     #[error("invalid nr_rambuf_pool {0}: must be in 1..=1024")]

@@ -1,5 +1,5 @@
 //! Seed hazards that can be switched back on, so the crash tester can prove it would catch each
-//! of them (SPEC §6). Compiled only with the `quirks` feature, which the crash simulator and
+//! of them (docs/HAZARDS.md). Compiled only with the `quirks` feature, which the crash simulator and
 //! tests enable; the runner is built without it, so a release `wbcache` cannot carry one.
 
 /// One re-introducible hazard.

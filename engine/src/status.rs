@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::cache::Engine;
 use crate::error::{Error, Result};
-use crate::tunables::Tunables;
+use crate::tunables::{find_tunable, Tunables};
 
 /// The seed's 16 counters, indexed by (write?, hit?, on buffer?, full size?) bits, counted per
 /// 4 KiB piece of a request (the seed's device-mapper split requests at block boundaries too).
@@ -139,22 +139,41 @@ impl Engine {
     }
 
     /// A message as the seed takes it: `drop_caches`, `clear_stat`, or `<tunable> <value>`.
+    /// Names take `_` or `-` between words. A known tunable with a missing or bad value is
+    /// that error, not an unknown message.
     pub fn message(&mut self, msg: &str) -> Result<()> {
         let words: Vec<&str> = msg.split_whitespace().collect();
-        match words.as_slice() {
-            ["drop_caches"] => {
+        let Some((first, rest)) = words.split_first() else {
+            return Err(Error::UnknownMessage(msg.to_string()));
+        };
+        if let Some((name, min, max)) = find_tunable(first) {
+            return match rest {
+                [] => Err(Error::MissingTunableValue { name, min, max }),
+                [value] => match value.parse::<u64>() {
+                    Ok(v) => self.set_tunable(name, v),
+                    Err(_) => Err(Error::UnparsableTunable {
+                        name,
+                        value: value.to_string(),
+                        min,
+                        max,
+                    }),
+                },
+                _ => Err(Error::UnparsableTunable {
+                    name,
+                    value: rest.join(" "),
+                    min,
+                    max,
+                }),
+            };
+        }
+        match (first.replace('-', "_").as_str(), rest) {
+            ("drop_caches", []) => {
                 self.drop_caches();
                 Ok(())
             }
-            ["clear_stat"] | ["clear_stats"] => {
+            ("clear_stat" | "clear_stats", []) => {
                 self.clear_stat();
                 Ok(())
-            }
-            [name, value] => {
-                let v: u64 = value
-                    .parse()
-                    .map_err(|_| Error::UnknownMessage(msg.to_string()))?;
-                self.set_tunable(name, v)
             }
             _ => Err(Error::UnknownMessage(msg.to_string())),
         }

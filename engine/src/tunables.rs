@@ -28,6 +28,19 @@ pub const TUNABLE_RANGES: [(&str, u64, u64); 6] = [
     ("sync_interval", 0, 3600),
 ];
 
+/// Every tunable's name, for messages: `allow_writeback, enable_writeback_modulator, ...`.
+pub fn tunable_names() -> String {
+    let names: Vec<&str> = TUNABLE_RANGES.iter().map(|t| t.0).collect();
+    names.join(", ")
+}
+
+/// The tunable called `name` in either spelling (`sync_interval` or `sync-interval`) with its
+/// range: (name as status shows it, min, max).
+pub fn find_tunable(name: &str) -> Option<(&'static str, u64, u64)> {
+    let name = name.replace('-', "_");
+    TUNABLE_RANGES.iter().copied().find(|(n, _, _)| *n == name)
+}
+
 impl Tunables {
     /// The seed's defaults for a segment order.
     pub fn defaults(order: u8) -> Self {
@@ -41,12 +54,11 @@ impl Tunables {
         }
     }
 
-    /// Sets one tunable by name after checking its range.
+    /// Sets one tunable by name (either spelling, see [`find_tunable`]) after checking its
+    /// range.
     pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
-        let &(static_name, min, max) = TUNABLE_RANGES
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .ok_or_else(|| Error::UnknownMessage(name.to_string()))?;
+        let (static_name, min, max) =
+            find_tunable(name).ok_or_else(|| Error::UnknownMessage(name.to_string()))?;
         if value < min || value > max {
             return Err(Error::InvalidTunable {
                 name: static_name,
@@ -105,5 +117,12 @@ mod tests {
             }
         }
         assert!(matches!(t.set("bogus", 1), Err(Error::UnknownMessage(_))));
+        // Both spellings name the same tunable.
+        t.set("sync-interval", 7).unwrap();
+        assert_eq!(t.sync_interval, 7);
+        assert_eq!(
+            find_tunable("nr-max-batched-writeback").unwrap().0,
+            "nr_max_batched_writeback"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Determinism (SPEC §7): the same seed and configuration give a byte-identical device trace.
+//! Determinism (docs/DESIGN.md, Determinism): the same seed and configuration give a byte-identical device trace.
 //!
 //! `TraceDevice` wraps a `MemDevice` and folds every operation the engine issues on either
 //! device (kind, device, sector, length, data, FUA flag, batch boundaries) into one running

@@ -6,7 +6,7 @@
 //! ticks, explicit background steps, tunable changes, `drop_caches` (complete or interrupted),
 //! clean shutdown + reopen, "flush then power cut" + reopen (the data must survive exactly), and
 //! a power cut without a flush + reopen (each sector must hold its durable value or a newer one,
-//! SPEC §4.3; the recovered device becomes the model). `check_invariants` runs after every
+//! contract rule 3, docs/DESIGN.md; the recovered device becomes the model). `check_invariants` runs after every
 //! operation. At the end everything is written back: reads must still give the model and the
 //! backing device alone must equal it.
 //!
@@ -110,7 +110,7 @@ enum Op {
         pool: usize,
     },
     /// A power cut with no FLUSH before it: what was still in RAM is lost. Each sector must hold
-    /// its durable value or one written after it (SPEC §4.3).
+    /// its durable value or one written after it (contract rule 3, docs/DESIGN.md).
     Cut {
         pool: usize,
     },
@@ -418,7 +418,7 @@ impl Case<'_> {
         }
     }
 
-    /// Checks a recovered device against SPEC §4.3 and makes it the new model.
+    /// Checks a recovered device against contract rule 3, docs/DESIGN.md and makes it the new model.
     /// A power cut in which the media kept every completed write (MemDevice has no volatile
     /// cache), then recovery with `pool` RAM buffers. Returns the status before the cut.
     fn cut_and_reopen(&mut self, pool: usize) -> Result<(Status, RecoveryReport), engine::Error> {
@@ -664,9 +664,9 @@ impl Case<'_> {
                 let got = read_all(&mut self.engine)?;
                 // Type 1 used to be held to every acknowledged write here (each entry was its
                 // own plog write and MemDevice keeps every write). With the plog stage the
-                // writes appended since the last plog write are lost in a cut, as SPEC §4 allows
+                // writes appended since the last plog write are lost in a cut, as the contract, docs/DESIGN.md allows
                 // for writes no FLUSH or FUA covered: type 1 is held to exactly what type 0 is,
-                // each sector its durable value or a newer one (SPEC §4.3).
+                // each sector its durable value or a newer one (contract rule 3, docs/DESIGN.md).
                 self.check_recovered(i, got)?;
             }
         }

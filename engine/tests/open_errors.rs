@@ -779,28 +779,64 @@ fn bad_messages_and_tunables_are_typed_errors() {
             other => panic!("{m}: {other:?}"),
         }
     }
-    for m in [
-        "frobnicate",
-        "",
-        "writeback_threshold",
-        "writeback_threshold abc",
-        "writeback_threshold -1",
-        "no_such_tunable 1",
-        "drop_caches now",
-    ] {
+    for m in ["frobnicate", "", "no_such_tunable 1", "drop_caches now"] {
         let err = e.message(m).unwrap_err();
         assert!(matches!(err, Error::UnknownMessage(_)), "{m:?}: {err}");
     }
+    let unknown = e.message("frobnicate 7").unwrap_err().to_string();
+    assert!(
+        unknown.starts_with("unknown message \"frobnicate 7\": the messages are drop_caches")
+            && unknown.contains("allow_writeback, enable_writeback_modulator"),
+        "{unknown}"
+    );
+    // A known tunable with a bad or missing value says so, with the range.
+    for (m, value) in [
+        ("writeback_threshold abc", "abc"),
+        ("writeback_threshold -1", "-1"),
+        ("allow_writeback yes", "yes"),
+        ("allow_writeback 1 2", "1 2"),
+    ] {
+        let err = e.message(m).unwrap_err();
+        match &err {
+            Error::UnparsableTunable { value: v, .. } => assert_eq!(v, value, "{m}"),
+            other => panic!("{m}: {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("must be a whole number in"),
+            "{err}"
+        );
+    }
     assert_eq!(
-        e.message("frobnicate 7").unwrap_err().to_string(),
-        "unknown message or tunable \"frobnicate\""
+        e.message("allow_writeback").unwrap_err().to_string(),
+        "allow_writeback needs a value: `allow_writeback N` with N in 0..=1"
+    );
+    assert_eq!(
+        e.message("allow_writeback yes").unwrap_err().to_string(),
+        "invalid value \"yes\" for allow_writeback: must be a whole number in 0..=1"
     );
     assert_eq!(e.tunables(), before, "failed messages change nothing");
 
-    // Valid ones work.
+    // Valid ones work, in either spelling.
     e.message("writeback_threshold 100").unwrap();
     assert_eq!(e.tunables().writeback_threshold, 100);
+    e.message("writeback-threshold 90").unwrap();
+    assert_eq!(e.tunables().writeback_threshold, 90);
+    e.message("clear-stat").unwrap();
     e.message("clear_stat").unwrap();
     e.message("drop_caches").unwrap();
     assert!(e.status().dead.is_none());
+}
+
+/// A formatted image cut short is named by its own order, not by the smallest geometry.
+#[test]
+fn a_truncated_image_is_judged_by_its_own_order() {
+    let full = formatted(10, SUPERBLOCK_SECTORS + 4 * 1024);
+    let cut = full[..(SUPERBLOCK_SECTORS as usize + 1024) * SECTOR_SIZE].to_vec();
+    let err = expect_err(open_image(cut.clone(), 64, cfg(4, FormatPolicy::Never)));
+    assert!(matches!(err, Error::CacheResized { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(!msg.contains("order 4"), "{msg}");
+    let r = engine::check(&mut MemDevice::from_bytes(cut)).unwrap();
+    assert!(!r.sound);
+    assert!(!r.to_string().contains("order 4"), "{r}");
 }

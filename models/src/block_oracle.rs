@@ -1,4 +1,4 @@
-//! The block oracle (SPEC §4.3): after a crash, each sector holds its durable value or a value
+//! The block oracle (contract rule 3, docs/DESIGN.md): after a crash, each sector holds its durable value or a value
 //! written to it after that.
 
 use crate::access::sector_range;

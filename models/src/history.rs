@@ -1,4 +1,4 @@
-//! What a client did to the exported device, and which of it is durable (SPEC §4.2).
+//! What a client did to the exported device, and which of it is durable (contract rule 2, docs/DESIGN.md).
 
 use crate::access::{check, sector_range, AccessError};
 use crate::{ModelDisk, SECTOR_SIZE};
@@ -288,7 +288,7 @@ impl History {
             .is_some_and(|i| self.durable_flags().get(i).copied().unwrap_or(false))
     }
 
-    /// What a read must return now (SPEC §4.1): the initial content overlaid with every
+    /// What a read must return now (contract rule 1, docs/DESIGN.md): the initial content overlaid with every
     /// acknowledged write in order. In-flight and failed writes are left out.
     pub fn acknowledged_disk(&self) -> ModelDisk {
         let mut disk = ModelDisk::from_bytes(self.initial.clone()).expect("whole sectors");

@@ -1,4 +1,4 @@
-//! Reference oracles for wbcache (SPEC §4): small, obviously correct models of what the exported
+//! Reference oracles for wbcache (the contract, docs/DESIGN.md): small, obviously correct models of what the exported
 //! device may return.
 //!
 //! - [`History`] records what a client did (writes, FUA writes, FLUSHes and which of them the

@@ -1,4 +1,4 @@
-//! The simplest possible disk: what a read must return right now (SPEC §4.1).
+//! The simplest possible disk: what a read must return right now (contract rule 1, docs/DESIGN.md).
 
 use crate::access::{check, AccessError};
 use crate::SECTOR_SIZE;

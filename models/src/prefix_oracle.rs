@@ -1,4 +1,4 @@
-//! The prefix oracle (SPEC §4.4): the recovered device equals the state after some prefix of the
+//! The prefix oracle (contract rule 4, docs/DESIGN.md): the recovered device equals the state after some prefix of the
 //! submitted writes, and that prefix contains every durable write.
 //!
 //! The state after a prefix of length `t` (the first `t` elements applied in order) is, for one

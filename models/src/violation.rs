@@ -7,9 +7,9 @@ use thiserror::Error;
 /// Which oracle found the violation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Oracle {
-    /// SPEC §4.3: per sector, the durable value or a later one.
+    /// contract rule 3, docs/DESIGN.md: per sector, the durable value or a later one.
     Block,
-    /// SPEC §4.4: the whole device is the state after a prefix of the writes.
+    /// contract rule 4, docs/DESIGN.md: the whole device is the state after a prefix of the writes.
     Prefix,
 }
 

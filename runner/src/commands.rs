@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use engine::format::{self, Geometry, Superblock, SECTOR_SIZE};
-use engine::BlockDevice;
+use engine::{BlockDevice, DeviceRole};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::control;
-use crate::filedev::{FileDevice, IoMode};
-use crate::server::{describe_recovery, open_engine};
+use crate::filedev::{DeviceError, FileDevice, IoMode};
+use crate::server::{describe_recovery, open_engine, refuse_shared_devices};
 
 /// `wbcache check` exit status: the devices are sound.
 pub const CHECK_SOUND: u8 = 0;
@@ -25,7 +25,7 @@ pub const CHECK_ERROR: u8 = 2;
 /// How much of a device `format` inspects for existing content.
 pub const INSPECT_BYTES: usize = 1 << 20;
 
-/// A fresh format generation. The engine has no randomness (SPEC §7); the driver picks it:
+/// A fresh format generation. The engine has no randomness (docs/DESIGN.md, Determinism); the driver picks it:
 /// 8 bytes of /dev/urandom, or time and pid if that is unavailable.
 pub fn new_generation() -> u64 {
     let mut b = [0u8; 8];
@@ -52,14 +52,14 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
     dev.read(0, &mut buf)?;
     if let Some(sb) = format::plog::decode_superblock(&buf) {
         return Ok(Some(format!(
-            "a wbcache plog device (generation {:#x}, epoch {})",
+            "a wbcache plog device (generation {}, epoch {})",
             sb.generation, sb.epoch
         )));
     }
     if let Superblock::Valid(ext) = format::decode_superblock(&buf) {
         return Ok(Some(match ext {
             Some(ext) => format!(
-                "a wbcache cache device (segment order {}, generation {:#x})",
+                "a wbcache cache device (segment order {}, generation {})",
                 ext.order, ext.generation
             ),
             None => "an upstream dm-writeboost cache device".to_string(),
@@ -69,15 +69,6 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
         .iter()
         .position(|&b| b != 0)
         .map(|at| format!("data (first non-zero byte at offset {at})")))
-}
-
-/// Whether two paths name the same file or device.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
 }
 
 /// Refuses a device that holds anything, unless `force`.
@@ -101,22 +92,43 @@ pub fn format_cache(
     order: u8,
     force: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = FileDevice::open(cache, IoMode::DirectIfSupported, 0)?;
-    // The geometry checks first: a device too small is refused before anything is written.
+    refuse_shared_devices(&[("--cache", Some(cache)), ("--plog", plog)])?;
+    // The sizes are checked first, in bytes, against what this order needs, so a device too
+    // small is refused before anything is written, with one number to aim for.
+    let segment_sectors = 1u64 << order;
+    let blocks = (segment_sectors / format::SECTORS_PER_BLOCK - 1) as usize;
+    let cache_min = (format::SUPERBLOCK_SECTORS + 2 * segment_sectors) * SECTOR_SIZE as u64;
+    let mut dev = FileDevice::open(
+        cache,
+        DeviceRole::Cache,
+        IoMode::DirectIfSupported,
+        cache_min,
+    )
+    .map_err(|e| match e {
+        DeviceError::TooSmall { .. } => anyhow::anyhow!(
+            "{e} for segment order {order} (the 1 MiB superblock region and 2 segments of \
+                 {} KiB)",
+            segment_sectors / 2
+        ),
+        e => e.into(),
+    })?;
     let geo = Geometry::new(order, dev.size_sectors())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
     let mut plog_dev = match plog {
         Some(p) => {
-            let mut pd = FileDevice::open(p, IoMode::DirectIfSupported, 0)?;
+            let plog_min = (format::plog::PLOG_FIRST_REGION_SECTOR
+                + 2 * format::plog::region_sectors_for(blocks) as u64)
+                * SECTOR_SIZE as u64;
+            let mut pd = FileDevice::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, plog_min)
+                .map_err(|e| match e {
+                    DeviceError::TooSmall { .. } => anyhow::anyhow!(
+                        "{e} for segment order {order} (2 superblock blocks and 2 regions)"
+                    ),
+                    e => e.into(),
+                })?;
             let pgeo =
                 format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            if same_file(p, cache) {
-                bail!(
-                    "{}: the plog device must be another device than the cache",
-                    p.display()
-                );
-            }
             refuse_content(&mut pd, p, force)?;
             Some((pd, pgeo))
         }
@@ -143,7 +155,7 @@ pub fn format_cache(
         pd.flush()?;
     }
     println!(
-        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation:#x}",
+        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation}",
         cache.display(),
         geo.segment_bytes() / 1024,
         geo.nr_segments,
@@ -242,43 +254,74 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
     let msg = words.join(" ");
-    control::request(control_path, &format!("message {msg}"))?;
-    if msg != "drop_caches" {
+    if !matches!(msg.as_str(), "drop_caches" | "drop-caches") {
+        control::request(control_path, &format!("message {msg}"))?;
         println!("ok");
         return Ok(());
     }
-    let dirty = |p: &[(String, String)]| -> u64 {
-        pairs_get(p, "nr_dirty_cache_blocks")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let d = drop_caches(control_path, POLL, true)?;
+    println!(
+        "drop_caches: cache is clean ({} dirty block(s) written back in {:.1} s)",
+        d.dirty_before,
+        d.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What `message drop_caches` saw.
+#[derive(Debug)]
+pub struct Drained {
+    /// Dirty blocks just before the message was sent: what the drain wrote back (plus
+    /// whatever clients wrote meanwhile).
+    pub dirty_before: u64,
+    pub elapsed: Duration,
+}
+
+fn dirty_of(pairs: &[(String, String)]) -> anyhow::Result<u64> {
+    pairs_get(pairs, "nr_dirty_cache_blocks")
+        .and_then(|v| v.parse().ok())
+        .context("the server's status has no nr_dirty_cache_blocks")
+}
+
+/// Sends `drop_caches` and polls the status every `poll` until the drain is over, with a
+/// progress bar of the blocks written back if `progress`.
+pub fn drop_caches(control_path: &Path, poll: Duration, progress: bool) -> anyhow::Result<Drained> {
+    // The dirty count is read before the message: the engine starts writing back as soon as it
+    // has the message, so a count read after it misses what the first steps wrote.
+    let dirty_before = dirty_of(&control::request(control_path, "status")?)?;
+    let bar = if progress {
+        dirty_bar(dirty_before)
+    } else {
+        ProgressBar::hidden()
     };
-    let first = control::request(control_path, "status")?;
-    let total = dirty(&first);
-    let bar = dirty_bar(total);
     let started = Instant::now();
+    control::request(control_path, "message drop_caches")?;
     // Ends when the server says the drain is over, the cache dies, or the server goes away.
     loop {
         let st = control::request(control_path, "status")
             .context("the server went away while draining")?;
-        bar.set_position(total.saturating_sub(dirty(&st)));
+        bar.set_position(dirty_before.saturating_sub(dirty_of(&st)?));
         if let Some(cause) = pairs_get(&st, "dead").filter(|d| *d != "-") {
             bail!("the cache died while draining: {cause}");
         }
         if pairs_get(&st, "draining") == Some("0") {
             bar.finish();
-            println!(
-                "drop_caches: cache is clean ({} dirty block(s) written back in {:.1} s)",
-                total,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
+            return Ok(Drained {
+                dirty_before,
+                elapsed: started.elapsed(),
+            });
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll);
     }
 }
 
-fn open_for_inspection(path: &Path) -> anyhow::Result<FileDevice> {
-    Ok(FileDevice::open_read_only(path, IoMode::DirectIfSupported)?)
+/// Opens a device read-only with a shared claim: refused while another process writes it.
+fn open_for_inspection(path: &Path, role: DeviceRole) -> anyhow::Result<FileDevice> {
+    Ok(FileDevice::open_read_only(
+        path,
+        role,
+        IoMode::DirectIfSupported,
+    )?)
 }
 
 /// `wbcache check`: prints `engine::inspect`'s report and returns the exit status
@@ -289,14 +332,14 @@ pub fn check(
     backing: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let backing_sectors = match backing {
-        Some(b) => Some(open_for_inspection(b)?.size_sectors()),
+        Some(b) => Some(open_for_inspection(b, DeviceRole::Backing)?.size_sectors()),
         None => None,
     };
     let report = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::check_with_plog(&mut dev, &mut pd, backing_sectors)
         }
         None => match backing_sectors {
@@ -340,10 +383,10 @@ pub fn dump(
     segment: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let d = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::dump_with_plog(&mut dev, &mut pd, segment)
         }
         None => engine::dump(&mut dev, segment),
@@ -353,6 +396,13 @@ pub fn dump(
         println!("{}", d.to_json());
     } else {
         print!("{d}");
+    }
+    if let Some(why) = &d.unreadable {
+        bail!(
+            "{}: no segments to decode: {why} (not a wbcache or dm-writeboost cache device, or \
+             not one this build can read)",
+            cache.display()
+        );
     }
     if let Some(m) = d.missing {
         match m.slot {
@@ -371,4 +421,65 @@ pub fn dump(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A control server that drains as an engine does: the message starts the drain, and the
+    /// engine writes some blocks back before it answers the next status, which is what made the
+    /// old client (status after the message) under-report.
+    fn fake_server(listener: UnixListener, mut dirty: u64) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut draining = false;
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut line = String::new();
+            BufReader::new(stream.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let line = line.trim().to_string();
+            seen.push(line.clone());
+            let reply = match line.as_str() {
+                "status" => {
+                    if draining {
+                        // One writeback step of 4064 blocks per poll.
+                        dirty = dirty.saturating_sub(4064);
+                    }
+                    let out = format!(
+                        "nr_dirty_cache_blocks {dirty}\ndraining {}\ndead -\nok\n",
+                        (draining && dirty > 0) as u8
+                    );
+                    if draining && dirty == 0 {
+                        stream.write_all(out.as_bytes()).unwrap();
+                        return seen;
+                    }
+                    out
+                }
+                "message drop_caches" => {
+                    draining = true;
+                    "ok\n".to_string()
+                }
+                other => format!("err unexpected {other}\n"),
+            };
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+        seen
+    }
+
+    #[test]
+    fn drop_caches_counts_the_dirty_blocks_from_before_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || fake_server(listener, 51200));
+        let d = drop_caches(&path, Duration::from_millis(1), false).unwrap();
+        assert_eq!(d.dirty_before, 51200);
+        let seen = server.join().unwrap();
+        assert_eq!(seen[..2], ["status", "message drop_caches"]);
+        assert!(seen[2..].iter().all(|l| l == "status"), "{seen:?}");
+    }
 }

@@ -55,7 +55,12 @@ enum Cmd {
         #[arg(long, value_name = "P")]
         plog: Option<PathBuf>,
         /// Segment size order: segments of 2^N sectors (4..=10; 10 = 512 KiB, as upstream).
-        #[arg(long, value_name = "N", default_value_t = 10)]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 10,
+            value_parser = clap::value_parser!(u8).range(4..=10)
+        )]
         order: u8,
         /// Overwrite a device (cache or plog) whose first MiB is not all zero or holds a
         /// wbcache superblock.
@@ -111,9 +116,8 @@ Exit status: 0 sound (recovery would succeed), 1 not sound (the problems say why
 I/O error (including a type-1 cache without --plog or a type-0 cache with one)."
     )]
     Check {
-        /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
-        #[arg(value_name = "C")]
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
         /// Persistent-log device of a type-1 cache.
         #[arg(long, value_name = "P")]
         plog: Option<PathBuf>,
@@ -132,12 +136,12 @@ verdict and each metablock (backing sector, dirty bits, block CRC verdict). With
 both plog superblock copies and a summary of every plog region. Reads only.
 
 Exit status: 0, or 1 when --segment names a segment that is not on the device (the output \
-says what its slot holds instead) or on an error."
+says what its slot holds instead), when there are no segments to decode (no wbcache or \
+dm-writeboost superblock, or a geometry that does not fit the device), or on an error."
     )]
     Dump {
-        /// Cache device (file or block device).
-        #[arg(value_name = "C")]
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
         /// Only this segment id (with its metablocks).
         #[arg(long, value_name = "ID")]
         segment: Option<u64>,
@@ -148,6 +152,26 @@ says what its slot holds instead) or on an error."
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The cache device of `check` and `dump`: `C` or `--cache C`, as the other commands take it.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct CacheArg {
+    /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
+    #[arg(value_name = "C")]
+    path: Option<PathBuf>,
+    /// The same, as a flag (as `format`, `serve` and `writeback` take it).
+    #[arg(long = "cache", value_name = "C")]
+    flag: Option<PathBuf>,
+}
+
+impl CacheArg {
+    fn path(self) -> PathBuf {
+        self.path
+            .or(self.flag)
+            .expect("clap requires C or --cache C")
+    }
 }
 
 #[derive(Args)]
@@ -181,18 +205,24 @@ struct ServeArgs {
         conflicts_with = "listen"
     )]
     socket: Option<PathBuf>,
-    /// Serve NBD on TCP at ADDR:PORT (loopback only unless --allow-remote).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<SocketAddr>,
+    /// Serve NBD on TCP at HOST:PORT, HOST an address or a name such as localhost (loopback
+    /// only unless --allow_remote).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
     /// Allow --listen on a non-loopback address (NBD has no authentication here).
-    #[arg(long)]
+    #[arg(long = "allow_remote", alias = "allow-remote")]
     allow_remote: bool,
     /// Control socket for `wbcache status` / `message` [default: <SOCKET>.ctl with --socket,
     /// else $XDG_RUNTIME_DIR/wbcache.ctl or /tmp/wbcache.ctl].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// RAM buffers (segments being filled or waiting to be written), 1..=1024.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(
+        long = "nr_rambuf_pool",
+        alias = "nr-rambuf-pool",
+        value_name = "N",
+        default_value_t = 8
+    )]
     nr_rambuf_pool: usize,
     /// Open the devices without O_DIRECT (through the page cache).
     #[arg(long)]
@@ -205,6 +235,31 @@ struct ServeArgs {
 /// new tunable needs no runner change.
 struct TunableArgs {
     given: Vec<(&'static str, u64)>,
+}
+
+/// A tunable's default as `serve --help` shows it (the engine's own defaults; one depends on
+/// the segment order the cache was formatted with).
+fn tunable_default(name: &str) -> String {
+    let at = |order: u8| {
+        Tunables::defaults(order)
+            .list()
+            .into_iter()
+            .find(|&(n, _)| n == name)
+            .map_or(0, |(_, v)| v)
+    };
+    let (lowest, upstream) = (
+        at(engine::format::MIN_ORDER),
+        at(engine::format::UPSTREAM_ORDER),
+    );
+    if lowest == upstream {
+        upstream.to_string()
+    } else {
+        format!(
+            "{upstream} at segment order {}, {lowest} at order {}",
+            engine::format::UPSTREAM_ORDER,
+            engine::format::MIN_ORDER
+        )
+    }
 }
 
 fn tunable_help(name: &str) -> &'static str {
@@ -233,7 +288,11 @@ impl Args for TunableArgs {
                     .value_name("VALUE")
                     .value_parser(clap::value_parser!(u64))
                     .help_heading("Engine tunables (also settable later with `wbcache message`)")
-                    .help(format!("{} [{min}..={max}]", tunable_help(name))),
+                    .help(format!(
+                        "{} [{min}..={max}; default: {}]",
+                        tunable_help(name),
+                        tunable_default(name)
+                    )),
             )
         })
     }
@@ -277,6 +336,26 @@ fn control_path(c: &ControlArgs) -> PathBuf {
     }
 }
 
+/// The addresses `--listen HOST:PORT` names: an address, or a host name the system resolves
+/// (`localhost:10809`); `serve` binds the first that works.
+fn resolve_listen(given: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    if given
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        anyhow::bail!("--listen {given}: expected HOST:PORT, e.g. localhost:10809 or [::1]:10809");
+    }
+    let addrs: Vec<SocketAddr> = given
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("--listen {given}: cannot resolve it: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("--listen {given}: the name resolves to no address");
+    }
+    Ok(addrs)
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Every tunable is range-checked by the engine's own rules before anything is opened.
     let mut check = Tunables::defaults(engine::format::UPSTREAM_ORDER);
@@ -287,21 +366,25 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let listen = match (a.socket, a.listen) {
         (Some(p), _) => Listen::Unix(p),
-        (None, Some(addr)) => {
-            if !addr.ip().is_loopback() && !a.allow_remote {
-                anyhow::bail!(
-                    "--listen {addr} is not a loopback address; NBD has no authentication here, \
-                     so pass --allow-remote to serve other machines"
-                );
+        (None, Some(given)) => {
+            let addrs = resolve_listen(&given)?;
+            if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                if !a.allow_remote {
+                    anyhow::bail!(
+                        "--listen {given}: {} is not a loopback address; NBD has no \
+                         authentication here, so pass --allow_remote to serve other machines",
+                        remote.ip()
+                    );
+                }
             }
-            Listen::Tcp(addr)
+            Listen::Tcp { given, addrs }
         }
         (None, None) => unreachable!("clap requires --socket or --listen"),
     };
     let control = match (&a.control, &listen) {
         (Some(p), _) => p.clone(),
         (None, Listen::Unix(s)) => control_of_socket(s),
-        (None, Listen::Tcp(_)) => default_control(),
+        (None, Listen::Tcp { .. }) => default_control(),
     };
     server::run(ServeOptions {
         backing: a.backing,
@@ -342,7 +425,7 @@ fn main() -> ExitCode {
             backing,
             json,
         } => {
-            return match commands::check(&cache, plog.as_deref(), backing.as_deref(), json) {
+            return match commands::check(&cache.path(), plog.as_deref(), backing.as_deref(), json) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("wbcache: error: {e:#}");
@@ -355,7 +438,7 @@ fn main() -> ExitCode {
             segment,
             plog,
             json,
-        } => commands::dump(&cache, plog.as_deref(), segment, json),
+        } => commands::dump(&cache.path(), plog.as_deref(), segment, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,11 +16,11 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{bail, Context};
-use engine::{Config, FormatPolicy, RecoveryReport, SyncEngine};
+use engine::{Config, DeviceRole, FormatPolicy, RecoveryReport, SyncEngine};
 
 use crate::core::EngineCore;
 use crate::engine_thread::{self, Job, MonotonicClock, JOB_QUEUE_CAPACITY};
-use crate::filedev::{FileDevice, IoMode};
+use crate::filedev::{same_device, FileDevice, IoMode};
 use crate::nbd::conn::{self, ConnEnd, Stream};
 use crate::nbd::proto::Export;
 use crate::queue::BoundedQueue;
@@ -37,7 +37,11 @@ const POLL_MS: i32 = 100;
 #[derive(Clone, Debug)]
 pub enum Listen {
     Unix(PathBuf),
-    Tcp(SocketAddr),
+    /// `--listen` as given and the addresses it resolved to (the first that binds is used).
+    Tcp {
+        given: String,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 pub struct ServeOptions {
@@ -133,6 +137,10 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
         (engine::Error::Unformatted, _) => {
             anyhow::anyhow!("{c}: {e}; run `wbcache format --cache {c}` first")
         }
+        (engine::Error::UnknownContent | engine::Error::InterruptedFormat, _) => anyhow::anyhow!(
+            "{c}: {e}; to format it anyway (destroying what it holds): `wbcache format --force \
+             --cache {c}`"
+        ),
         (engine::Error::PlogMissing, _) => anyhow::anyhow!(
             "{c}: {e}: it was formatted with a persistent log (type 1); give its plog device \
              with --plog P"
@@ -159,6 +167,78 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
     }
 }
 
+/// The devices of a set, opened and claimed for this process (`filedev::ownership`), not yet
+/// recovered.
+pub struct DeviceSet {
+    pub cache: FileDevice,
+    pub backing: FileDevice,
+    pub plog: Option<FileDevice>,
+}
+
+/// Refuses two flags that name one device: each device of a set is claimed once, and a
+/// cache that is also its own backing device (or plog) would overwrite itself.
+pub fn refuse_shared_devices(devices: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
+    let given: Vec<(&str, &Path)> = devices
+        .iter()
+        .filter_map(|&(flag, p)| p.map(|p| (flag, p)))
+        .collect();
+    for (i, &(flag_a, a)) in given.iter().enumerate() {
+        for &(flag_b, b) in &given[i + 1..] {
+            if same_device(a, b) {
+                bail!(
+                    "{flag_a} {} and {flag_b} {} are the same device; each role needs a \
+                     device of its own",
+                    a.display(),
+                    b.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens and claims the devices of a set for reading and writing: another process that holds
+/// any of them is an error naming it, and nothing is read or written then.
+pub fn open_devices(
+    backing: &Path,
+    cache: &Path,
+    plog: Option<&Path>,
+    io_mode: IoMode,
+) -> anyhow::Result<DeviceSet> {
+    refuse_shared_devices(&[
+        ("--cache", Some(cache)),
+        ("--backing", Some(backing)),
+        ("--plog", plog),
+    ])?;
+    let cache_dev = FileDevice::open(cache, DeviceRole::Cache, io_mode, 0)?;
+    let backing_dev = FileDevice::open(backing, DeviceRole::Backing, io_mode, 0)?;
+    let plog_dev = match plog {
+        Some(p) => Some(FileDevice::open(p, DeviceRole::Plog, io_mode, 0)?),
+        None => None,
+    };
+    Ok(DeviceSet {
+        cache: cache_dev,
+        backing: backing_dev,
+        plog: plog_dev,
+    })
+}
+
+/// Recovers the cache of an opened set (never formats).
+pub fn recover(
+    devices: DeviceSet,
+    nr_rambuf_pool: usize,
+) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
+    let cfg = Config {
+        nr_rambuf_pool,
+        format: FormatPolicy::Never,
+        ..Config::default()
+    };
+    let cache = devices.cache.path().to_path_buf();
+    let plog = devices.plog.as_ref().map(|p| p.path().to_path_buf());
+    SyncEngine::open_with_plog(devices.cache, devices.backing, devices.plog, cfg)
+        .map_err(|e| explain_open_error(e, &cache, plog.as_deref()))
+}
+
 /// Opens the devices (with the plog of a type-1 cache) and recovers the cache (never formats).
 pub fn open_engine(
     backing: &Path,
@@ -167,19 +247,7 @@ pub fn open_engine(
     io_mode: IoMode,
     nr_rambuf_pool: usize,
 ) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
-    let cache_dev = FileDevice::open(cache, io_mode, 0)?;
-    let backing_dev = FileDevice::open(backing, io_mode, 0)?;
-    let plog_dev = match plog {
-        Some(p) => Some(FileDevice::open(p, io_mode, 0)?),
-        None => None,
-    };
-    let cfg = Config {
-        nr_rambuf_pool,
-        format: FormatPolicy::Never,
-        ..Config::default()
-    };
-    SyncEngine::open_with_plog(cache_dev, backing_dev, plog_dev, cfg)
-        .map_err(|e| explain_open_error(e, cache, plog))
+    recover(open_devices(backing, cache, plog, io_mode)?, nr_rambuf_pool)
 }
 
 enum Listener {
@@ -224,26 +292,41 @@ fn control_loop(listener: UnixListener, jobs: Arc<BoundedQueue<Job>>, stop: Arc<
 
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     signals::install();
-    let listener = match &opts.listen {
-        Listen::Unix(p) => Listener::Unix(bind_unix(p)?),
-        Listen::Tcp(a) => {
-            Listener::Tcp(TcpListener::bind(a).with_context(|| format!("binding {a}"))?)
-        }
-    };
-    let control_listener = control::bind(&opts.control)?;
-    let cleanup = || {
-        if let Listen::Unix(p) = &opts.listen {
-            let _ = std::fs::remove_file(p);
-        }
-        let _ = std::fs::remove_file(&opts.control);
-    };
-    let opened = open_engine(
+    // The devices are claimed first: a second server on a device in use stops here, before it
+    // touches a socket or reads a byte.
+    let devices = open_devices(
         &opts.backing,
         &opts.cache,
         opts.plog.as_deref(),
         opts.io_mode,
-        opts.nr_rambuf_pool,
-    );
+    )?;
+    let listener = match &opts.listen {
+        Listen::Unix(p) => Listener::Unix(bind_unix(p)?),
+        Listen::Tcp { given, addrs } => Listener::Tcp(
+            TcpListener::bind(&addrs[..]).with_context(|| format!("binding {given}"))?,
+        ),
+    };
+    let remove_nbd_socket = || {
+        if let Listen::Unix(p) = &opts.listen {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let control_listener = match control::bind(&opts.control) {
+        Ok(l) => l,
+        Err(e) => {
+            remove_nbd_socket();
+            return Err(anyhow::anyhow!(
+                "control socket: {e:#}; each server needs a control socket of its own: give \
+                 this one another with --control PATH (and the same --control to `wbcache \
+                 status` and `message`)"
+            ));
+        }
+    };
+    let cleanup = || {
+        remove_nbd_socket();
+        let _ = std::fs::remove_file(&opts.control);
+    };
+    let opened = recover(devices, opts.nr_rambuf_pool);
     let (mut engine, report) = match opened {
         Ok(x) => x,
         Err(e) => {
@@ -308,13 +391,13 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             p.display(),
             opts.control.display()
         )),
-        Listen::Tcp(a) => {
+        Listen::Tcp { given, .. } => {
             // The address actually bound: with port 0 the system picks one, and a client needs it.
             let bound = match &listener {
                 Listener::Tcp(l) => l
                     .local_addr()
-                    .map_or_else(|_| a.to_string(), |x| x.to_string()),
-                Listener::Unix(_) => a.to_string(),
+                    .map_or_else(|_| given.clone(), |x| x.to_string()),
+                Listener::Unix(_) => given.clone(),
             };
             log_line(&format!(
                 "serving {} bytes over NBD on {bound} (control: {})",

@@ -57,7 +57,7 @@ fn format_refuses_content_unless_forced() {
     );
     std::fs::File::create(&d.backing)
         .unwrap()
-        .set_len(MIB + 512)
+        .set_len(4 * MIB + 512)
         .unwrap();
     let o = wbcache(&["format", "--cache", d.backing_str()]);
     assert!(
@@ -116,7 +116,7 @@ fn serve_refuses_an_unformatted_cache_and_bad_arguments_before_opening() {
         "--listen",
         "192.0.2.1:10809",
     ]);
-    assert!(stderr(&o).contains("--allow-remote"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--allow_remote"), "{}", stderr(&o));
     let o = wbcache(&["serve", "--backing", "b", "--cache", "c"]);
     assert!(
         stderr(&o).contains("--socket"),
@@ -174,7 +174,11 @@ fn status_message_and_drop_caches_over_the_control_socket() {
     // drop_caches returns when the cache is clean; the backing file then holds the data.
     let o = wbcache(&["message", "--socket", &sock, "drop_caches"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("cache is clean"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("cache is clean (100 dirty block(s) written back"),
+        "{}",
+        stdout(&o)
+    );
     let o = wbcache(&["status", "--socket", &sock]);
     assert!(
         stdout(&o).contains("nr_dirty_cache_blocks: 0"),
@@ -394,5 +398,85 @@ fn the_binary_reports_whether_quirks_are_compiled_in() {
         eprintln!("note: feature-unified workspace build; the shipped binary is `cargo build -p wbcache-runner --release`");
     } else {
         assert!(v.contains("quirks: off"), "{v}");
+    }
+}
+
+/// One spelling everywhere: names with `_` (as `status` and its JSON print them) in flags,
+/// messages and help, `-` accepted too; the format generation in decimal in `format`,
+/// `dump`, `check`, their JSON and the errors.
+#[test]
+fn names_and_generations_are_spelled_one_way_everywhere() {
+    let help = stdout(&wbcache(&["serve", "--help"]));
+    for shown in ["--nr_rambuf_pool", "--sync_interval", "--allow_remote"] {
+        assert!(help.contains(shown), "{shown} in {help}");
+    }
+    for hidden in ["--nr-rambuf-pool", "--sync-interval", "--allow-remote"] {
+        assert!(!help.contains(hidden), "{hidden} in {help}");
+    }
+    let d = Devices::new(8 * MIB, 4 * MIB);
+    let o = wbcache(&["format", "--cache", d.cache_str(), "--order", "6"]);
+    let out = stdout(&o);
+    let generation = out.rsplit("generation ").next().unwrap().trim().to_string();
+    assert!(
+        generation.parse::<u64>().is_ok(),
+        "decimal generation: {out}"
+    );
+    let dump = stdout(&wbcache(&["dump", d.cache_str()]));
+    assert!(
+        dump.contains(&format!("generation {generation},")),
+        "{dump}"
+    );
+    let check = stdout(&wbcache(&["check", d.cache_str(), "--json"]));
+    assert!(
+        check.contains(&format!("\"generation\":{generation},")),
+        "{check}"
+    );
+    let o = wbcache(&["format", "--cache", d.cache_str()]);
+    assert!(
+        stderr(&o).contains(&format!("generation {generation})")),
+        "{}",
+        stderr(&o)
+    );
+    // Both spellings of a flag and a message; status prints one.
+    let srv = Server::start(&d, &["--nr-rambuf-pool", "4", "--sync-interval", "3"]);
+    let sock = srv.socket.to_str().unwrap().to_string();
+    let o = wbcache(&["message", "--socket", &sock, "update-record-interval", "9"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = stdout(&wbcache(&["status", "--socket", &sock]));
+    for line in [
+        "nr_rambuf_pool: 4",
+        "sync_interval: 3",
+        "update_record_interval: 9",
+    ] {
+        assert!(st.contains(line), "{line} in {st}");
+    }
+    let json = stdout(&wbcache(&["status", "--json", "--socket", &sock]));
+    assert!(json.contains("\"nr_rambuf_pool\": 4,"), "{json}");
+    assert!(srv.stop().0.success());
+}
+
+#[test]
+fn help_shows_the_defaults_and_check_and_dump_take_cache_as_a_flag() {
+    let help = stdout(&wbcache(&["serve", "--help"]));
+    for line in [
+        "(0/1) [0..=1; default: 0]",
+        "[0..=100; default: 70]",
+        "[1..=1000; default: 32 at segment order 10, 2048 at order 4]",
+        "[0..=3600; default: 0]",
+        "[default: 8]",
+    ] {
+        assert!(help.contains(line), "{line} in {help}");
+    }
+    let d = Devices::formatted(8 * MIB, 4 * MIB, 6);
+    for cmd in ["check", "dump"] {
+        let positional = wbcache(&[cmd, d.cache_str()]);
+        let flag = wbcache(&[cmd, "--cache", d.cache_str()]);
+        assert!(flag.status.success(), "{cmd} --cache: {}", stderr(&flag));
+        assert_eq!(stdout(&flag), stdout(&positional), "{cmd}");
+        // One of the two, not both, not neither: a usage error.
+        let both = wbcache(&[cmd, d.cache_str(), "--cache", d.cache_str()]);
+        assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+        let neither = wbcache(&[cmd]);
+        assert_eq!(neither.status.code(), Some(2), "{}", stderr(&neither));
     }
 }

@@ -180,7 +180,7 @@ fn qemu_io_writes_fua_zeroes_flush_discard_and_restarts() {
     let d = Devices::formatted(16 * MIB, 4 * MIB, 7);
     let srv = Server::start(&d, &["--allow_writeback", "1"]);
     let u = uri(&srv);
-    // Each write is followed by a verified read on the same connection (SPEC §4.1).
+    // Each write is followed by a verified read on the same connection (contract rule 1, docs/DESIGN.md).
     qemu_io(
         &u,
         &[
@@ -846,7 +846,7 @@ impl KillTest {
         }
     }
 
-    /// Reads the whole export and checks every sector against the model (SPEC §4.3: the durable
+    /// Reads the whole export and checks every sector against the model (contract rule 3, docs/DESIGN.md: the durable
     /// value or a later one; never older, never garbage); then, after a completed FLUSH, what
     /// was read is the new durable state.
     fn verify(&mut self, c: &mut Client, round: usize) {
@@ -1005,12 +1005,8 @@ impl KillTest {
     }
 }
 
-fn plog_supported() -> bool {
-    stdout(&wbcache(&["serve", "--help"])).contains("--plog")
-}
-
 /// SIGKILL of the real server process at seeded moments, restarted on the same files each
-/// time; every sector must hold its last durable value or a later one (SPEC §4.3).
+/// time; every sector must hold its last durable value or a later one (contract rule 3, docs/DESIGN.md).
 /// `WBCACHE_KILL_SEED` and `WBCACHE_KILLS` (default 40) select the run.
 fn kill9_crash_test(plog: bool) {
     let seed = std::env::var("WBCACHE_KILL_SEED")
@@ -1148,16 +1144,9 @@ fn kill9_type0_real_process() {
     kill9_crash_test(false);
 }
 
-/// Type 1 needs the runner's `--plog` (its own issue, in progress); until `wbcache serve`
-/// has it, this says so and does nothing — there is no type-1 server to test yet.
+/// The same with a type-1 cache (`--plog`): the writes a FLUSH covered may live only in the
+/// plog when the server dies.
 #[test]
 fn kill9_type1_plog_real_process() {
-    if !plog_supported() {
-        eprintln!(
-            "kill9_type1_plog_real_process: not applicable yet: `wbcache serve --help` has no \
-             --plog (the runner's type-1 support is a separate issue); the test runs once it does"
-        );
-        return;
-    }
     kill9_crash_test(true);
 }

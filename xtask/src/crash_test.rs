@@ -2,13 +2,14 @@
 //! checks every crash state of each, and prints one replay command per violation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use crashsim::explore::{
     bounded_workloads, explore_workload, generate, replay_case, scenario_workloads, shrink,
-    BoundedParams, ExploreOpts, FaultSet, GenParams, OracleSel, Violation, Workload, SCENARIOS,
+    BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, Violation, WlOp,
+    Workload, SCENARIOS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,10 +38,7 @@ pub struct CrashTestArgs {
     /// garbage-torn, eio-write, eio-read (must not: errors are reported, never lies).
     #[arg(long = "fault")]
     faults: Vec<String>,
-    /// Seed quirk to switch back on (repeatable): h1, h2, h3, h5, h6, h10, h12, h13, h14,
-    /// lc-nochecksum, wc-flush-order, wc-ignore-fua, dmcache-early-commit (docs/HAZARDS.md).
-    /// Must produce violations.
-    #[arg(long = "quirk")]
+    #[arg(long = "quirk", help = quirk_help())]
     quirks: Vec<String>,
     /// Segment size order of the workloads (default: 4, some 5).
     #[arg(long, value_parser = clap::value_parser!(u8).range(4..=10))]
@@ -74,10 +72,7 @@ pub struct CrashTestArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Run only the hand-written scenario for this hazard (h1, h2, h3, h5, h6, h10, h11, h12,
-    /// h13, h14, lc-nochecksum, wc-ignore-fua, h4, h7, h8, h9, h10-plog); by default they all run
-    /// before the seeded workloads.
-    #[arg(long)]
+    #[arg(long, help = scenario_help())]
     scenario: Option<String>,
     /// Switch on every seed quirk in turn and hunt it (up to --zoo-budget seconds each); print a
     /// table. Fails if any quirk is not caught.
@@ -89,6 +84,63 @@ pub struct CrashTestArgs {
     /// Violations to shrink and print in full (the rest are counted).
     #[arg(long, default_value_t = 3)]
     show: usize,
+    /// Stop once N violations are found, each in another workload [default: 1: the first
+    /// violation, shrunk, with its replay command].
+    #[arg(long, value_name = "N", conflicts_with = "keep_going",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_violations: Option<u64>,
+    /// Explore every crash state of every workload, however many violations turn up, and
+    /// count them all.
+    #[arg(long)]
+    keep_going: bool,
+}
+
+/// What a crash-test run found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub states: u64,
+    /// Workloads explored (those cut short by an early stop included).
+    pub workloads: u64,
+    /// Workloads there were to explore.
+    pub total: u64,
+    pub violations: u64,
+    /// Why the run ended before exploring everything, if it did.
+    pub stopped_early: Option<String>,
+    /// The violations printed, shrunk.
+    pub shown: Vec<Violation>,
+    /// No violation, and (zoo) every quirk caught.
+    pub passed: bool,
+}
+
+/// The first words of a finding's report: what kind of failure it is.
+fn headline(v: &Violation) -> String {
+    match v.finding.kind {
+        Kind::Harness => {
+            "harness error (the tester could not check a crash state: a bug of the tester, not \
+             of the engine)"
+                .to_string()
+        }
+        kind => format!("violation ({} oracle)", kind.name()),
+    }
+}
+
+/// `--quirk`'s help, listing every quirk this build knows.
+fn quirk_help() -> String {
+    format!(
+        "Seed quirk to switch back on (repeatable): {} (docs/HAZARDS.md). Must produce \
+         violations",
+        crashsim::explore::quirk_names().join(", ")
+    )
+}
+
+/// `--scenario`'s help, listing every hand-written scenario.
+fn scenario_help() -> String {
+    let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+    format!(
+        "Run only the hand-written scenario for this hazard ({}); by default they all run \
+         before the seeded workloads",
+        names.join(", ")
+    )
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -133,6 +185,56 @@ fn replay_command(v: &Violation, oracle: OracleArg) -> String {
 }
 
 pub fn run(args: CrashTestArgs) -> Result<bool, String> {
+    Ok(run_outcome(args)?.passed)
+}
+
+/// `crash-test WORDS` as `cargo xtask crash-test` would parse them.
+pub fn parse_args(words: &[&str]) -> Result<CrashTestArgs, String> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CrashTestArgs,
+    }
+    let argv = std::iter::once("crash-test").chain(words.iter().copied());
+    <Cli as clap::Parser>::try_parse_from(argv)
+        .map(|c| c.args)
+        .map_err(|e| e.to_string())
+}
+
+/// `cargo xtask test`'s stage: the crash-test `words` ask for, which must find nothing. Its
+/// line says what was checked, or names the first violation and its replay command.
+pub fn stage(words: &[&str]) -> crate::stages::StageResult {
+    let o = run_outcome(parse_args(words)?)?;
+    if o.passed {
+        return Ok(if o.total == 0 {
+            // The zoo, which reports its own table.
+            "every seed quirk caught".to_string()
+        } else {
+            format!(
+                "{} crash states of {} of {} workloads, 0 violations",
+                o.states, o.workloads, o.total
+            )
+        });
+    }
+    Err(match o.shown.first() {
+        Some(v) => format!(
+            "{} violation(s){}; the first: {}: {}; replay: {}",
+            o.violations,
+            if o.stopped_early.is_some() {
+                " (it stopped there)"
+            } else {
+                ""
+            },
+            headline(v),
+            v.finding.detail,
+            replay_command(v, OracleArg::Both)
+        ),
+        None => format!("{} violation(s) (or a missed quirk)", o.violations),
+    })
+}
+
+/// Runs the crash-test `args` ask for, prints its report, and returns what it found.
+pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
     crate::heap::keep_freed_memory();
     let oracle = match args.oracle {
         OracleArg::Block => OracleSel::Block,
@@ -146,7 +248,10 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
         ));
     }
     if let Some(case) = &args.replay {
-        return replay(case, oracle);
+        return replay(case, oracle).map(|passed| Outcome {
+            passed,
+            ..Outcome::default()
+        });
     }
     if args.zoo {
         let threads = args
@@ -161,7 +266,10 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
                 "missed a quirk"
             }
         );
-        return Ok(ok);
+        return Ok(Outcome {
+            passed: ok,
+            ..Outcome::default()
+        });
     }
     let known = crashsim::explore::quirk_names();
     if let Some(q) = args.quirks.iter().find(|q| !known.contains(&q.as_str())) {
@@ -180,10 +288,20 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let start = Instant::now();
     let deadline = args.time.map(|t| start + Duration::from_secs(t));
+    // By default the run ends at its first violation: a user wants that one, shrunk, with its
+    // replay command, not millions more of the same (a lying flush breaks nearly every state).
+    let max_violations = match (args.keep_going, args.max_violations) {
+        (true, _) => None,
+        (false, n) => Some(n.unwrap_or(1)),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
     let mut opts = ExploreOpts {
         oracle,
         fine: args.fine || args.exhaustive,
         deadline,
+        // With a limit, a workload ends at its first violation and the others at the limit.
+        stop_at_first: max_violations.is_some(),
+        cancel: max_violations.map(|_| stop.clone()),
         ..ExploreOpts::default()
     };
     if args.exhaustive {
@@ -283,7 +401,8 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
             .progress_chars("=> "),
     );
     let next = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
+    // A run that stops at its first violation shows that one (a state can fail two oracles).
+    let shown_at_most = max_violations.map_or(args.show, |m| args.show.min(m as usize));
     let (tx, rx) = mpsc::channel();
     let mut states = 0u64;
     let mut done = 0u64;
@@ -313,9 +432,12 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
             done += 1;
             states += r.states;
             nviolations += r.violation_count;
+            if max_violations.is_some_and(|m| nviolations >= m) {
+                stop.store(true, Ordering::Relaxed);
+            }
             for v in r.violations {
                 // Keep the first violation of each kind for shrinking and printing.
-                if violations.len() < args.show
+                if violations.len() < shown_at_most
                     && !violations.iter().any(|k| k.finding.kind == v.finding.kind)
                 {
                     violations.push(v);
@@ -336,24 +458,35 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
     let elapsed = start.elapsed().as_secs_f64();
 
     let mut shown = Vec::new();
+    let stopped_early = if stop.load(Ordering::Relaxed) {
+        Some(format!(
+            "stopped early after {nviolations} violation(s), with {done} of {total} workloads \
+             explored (the limit is {}: --max-violations N raises it, --keep-going explores \
+             everything)",
+            max_violations.unwrap_or(0)
+        ))
+    } else {
+        None
+    };
     for v in &violations {
-        // Shrinking gets its own time budget, whatever --time said about the search.
+        // Shrinking gets its own time budget, whatever --time said about the search, and is
+        // not cut short by the early stop.
         let shrink_opts = ExploreOpts {
             deadline: Some(Instant::now() + Duration::from_secs(20)),
+            cancel: None,
             ..opts.clone()
         };
         let small = shrink(v, &shrink_opts, 200);
-        println!(
-            "violation ({} oracle): {}",
-            small.finding.kind.name(),
-            small.finding.detail
-        );
+        println!("{}: {}", headline(&small), small.finding.detail);
         println!(
             "  shrunk workload: {} operations (from {}): {}",
             small.workload.ops.len(),
             v.workload.ops.len(),
             small.workload
         );
+        if let Some(ops) = continuation_text(&small) {
+            println!("  {ops}");
+        }
         println!("  replay: {}", replay_command(&small, args.oracle));
         shown.push(small);
     }
@@ -381,21 +514,61 @@ pub fn run(args: CrashTestArgs) -> Result<bool, String> {
             .iter()
             .map(|v| {
                 format!(
-                    "{{\"oracle\":{},\"detail\":{},\"ops\":{},\"replay\":{}}}",
+                    "{{\"oracle\":{},\"detail\":{},\"ops\":{},\"continuation\":{},\"replay\":{}}}",
                     json_str(v.finding.kind.name()),
                     json_str(&v.finding.detail),
                     v.workload.ops.len(),
+                    v.continuation_ops()
+                        .map_or_else(|| "null".to_string(), |ops| json_str(&ops_text(&ops))),
                     json_str(&replay_command(v, args.oracle))
                 )
             })
             .collect();
         println!(
-            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"shown\":[{}]}}",
+            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"shown\":[{}]}}",
+            stopped_early.as_deref().map_or_else(|| "null".to_string(), json_str),
             vs.join(",")
         );
     }
-    println!("crash-test: {states} states, {done} workloads, {nviolations} violations");
-    Ok(nviolations == 0)
+    if let Some(why) = &stopped_early {
+        println!("{why}");
+    }
+    println!(
+        "crash-test: {states} states, {done} workloads, {nviolations} violations{}",
+        if stopped_early.is_some() {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    );
+    Ok(Outcome {
+        states,
+        workloads: done,
+        total,
+        violations: nviolations,
+        stopped_early,
+        shown,
+        passed: nviolations == 0,
+    })
+}
+
+fn ops_text(ops: &[WlOp]) -> String {
+    let ops: Vec<String> = ops.iter().map(WlOp::to_string).collect();
+    ops.join(".")
+}
+
+/// The continuation's operations of a violation whose crash path has one: the violating
+/// sector may be written only by them.
+fn continuation_text(v: &Violation) -> Option<String> {
+    let ops = v.continuation_ops()?;
+    let at = v.path.iter().position(|s| s.level == Level::Continuation)?;
+    Some(format!(
+        "continuation: {} operations run on the devices recovered from crash p{}, then crash c{}: {}",
+        ops.len(),
+        v.path[at - 1].point,
+        v.path[at].point,
+        ops_text(&ops)
+    ))
 }
 
 fn replay(case: &str, oracle: OracleSel) -> Result<bool, String> {
@@ -410,3 +583,6 @@ fn replay(case: &str, oracle: OracleSel) -> Result<bool, String> {
     );
     Ok(findings.is_empty())
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,13 +4,15 @@ use std::time::{Duration, Instant};
 
 use crashsim::explore::{
     explore_workload, generate, quirk_names, scenario_workloads, shrink, ExploreOpts, GenParams,
-    Violation, Workload,
+    Kind, Violation, Workload,
 };
 
 /// How one quirk fared.
 pub struct ZooRow {
     pub quirk: &'static str,
     pub caught: Option<Caught>,
+    /// A crash state the tester could not check: the hunt stopped there, nothing was caught.
+    pub harness_error: Option<Violation>,
     pub states: u64,
     pub workloads: u64,
 }
@@ -55,6 +57,7 @@ pub fn hunt(quirk: &'static str, budget: Duration) -> ZooRow {
     let mut row = ZooRow {
         quirk,
         caught: None,
+        harness_error: None,
         states: 0,
         workloads: 0,
     };
@@ -66,6 +69,10 @@ pub fn hunt(quirk: &'static str, budget: Duration) -> ZooRow {
         row.states += r.states;
         row.workloads += 1;
         if let Some(v) = r.violations.into_iter().next() {
+            if v.finding.kind == Kind::Harness {
+                row.harness_error = Some(v);
+                break;
+            }
             let after = start.elapsed();
             let shrink_opts = ExploreOpts {
                 deadline: Some(Instant::now() + Duration::from_secs(20)),
@@ -135,6 +142,14 @@ pub fn run(budget: Duration, threads: usize) -> bool {
             None => {
                 all = false;
                 println!("| {} | NO | - | {} | - | - |", row.quirk, row.states);
+                if let Some(h) = &row.harness_error {
+                    details.push(format!(
+                        "{}: harness error: {}\n  replay: cargo xtask crash-test --replay '{}'",
+                        row.quirk,
+                        h.finding.detail,
+                        h.case()
+                    ));
+                }
             }
         }
     }

@@ -38,6 +38,9 @@ pub enum Kind {
     Invariant,
     /// Two reads of the recovered device disagree.
     Stability,
+    /// The tester itself could not build or check a crash state (a bug of the tester, not
+    /// of the engine). Counted and reported like a violation, so no state is skipped silently.
+    Harness,
 }
 
 impl Kind {
@@ -50,6 +53,7 @@ impl Kind {
             Kind::PrefixOracle => "prefix",
             Kind::Invariant => "invariant",
             Kind::Stability => "stability",
+            Kind::Harness => "harness",
         }
     }
 }

@@ -10,7 +10,7 @@ use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
 use super::run::{drive, new_world, open_on, record, recovery_config};
-use super::workload::{continuation, WlConfig, Workload};
+use super::workload::{continuation, WlConfig, WlOp, Workload};
 use crate::rng::mix64;
 use crate::{Choice, CrashPoint, CrashState, Dedup, ImageDevice, Others, PointSelection, World};
 
@@ -38,6 +38,9 @@ pub struct ExploreOpts {
     pub keep_violations: usize,
     /// Stop exploring (even inside a workload) at this moment.
     pub deadline: Option<std::time::Instant>,
+    /// Stop exploring (even inside a workload) once this is set, from another thread: a run
+    /// that has what it wants ends its workloads in flight.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for ExploreOpts {
@@ -54,6 +57,7 @@ impl Default for ExploreOpts {
             stop_at_first: false,
             keep_violations: 16,
             deadline: None,
+            cancel: None,
         }
     }
 }
@@ -121,7 +125,28 @@ pub struct Violation {
     pub finding: Finding,
 }
 
+/// The seed of the continuation workload run after recovering from the crash at `point` of a
+/// workload whose seed is `workload_seed`.
+fn continuation_seed(workload_seed: u64, point: u64) -> u64 {
+    mix64(workload_seed ^ point ^ 0xC0)
+}
+
 impl Violation {
+    /// The operations of the continuation workload on the crash path, if it has one: they run
+    /// on the devices recovered from the crash before it (`--replay` reruns them), so a
+    /// violating sector may have been written only by them.
+    pub fn continuation_ops(&self) -> Option<Vec<WlOp>> {
+        let at = self
+            .path
+            .iter()
+            .position(|s| s.level == Level::Continuation)?;
+        let before = &self.path[at.checked_sub(1)?];
+        Some(continuation(
+            continuation_seed(self.workload.config.seed, before.point),
+            &self.workload.config,
+        ))
+    }
+
     /// The argument of `--replay`.
     pub fn case(&self) -> String {
         let mut s = self.workload.to_string();
@@ -177,6 +202,23 @@ impl Ctx<'_> {
                 .opts
                 .deadline
                 .is_some_and(|d| std::time::Instant::now() >= d)
+            || self
+                .opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// A crash state (or the level below it) the tester could not check: an error of kind
+    /// `Harness`, counted and kept like a violation, never a skip.
+    fn harness_error(&mut self, path: &[PathStep], what: String) {
+        self.report(
+            path,
+            vec![Finding {
+                kind: Kind::Harness,
+                detail: format!("this crash state could not be checked: {what}"),
+            }],
+        );
     }
 
     fn report(&mut self, path: &[PathStep], findings: Vec<Finding>) {
@@ -446,16 +488,33 @@ fn explore_world(
             if ctx.done() {
                 return;
             }
-            let Ok(fp) = state.fingerprint_of(&choice) else {
-                continue;
+            let path_to = |choice: &Choice| {
+                let mut path = prefix.to_vec();
+                path.push(PathStep {
+                    level: level.clone(),
+                    point: point.before,
+                    choice: choice.clone(),
+                });
+                path
+            };
+            let fp = match state.fingerprint_of(&choice) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    ctx.harness_error(&path_to(&choice), format!("fingerprint: {e}"));
+                    continue;
+                }
             };
             // The same images under another client cut are another check (more writes may be
             // durable by now), so the cut is part of what is deduplicated.
             if !dedup.insert_fingerprint(fp ^ cut_key) {
                 continue;
             }
-            let Ok(images) = state.image(&choice) else {
-                continue;
+            let images = match state.image(&choice) {
+                Ok(images) => images,
+                Err(e) => {
+                    ctx.harness_error(&path_to(&choice), format!("images: {e}"));
+                    continue;
+                }
             };
             debug_assert_eq!(
                 images.fingerprint(),
@@ -463,12 +522,7 @@ fn explore_world(
                 "fingerprint_of agrees with the images"
             );
             ctx.result.states += 1;
-            let mut path = prefix.to_vec();
-            path.push(PathStep {
-                level: level.clone(),
-                point: point.before,
-                choice: choice.clone(),
-            });
+            let path = path_to(&choice);
             let (findings, recovered) = check_images(
                 images,
                 ctx.config,
@@ -487,13 +541,15 @@ fn explore_world(
             let r = &recovered.report;
             let wrote = r.formatted || r.stale_invalidated > 0 || r.plog_epoch > 0;
             if ctx.opts.recovery_crash && wrote {
-                if let Ok(images) = state.image(&choice) {
-                    explore_recovery(ctx, world, images, &hist, &path);
+                match state.image(&choice) {
+                    Ok(images) => explore_recovery(ctx, world, images, &hist, &path),
+                    Err(e) => ctx.harness_error(&path, format!("images for recovery: {e}")),
                 }
             }
             let every = ctx.opts.continuation_every;
             if every > 0 && ctx.result.states % every == 0 {
-                explore_continuation(ctx, recovered, &path, mix64(seed ^ point.before ^ 0xC0));
+                let seed = continuation_seed(seed, point.before);
+                explore_continuation(ctx, recovered, &path, seed);
             }
         }
     }
@@ -507,17 +563,15 @@ fn explore_recovery(
     hist: &History,
     path: &[PathStep],
 ) {
-    let Ok(w2) = world.restarted(&images) else {
-        return;
+    let w2 = match world.restarted(&images) {
+        Ok(w2) => w2.shared(),
+        Err(e) => return ctx.harness_error(path, format!("restart for recovery crashes: {e}")),
     };
-    let w2 = w2.shared();
-    // The recovery itself was already checked on the same images; here only its device log
-    // matters.
-    drop(open_on(
-        &w2,
-        ctx.config,
-        ctx.workload.config.completion.order(),
-    ));
+    // The recovery itself was already checked on the same images (so the engine's answer is
+    // not judged again); here only its device log matters.
+    if let Err(e) = open_on(&w2, ctx.config, ctx.workload.config.completion.order()) {
+        return ctx.harness_error(path, format!("recovery for recovery crashes: {e}"));
+    }
     let w2 = w2.borrow();
     explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
 }
@@ -526,23 +580,28 @@ fn explore_recovery(
 fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathStep], seed: u64) {
     let (cache, backing, plog) = recovered.engine.into_all_devices();
     let wc = &ctx.workload.config;
-    let Ok(world) = new_world(
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("continuation {what}: {e}");
+    let world = match new_world(
         wc,
         cache.into_image(),
         backing.into_image(),
         plog.map(ImageDevice::into_image),
-    ) else {
-        return;
+    ) {
+        Ok(w) => w,
+        Err(e) => return ctx.harness_error(path, fail("world", &e)),
     };
-    let Ok(mut history) = History::new(recovered.observed.clone()) else {
-        return;
+    let mut history = match History::new(recovered.observed.clone()) {
+        Ok(h) => h,
+        Err(e) => return ctx.harness_error(path, fail("history", &e)),
     };
-    let Ok(mut model) = ModelDisk::from_bytes(recovered.observed) else {
-        return;
+    let mut model = match ModelDisk::from_bytes(recovered.observed) {
+        Ok(m) => m,
+        Err(e) => return ctx.harness_error(path, fail("model", &e)),
     };
     let ops = continuation(seed, wc);
-    let Ok(opened) = open_on(&world, ctx.config, wc.completion.order()) else {
-        return;
+    let opened = match open_on(&world, ctx.config, wc.completion.order()) {
+        Ok(o) => o,
+        Err(e) => return ctx.harness_error(path, fail("reopen", &e)),
     };
     match opened {
         // An injected device error may hit the reopen itself: an error, not a lie.
@@ -646,7 +705,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
             Some(Level::Continuation) => {
                 let recovered =
                     recovered.ok_or("the crash before a continuation did not recover")?;
-                let seed = mix64(workload.config.seed ^ step.point ^ 0xC0);
+                let seed = continuation_seed(workload.config.seed, step.point);
                 let (c, b, p) = recovered.engine.into_all_devices();
                 let wc: &WlConfig = &workload.config;
                 let w3 = new_world(
@@ -713,6 +772,59 @@ mod tests {
             live: vec![true; sectors],
             unit_sectors,
         }
+    }
+
+    /// A continuation the tester cannot set up (here: a recovered image it cannot model) used to
+    /// end that branch silently; it is a `Harness` violation, counted, with its path.
+    #[test]
+    fn a_state_the_tester_cannot_check_is_a_counted_harness_violation() {
+        let w: Workload = "o=4,n=2,b=4,p=1,k=1,u=1,s=7;W0+8.F.W8+8.F".parse().unwrap();
+        let rec = record(&w.config, &w.ops).unwrap();
+        let end = rec.world.borrow().log().len() as u64;
+        let state = rec
+            .world
+            .borrow()
+            .crash_state(CrashPoint::before(end))
+            .unwrap();
+        let config = recovery_config(&w.config).unwrap();
+        let oracles = oracles_for(&rec.history);
+        let images = state.image(&Choice::default()).unwrap();
+        let (findings, recovered) =
+            check_images(images, config, (&oracles.0, &oracles.1), OracleSel::Both);
+        assert!(findings.is_empty(), "{findings:?}");
+        let mut recovered = recovered.unwrap();
+        recovered.observed.truncate(100); // not a whole sector: no model can be built from it
+        let opts = ExploreOpts::default();
+        let mut ctx = Ctx {
+            workload: &w,
+            config,
+            opts: &opts,
+            result: WorkloadResult::default(),
+        };
+        let path = vec![PathStep {
+            level: Level::Top,
+            point: end,
+            choice: Choice::default(),
+        }];
+        explore_continuation(&mut ctx, recovered, &path, 1);
+        assert_eq!(ctx.result.violation_count, 1);
+        let v = &ctx.result.violations[0];
+        assert_eq!(v.finding.kind, Kind::Harness);
+        assert!(
+            v.finding
+                .detail
+                .starts_with("this crash state could not be checked: continuation"),
+            "{}",
+            v.finding.detail
+        );
+        assert_eq!(v.path, path);
+        // The zoo and the shrinker stop at it like at any violation.
+        let stop = ExploreOpts {
+            stop_at_first: true,
+            ..ExploreOpts::default()
+        };
+        ctx.opts = &stop;
+        assert!(ctx.done());
     }
 
     #[test]

@@ -111,8 +111,12 @@ impl Opening {
                 sectors: sizes.backing,
             });
         }
-        // Smaller than the smallest geometry: nothing to read, nothing to format.
-        Geometry::new(format::MIN_ORDER, sizes.cache)?;
+        // Too small for the superblock region: nothing to read. A device that holds it is
+        // judged by what its superblock says (a cache too small for its own order is named
+        // by that order, not the smallest one).
+        if sizes.cache <= format::RECORD_SECTOR {
+            Geometry::new(format::MIN_ORDER, sizes.cache)?;
+        }
         if let Some(p) = sizes.plog {
             rplog::check_plog_size(p)?;
         }

@@ -222,7 +222,16 @@ pub fn decide_layout(
     plog_given: bool,
 ) -> Result<LayoutDecision, Refusal> {
     let sectors = layout.device_sectors;
-    Geometry::new(format::MIN_ORDER, sectors).map_err(Refusal::TooSmall)?;
+    let formatted = matches!(
+        layout.superblock.kind,
+        SuperblockKind::Ours | SuperblockKind::Upstream
+    );
+    if layout.records.is_none() || !formatted {
+        // Too small for the smallest geometry: nothing to read, nothing to format. A formatted
+        // device too small for its own order is named by that order below (a truncated
+        // order-10 image is not "too small for order 4").
+        Geometry::new(format::MIN_ORDER, sectors).map_err(Refusal::TooSmall)?;
+    }
     let interrupted = interrupted_format(layout);
     let kind = layout.superblock.kind;
     let format_now = match (kind, policy) {

@@ -1,5 +1,9 @@
 //! `FileDevice`: `engine::BlockDevice` over a regular file or a block device.
 //!
+//! - One owner per device (`ownership`): opening claims the device for as long as the
+//!   `FileDevice` lives, with an open-file-description lock (write lock read-write, read lock
+//!   read-only) and, for a block device opened read-write, O_EXCL; a device another process
+//!   holds is a `DeviceError::InUse` that names it and, where the OS says, the holder.
 //! - O_DIRECT where the file system supports it (the page cache would only double-buffer what
 //!   the engine already caches, and would hide the device's own flush semantics); if opening
 //!   with O_DIRECT fails with EINVAL (tmpfs, some FUSE file systems), the device falls back to
@@ -39,25 +43,27 @@
 //!   only when every write is done; with FUA requests it then syncs once, and only if every
 //!   write succeeded. A failure reports the first failing stretch in batch order.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use engine::device::check_access;
-use engine::{Access, BlockDevice, IoError, ReadReq, WriteReq};
-use thiserror::Error;
+use engine::{Access, BlockDevice, DeviceRole, IoError, ReadReq, WriteReq};
 
 use crate::core::BusyTime;
 
 mod aligned_buf;
 mod io_pool;
+mod open;
+mod ownership;
 mod stretches;
 
 use aligned_buf::AlignedBuf;
 use io_pool::{IoPool, PoolJob, PoolOp};
+pub use open::DeviceError;
+pub use ownership::same_device;
 use stretches::{merge_runs, sharing_aligned_blocks};
 
 /// Every device is a whole number of these (the engine's block).
@@ -81,24 +87,6 @@ const POOL_THREADS: usize = 16;
 /// (long sequential stretches) are freed, so the pool keeps at most `POOL_THREADS` of these.
 const KEPT_POOL_BUFFER_BYTES: usize = 1 << 20;
 
-#[derive(Debug, Error)]
-pub enum DeviceError {
-    #[error("{path}: no such file or device")]
-    NotFound { path: PathBuf },
-    #[error("{path}: cannot open: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("{path}: is neither a regular file nor a block device")]
-    NotFileOrBlockDevice { path: PathBuf },
-    #[error("{path}: cannot determine its size: {source}")]
-    Size { path: PathBuf, source: io::Error },
-    #[error("{path}: size {size} bytes is not a multiple of {DEVICE_GRAIN} bytes")]
-    NotBlockMultiple { path: PathBuf, size: u64 },
-    #[error("{path}: size {size} bytes is too small: at least {min} bytes are needed")]
-    TooSmall { path: PathBuf, size: u64, min: u64 },
-    #[error("{path}: logical block size {size} is not supported (512 or 4096 only)")]
-    BlockSize { path: PathBuf, size: u64 },
-}
-
 /// How to open a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
@@ -110,6 +98,7 @@ pub enum IoMode {
 pub struct FileDevice {
     file: File,
     path: PathBuf,
+    role: DeviceRole,
     sectors: u64,
     direct: bool,
     /// Alignment of offsets and lengths under O_DIRECT (the logical block size); 1 otherwise.
@@ -120,154 +109,14 @@ pub struct FileDevice {
     pool: Option<IoPool>,
 }
 
-// ioctl numbers from <linux/fs.h>: BLKSSZGET = _IO(0x12, 104), BLKGETSIZE64 = _IOR(0x12, 114,
-// size_t). libc does not export them.
-const BLKSSZGET: libc::c_ulong = 0x1268;
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-
-fn open_file(path: &Path, direct: bool, writable: bool) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(writable);
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path)
-}
-
-fn ioctl_u64(file: &File, req: libc::c_ulong) -> io::Result<u64> {
-    let mut v: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer, which points to `v`.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), req as _, &mut v as *mut u64) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v)
-}
-
-fn ioctl_int(file: &File, req: libc::c_ulong) -> io::Result<u64> {
-    let mut v: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int to the pointer, which points to `v`.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), req as _, &mut v as *mut libc::c_int) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v as u64)
-}
-
 impl FileDevice {
-    /// Opens `path` for reading and writing. `min_bytes`: the smallest size the caller accepts.
-    pub fn open(path: &Path, mode: IoMode, min_bytes: u64) -> Result<Self, DeviceError> {
-        Self::open_with(path, mode, min_bytes, true)
-    }
-
-    /// Opens `path` for reading only (the offline `check` and `dump`): every write or flush
-    /// through it fails, so an inspection cannot change the device even by mistake, and a
-    /// read-only image can be inspected.
-    pub fn open_read_only(path: &Path, mode: IoMode) -> Result<Self, DeviceError> {
-        Self::open_with(path, mode, 0, false)
-    }
-
-    fn open_with(
-        path: &Path,
-        mode: IoMode,
-        min_bytes: u64,
-        writable: bool,
-    ) -> Result<Self, DeviceError> {
-        let p = || path.to_path_buf();
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => DeviceError::NotFound { path: p() },
-            _ => DeviceError::Open { path: p(), source },
-        })?;
-        let ft = meta.file_type();
-        let is_block = ft.is_block_device();
-        if !ft.is_file() && !is_block {
-            return Err(DeviceError::NotFileOrBlockDevice { path: p() });
-        }
-        let mut direct = mode == IoMode::DirectIfSupported;
-        let file = match open_file(path, direct, writable) {
-            Ok(f) => f,
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                eprintln!(
-                    "wbcache: {}: O_DIRECT is not supported here; using buffered I/O",
-                    path.display()
-                );
-                direct = false;
-                open_file(path, false, writable)
-                    .map_err(|source| DeviceError::Open { path: p(), source })?
-            }
-            Err(source) => return Err(DeviceError::Open { path: p(), source }),
-        };
-        let size = if is_block {
-            ioctl_u64(&file, BLKGETSIZE64)
-                .map_err(|source| DeviceError::Size { path: p(), source })?
-        } else {
-            meta.len()
-        };
-        if size < min_bytes.max(DEVICE_GRAIN) {
-            return Err(DeviceError::TooSmall {
-                path: p(),
-                size,
-                min: min_bytes.max(DEVICE_GRAIN),
-            });
-        }
-        if size % DEVICE_GRAIN != 0 {
-            return Err(DeviceError::NotBlockMultiple { path: p(), size });
-        }
-        let mut dev = FileDevice {
-            file,
-            path: p(),
-            sectors: size / SECTOR,
-            direct,
-            align: 1,
-            bounce: AlignedBuf::new(),
-            busy_ns: 0,
-            pool: None,
-        };
-        if direct {
-            dev.align = if is_block {
-                let lbs = ioctl_int(&dev.file, BLKSSZGET)
-                    .map_err(|source| DeviceError::Size { path: p(), source })?;
-                if lbs != 512 && lbs != 4096 {
-                    return Err(DeviceError::BlockSize {
-                        path: p(),
-                        size: lbs,
-                    });
-                }
-                lbs
-            } else {
-                dev.probe_file_alignment()
-            };
-            if dev.align == 0 {
-                eprintln!(
-                    "wbcache: {}: O_DIRECT reads fail at 512 and 4096 bytes; using buffered I/O",
-                    path.display()
-                );
-                dev.file = open_file(path, false, writable)
-                    .map_err(|source| DeviceError::Open { path: p(), source })?;
-                dev.direct = false;
-                dev.align = 1;
-            }
-        }
-        Ok(dev)
-    }
-
-    /// The smallest O_DIRECT unit the file's file system accepts (512 or 4096), or 0 if
-    /// neither works.
-    fn probe_file_alignment(&mut self) -> u64 {
-        for unit in [512u64, 4096] {
-            let buf = self.bounce.get(unit as usize);
-            match self.file.read_exact_at(buf, 0) {
-                Ok(()) => return unit,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
-                // Some other error: the first real read will report it.
-                Err(_) => return unit,
-            }
-        }
-        0
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Which device of the set this is.
+    pub fn role(&self) -> DeviceRole {
+        self.role
     }
 
     /// Whether O_DIRECT is in use.
@@ -653,6 +502,7 @@ impl std::fmt::Debug for FileDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileDevice")
             .field("path", &self.path)
+            .field("role", &self.role)
             .field("sectors", &self.sectors)
             .field("direct", &self.direct)
             .field("align", &self.align)

@@ -10,22 +10,27 @@ fn temp_file(bytes: u64) -> tempfile::NamedTempFile {
 
 #[test]
 fn typed_errors_for_missing_small_and_odd_sized_files() {
-    let e = FileDevice::open(Path::new("/nonexistent/x"), IoMode::Buffered, 0);
+    let e = FileDevice::open(
+        Path::new("/nonexistent/x"),
+        DeviceRole::Cache,
+        IoMode::Buffered,
+        0,
+    );
     assert!(matches!(e, Err(DeviceError::NotFound { .. })), "{e:?}");
     let f = temp_file(4096 + 512);
-    let e = FileDevice::open(f.path(), IoMode::Buffered, 0);
+    let e = FileDevice::open(f.path(), DeviceRole::Cache, IoMode::Buffered, 0);
     assert!(
         matches!(e, Err(DeviceError::NotBlockMultiple { .. })),
         "{e:?}"
     );
     let f = temp_file(4096);
-    let e = FileDevice::open(f.path(), IoMode::Buffered, 8192);
+    let e = FileDevice::open(f.path(), DeviceRole::Cache, IoMode::Buffered, 8192);
     assert!(matches!(e, Err(DeviceError::TooSmall { .. })), "{e:?}");
     let f = temp_file(0);
-    let e = FileDevice::open(f.path(), IoMode::Buffered, 0);
+    let e = FileDevice::open(f.path(), DeviceRole::Cache, IoMode::Buffered, 0);
     assert!(matches!(e, Err(DeviceError::TooSmall { .. })), "{e:?}");
     let d = tempfile::tempdir().unwrap();
-    let e = FileDevice::open(d.path(), IoMode::Buffered, 0);
+    let e = FileDevice::open(d.path(), DeviceRole::Cache, IoMode::Buffered, 0);
     assert!(
         matches!(e, Err(DeviceError::NotFileOrBlockDevice { .. })),
         "{e:?}"
@@ -36,7 +41,8 @@ fn typed_errors_for_missing_small_and_odd_sized_files() {
 /// 4096-byte alignment (the read-modify-write path) and in its natural mode.
 fn sub_block_writes_round_trip(force_align: Option<u64>) {
     let f = temp_file(64 * 1024);
-    let mut d = FileDevice::open(f.path(), IoMode::DirectIfSupported, 0).unwrap();
+    let mut d =
+        FileDevice::open(f.path(), DeviceRole::Cache, IoMode::DirectIfSupported, 0).unwrap();
     if let Some(a) = force_align {
         if !d.direct {
             eprintln!("no O_DIRECT on this file system; testing the RMW path buffered");
@@ -88,7 +94,8 @@ fn sub_block_writes_round_trip_natural() {
 /// `sub_block_writes_round_trip`.
 fn device(bytes: u64, force_align: Option<u64>) -> (tempfile::NamedTempFile, FileDevice) {
     let f = temp_file(bytes);
-    let mut d = FileDevice::open(f.path(), IoMode::DirectIfSupported, 0).unwrap();
+    let mut d =
+        FileDevice::open(f.path(), DeviceRole::Cache, IoMode::DirectIfSupported, 0).unwrap();
     if let Some(a) = force_align {
         d.direct = true; // the RMW path works on buffered files too
         d.align = a;
@@ -462,7 +469,8 @@ fn sharing_aligned_blocks_finds_every_overlapping_range() {
 #[test]
 fn failed_merged_write_names_its_first_request() {
     let f = temp_file(64 * 1024);
-    let mut d = FileDevice::open_read_only(f.path(), IoMode::DirectIfSupported).unwrap();
+    let mut d =
+        FileDevice::open_read_only(f.path(), DeviceRole::Cache, IoMode::DirectIfSupported).unwrap();
     let data = [1u8; 4096];
     let reqs: Vec<WriteReq<'_>> = [16u64, 24, 32]
         .iter()
@@ -566,4 +574,94 @@ fn random_batches_natural() {
     for seed in 1..=3u64 {
         random_batches(None, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) + 1);
     }
+}
+
+#[test]
+fn a_device_has_one_writer_or_many_readers_while_it_is_open() {
+    let f = temp_file(64 * 1024);
+    // `held`: how the holder holds it, as F_OFD_GETLK reports.
+    let in_use = |e: Result<FileDevice, DeviceError>, want_writable: bool, held: &str| match e {
+        Err(DeviceError::InUse {
+            path,
+            role,
+            writable,
+            holder,
+        }) => {
+            assert_eq!(
+                (path.as_path(), role, writable),
+                (f.path(), DeviceRole::Backing, want_writable)
+            );
+            // Two opens in this process conflict like two processes; /proc names us.
+            assert!(holder.contains("this process"), "{holder}");
+            assert!(holder.ends_with(held), "{holder}");
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    };
+    let writer =
+        FileDevice::open(f.path(), DeviceRole::Cache, IoMode::DirectIfSupported, 0).unwrap();
+    let open_rw = || FileDevice::open(f.path(), DeviceRole::Backing, IoMode::Buffered, 0);
+    let open_ro = || FileDevice::open_read_only(f.path(), DeviceRole::Backing, IoMode::Buffered);
+    in_use(open_rw(), true, "holds it for writing");
+    in_use(open_ro(), false, "holds it for writing");
+    // The claim goes with the device.
+    drop(writer);
+    let r1 = open_ro().unwrap();
+    let r2 = open_ro().unwrap();
+    in_use(open_rw(), true, "holds it for reading");
+    drop((r1, r2));
+    let e = FileDevice::open(f.path(), DeviceRole::Backing, IoMode::Buffered, 0).unwrap();
+    assert_eq!(e.role(), DeviceRole::Backing);
+}
+
+#[test]
+fn a_writer_keeps_its_claim_while_its_io_threads_run_and_after() {
+    let f = temp_file(1 << 20);
+    let mut d =
+        FileDevice::open(f.path(), DeviceRole::Cache, IoMode::DirectIfSupported, 0).unwrap();
+    // A batch of several stretches starts the pool (duplicated descriptors of the same open
+    // file); the claim must survive it.
+    let data = vec![7u8; 4096];
+    let reqs: Vec<WriteReq<'_>> = [0u64, 64, 128]
+        .iter()
+        .map(|&sector| WriteReq {
+            sector,
+            data: &data,
+            fua: true,
+        })
+        .collect();
+    d.write_batch(&reqs).unwrap();
+    assert!(matches!(
+        FileDevice::open_read_only(f.path(), DeviceRole::Cache, IoMode::Buffered),
+        Err(DeviceError::InUse { .. })
+    ));
+}
+
+#[test]
+fn fdinfo_lock_lines_are_matched_by_device_and_inode() {
+    let dev = libc::makedev(0xfe, 0x01);
+    let text = "pos:\t0\nflags:\t02140002\nmnt_id:\t27\nino:\t10028061\n\
+                lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:01:10028061 0 EOF\n";
+    assert!(ownership::fdinfo_owns_ofd_lock(text, dev, 10028061));
+    assert!(!ownership::fdinfo_owns_ofd_lock(text, dev, 1002806));
+    assert!(!ownership::fdinfo_owns_ofd_lock(
+        text,
+        libc::makedev(0xfe, 0),
+        10028061
+    ));
+    let posix = text.replace("OFDLCK", "POSIX ");
+    assert!(!ownership::fdinfo_owns_ofd_lock(&posix, dev, 10028061));
+}
+
+#[test]
+fn same_device_sees_through_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    std::fs::write(&a, [0u8; 4096]).unwrap();
+    let link = dir.path().join("link.img");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let b = dir.path().join("b.img");
+    std::fs::write(&b, [0u8; 4096]).unwrap();
+    assert!(same_device(&a, &link));
+    assert!(!same_device(&a, &b));
+    assert!(!same_device(&a, &dir.path().join("missing")));
 }

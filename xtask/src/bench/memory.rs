@@ -28,7 +28,7 @@ const ORDER: u8 = 10;
 /// Blocks per segment at order 10: 2^(10-3) 4 KiB units less one for the header.
 const PER_SEG: u64 = (1 << (ORDER - 3)) - 1;
 const SEGMENT_BYTES: u64 = 512 << ORDER;
-/// `wbcache serve --nr-rambuf-pool` default: RAM buffers of one segment each.
+/// `wbcache serve --nr_rambuf_pool` default: RAM buffers of one segment each.
 const POOL: u64 = 8;
 /// `SlotInfo` (engine/src/cache.rs: u64 id + usize len, crate-private so not sized here) and
 /// the index's per-slot live count (u32).

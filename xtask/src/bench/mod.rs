@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: benchmarks that report ratios side by side (SPEC §8), written to a
+//! `cargo xtask bench`: benchmarks that report ratios side by side (the targets are in
+//! docs/DESIGN.md, "Performance targets"), written to a
 //! markdown report (default docs/BENCH.md) and printed to stdout.
 //!
 //! The report is a header (machine, date, commit, command) followed by one section per
@@ -221,7 +222,7 @@ pub fn run(args: BenchArgs) -> Result<bool, String> {
     report.push_str(&format!(
         "Produced by `{command}` ({} mode). Regenerate with `cargo xtask bench` (full) or \
          `cargo xtask bench --quick`; numbers from another machine or commit are not comparable \
-         line by line, the ratios are what to compare (SPEC §8).\n\n",
+         line by line, the ratios are what to compare (docs/DESIGN.md, Performance targets).\n\n",
         match mode {
             Mode::Quick => "quick",
             Mode::Full => "full",

@@ -37,6 +37,7 @@
 //! cache device exactly when upstream's copy is above the record.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,7 +48,8 @@ use engine::format::{
 };
 use engine::index::{Index, Mb};
 use engine::{
-    BlockDevice, Config, FormatPolicy, IoError, MemDevice, RecoveryReport, Step, SyncEngine,
+    BlockDevice, Config, DeviceRole, FormatPolicy, IoError, MemDevice, RecoveryReport, Step,
+    SyncEngine,
 };
 use runner::filedev::{FileDevice, IoMode};
 
@@ -280,12 +282,14 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn open_file(path: &Path) -> Result<FileDevice, String> {
-    FileDevice::open(path, IoMode::DirectIfSupported, 0).map_err(|e| e.to_string())
+/// Opens a scratch image as the server would. It claims the file for this process while it
+/// lives (`FileDevice::open`), so the bench keeps at most one handle of each image open.
+fn open_file(path: &Path, role: DeviceRole) -> Result<FileDevice, String> {
+    FileDevice::open(path, role, IoMode::DirectIfSupported, 0).map_err(|e| e.to_string())
 }
 
-fn counted_file(path: &Path) -> Result<Counted<FileDevice>, String> {
-    let f = open_file(path)?;
+fn counted_file(path: &Path, role: DeviceRole) -> Result<Counted<FileDevice>, String> {
+    let f = open_file(path, role)?;
     let align = if f.is_direct() { f.alignment() } else { 1 };
     Ok(Counted::new(f, align))
 }
@@ -552,7 +556,10 @@ fn make_state(e: &mut FillEng, state: State) -> Result<(), String> {
 /// One timed replay of ours: the recovered engine, its report, time, and the counters of both
 /// devices (the backing device is only flushed).
 fn time_ours(cache: &Path, backing: &Path) -> Result<(FileEng, RecoveryReport, f64, Io), String> {
-    let (c, b) = (counted_file(cache)?, counted_file(backing)?);
+    let (c, b) = (
+        counted_file(cache, DeviceRole::Cache)?,
+        counted_file(backing, DeviceRole::Backing)?,
+    );
     let cfg = Config {
         format: FormatPolicy::Never,
         nr_rambuf_pool: POOL,
@@ -575,7 +582,7 @@ fn time_ours(cache: &Path, backing: &Path) -> Result<(FileEng, RecoveryReport, f
 }
 
 fn time_upstream(cache: &Path) -> Result<(Upstream, f64, Io), String> {
-    let mut c = counted_file(cache)?;
+    let mut c = counted_file(cache, DeviceRole::Cache)?;
     let t = Instant::now();
     let up = upstream_replay(&mut c)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -629,7 +636,8 @@ fn verify(
         .filter(|&b| shadow[b as usize] != 0)
         .collect();
     let step = (written.len() / SAMPLE).max(1);
-    let mut file = open_file(cache_path)?;
+    // A plain read-only handle: `ours` holds the image's claim, and this only checks content.
+    let file = File::open(cache_path).map_err(|e| format!("{}: {e}", cache_path.display()))?;
     let (mut want, mut got) = (vec![0u8; BLOCK_SIZE], vec![0u8; BLOCK_SIZE]);
     for &block in written.iter().step_by(step) {
         fill(&mut want, block, shadow[block as usize]);
@@ -638,8 +646,9 @@ fn verify(
             .lookup(block)
             .ok_or_else(|| format!("state {what}: upstream lost block {block}"))?;
         let slot = up.index.slot_of(idx);
-        file.read(up.geo.block_sector(slot, up.index.pos_of(idx)), &mut got)
-            .map_err(|e| e.to_string())?;
+        let at = up.geo.block_sector(slot, up.index.pos_of(idx)) * SECTOR_SIZE as u64;
+        file.read_exact_at(&mut got, at)
+            .map_err(|e| format!("{}: {e}", cache_path.display()))?;
         if got != want {
             return fail(format!(
                 "the copy of block {block} upstream's index points to is not its newest write"
@@ -682,9 +691,13 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
             .and_then(|f| f.set_len(cache_bytes))
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    let (mut cache_file, mut backing_file) = (open_file(&cache_path)?, open_file(&backing_path)?);
-    let direct = cache_file.is_direct() && backing_file.is_direct();
-    let align = cache_file.alignment();
+    let (direct, align) = {
+        let (c, b) = (
+            open_file(&cache_path, DeviceRole::Cache)?,
+            open_file(&backing_path, DeviceRole::Backing)?,
+        );
+        (c.is_direct() && b.is_direct(), c.alignment())
+    };
 
     // The backing device is as large as the cache device: random writes over it overwrite
     // blocks often, so replay's newest-copy-wins matters.
@@ -718,12 +731,17 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
     for state in State::ALL {
         make_state(&mut e, state)?;
         let t = Instant::now();
-        copied += e
-            .cache_device()
-            .copy_changes(since_cache, &mut cache_file)?;
-        copied += e
-            .backing_device()
-            .copy_changes(since_backing, &mut backing_file)?;
+        {
+            // Closed again before the replays open the images.
+            let mut cache_file = open_file(&cache_path, DeviceRole::Cache)?;
+            let mut backing_file = open_file(&backing_path, DeviceRole::Backing)?;
+            copied += e
+                .cache_device()
+                .copy_changes(since_cache, &mut cache_file)?;
+            copied += e
+                .backing_device()
+                .copy_changes(since_backing, &mut backing_file)?;
+        }
         copy_s += t.elapsed().as_secs_f64();
         since_cache = e.cache_device().writes;
         since_backing = e.backing_device().writes;
@@ -731,20 +749,22 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
         eprintln!("bench: replay {tag} MiB, state {}", state.label());
 
         let (mut ours_ms, mut up_ms) = (Vec::new(), Vec::new());
-        let mut ours_last: Option<(FileEng, RecoveryReport, Io)> = None;
+        // Only what a run reported: each engine is dropped at once, so that the other
+        // replay can open the image.
+        let mut ours_last: Option<(RecoveryReport, Io)> = None;
         let mut up_last: Option<(Upstream, Io)> = None;
         for i in 0..reps {
             // Alternate who goes first.
             for ours_turn in [i % 2 == 0, i % 2 != 0] {
                 if ours_turn {
-                    // The previous run's engine is dropped first (not timed).
-                    let prev = ours_last.take().map(|(_, r, io)| (r, io));
+                    let prev = ours_last.take();
                     let (eng, rep, ms, io) = time_ours(&cache_path, &backing_path)?;
+                    drop(eng);
                     ours_ms.push(ms);
                     if prev.is_some_and(|p| p != (rep.clone(), io)) {
                         return Err("our replay read differently from one run to the next".into());
                     }
-                    ours_last = Some((eng, rep, io));
+                    ours_last = Some((rep, io));
                 } else {
                     let prev = up_last.take().map(|(_, io)| io);
                     let (up, ms, io) = time_upstream(&cache_path)?;
@@ -758,8 +778,13 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
                 }
             }
         }
-        let (mut eng, rep, ours_io) = ours_last.ok_or("no replay ran")?;
+        let (rep, ours_io) = ours_last.ok_or("no replay ran")?;
         let (up, up_io) = up_last.ok_or("no replay ran")?;
+        // Once more, untimed, for an engine to read through.
+        let (mut eng, again, _, again_io) = time_ours(&cache_path, &backing_path)?;
+        if (again, again_io) != (rep.clone(), ours_io) {
+            return Err("our replay read differently from one run to the next".into());
+        }
         verify(
             state,
             &mut eng,
@@ -1171,8 +1196,8 @@ mod tests {
         assert_eq!(prep.distinct, rows[0].dirty_blocks);
         assert_eq!(rows[1].record, nr - nr / DIRTY_TAIL);
         assert_eq!(rows[2].dirty_blocks, 0);
-        // All written back: ours reads the superblock, both records and one sector a slot.
-        assert_eq!(rows[2].ours.read_bytes, 4096 + 1024 + nr * 512);
+        // All written back: ours reads sector 0, both records and one sector a slot.
+        assert_eq!(rows[2].ours.read_bytes, 512 + 1024 + nr * 512);
         // Upstream: one sector twice, then a header and a whole segment per slot.
         assert_eq!(rows[2].up.read_bytes, 1024 + nr * (4096 + 512 * 1024));
         for r in &rows {
