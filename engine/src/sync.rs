@@ -438,6 +438,17 @@ impl<D: BlockDevice> SyncEngine<D> {
         Ok(self.into_all_devices())
     }
 
+    /// The engine and its devices, apart: a driver of its own (the runner's executor) takes
+    /// over from here.
+    pub fn into_parts(self) -> (Engine, D, D, Option<D>) {
+        (
+            self.engine,
+            self.devs.cache,
+            self.devs.backing,
+            self.devs.plog,
+        )
+    }
+
     /// Gives the devices back (cache, backing) without any further I/O: what a power cut does.
     pub fn into_devices(self) -> (D, D) {
         (self.devs.cache, self.devs.backing)

@@ -2,7 +2,7 @@
 //! the handshake is `runner::nbd::conn::handshake` itself over an in-memory stream, and the
 //! transmission phase runs the connection reader's own steps (`read_incoming`,
 //! `read_engine_req`) and the engine thread's `execute` against an in-memory engine behind the
-//! runner's `EngineCore`; only the queue and the threads between them are left out. Never a panic or an unbounded allocation; every reply is
+//! runner's mapping of NBD requests onto engine requests; only the queue and the threads between them are left out. Never a panic or an unbounded allocation; every reply is
 //! well formed; reads return what the model disk says.
 //!
 //! Input: `mode: u8` (odd: skip the handshake and start in transmission, so the fuzzer reaches
@@ -13,7 +13,6 @@ use std::io::{self, Cursor, Read, Write};
 use engine::format::SECTOR_SIZE;
 use engine::{Config, FormatPolicy, MemDevice, SyncEngine};
 use models::ModelDisk;
-use runner::core::{Core, EngineCore};
 use runner::engine_thread::{execute, EngineReq, Outcome};
 use runner::nbd::conn::{handshake, read_engine_req, read_incoming, Incoming, Stream};
 use runner::nbd::proto::{self, Command, Export};
@@ -55,7 +54,7 @@ impl Stream for MemStream {
     fn shutdown_stream(&self, _both: bool) {}
 }
 
-fn engine() -> EngineCore<MemDevice> {
+fn engine() -> SyncEngine<MemDevice> {
     let cache = MemDevice::new(2048 + 8 * 16);
     let backing = MemDevice::from_bytes(backing_image());
     let cfg = Config {
@@ -66,7 +65,7 @@ fn engine() -> EngineCore<MemDevice> {
         ..Config::default()
     };
     let (e, _) = SyncEngine::open(cache, backing, cfg).expect("format an in-memory cache");
-    EngineCore::new(e)
+    e
 }
 
 pub fn run(data: &[u8]) {
@@ -159,7 +158,9 @@ fn transmission(s: &mut MemStream, export: &Export) {
             assert!(data.is_none(), "{cmd:?} returned data");
         }
         check_reply(&proto::simple_reply(handle, 0), handle);
-        let _ = core.run_one_step();
+        if let Some(step) = core.next_step() {
+            let _ = core.run_step(step);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use engine::Status;
 
 use crate::engine_thread::{EngineReq, Job, Outcome};
+use crate::events::Events;
 use crate::queue::BoundedQueue;
 use crate::sync::Arc;
 
@@ -71,7 +72,7 @@ pub fn status_pairs(s: &Status) -> Vec<(String, String)> {
 }
 
 /// Runs one request on the engine thread and waits for its outcome.
-fn ask_engine(jobs: &BoundedQueue<Job>, req: EngineReq) -> Option<Outcome> {
+fn ask_engine(jobs: &Events, req: EngineReq) -> Option<Outcome> {
     let slot = Arc::new(BoundedQueue::new(1));
     let to = slot.clone();
     let job = Job {
@@ -80,12 +81,12 @@ fn ask_engine(jobs: &BoundedQueue<Job>, req: EngineReq) -> Option<Outcome> {
             let _ = to.push(o);
         }),
     };
-    jobs.push(job).ok()?;
+    jobs.push_job(job).ok()?;
     slot.pop()
 }
 
 /// The response lines to one request line.
-pub fn answer(jobs: &BoundedQueue<Job>, line: &str) -> String {
+pub fn answer(jobs: &Events, line: &str) -> String {
     let line = line.trim();
     let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
     let req = match cmd {
@@ -113,7 +114,7 @@ pub fn answer(jobs: &BoundedQueue<Job>, line: &str) -> String {
 }
 
 /// Serves one control connection.
-pub fn serve_connection(stream: UnixStream, jobs: &BoundedQueue<Job>) -> io::Result<()> {
+pub fn serve_connection(stream: UnixStream, jobs: &Events) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);

@@ -1,139 +1,79 @@
-//! What the engine thread needs of the cache: the engine's client and background API behind a
+//! What the engine thread needs of the cache: the engine's state-machine interface behind a
 //! trait, so the loom tests can put a small fake with the same durability contract behind the
-//! runner's real handoff code. [`EngineCore`] is the production implementation: a thin
-//! forwarding layer over `engine::SyncEngine`, plus the backing-load sampling for the modulator.
+//! runner's real handoff code. `engine::Engine` is the production implementation.
 
-use engine::{BlockDevice, Error, MemDevice, ReadReq, Status, SyncEngine};
+use engine::{Engine, Error, IoOp, IoResult, OpId, Reply, ReqId, Request, Status};
 
-/// The cache as the engine thread drives it. Every method runs on the engine thread only.
-pub trait Core {
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error>;
-    /// Several reads with the outcome of `read` for each in order (one result per request);
-    /// a cache may issue their device reads together.
-    fn read_many(&mut self, reads: &mut [ReadReq<'_>]) -> Vec<Result<(), Error>> {
-        reads
-            .iter_mut()
-            .map(|r| self.read(r.sector, r.buf))
-            .collect()
-    }
-    /// With `fua`, returns only once the data (and everything before it) is durable.
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), Error>;
-    /// Returns once every write completed before it is durable.
-    fn flush(&mut self) -> Result<(), Error>;
-    fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), Error>;
-    fn write_zeroes(&mut self, sector: u64, sectors: u64, fua: bool) -> Result<(), Error>;
+/// The cache as the engine thread drives it: requests and completions in, operations and
+/// replies out (docs/DESIGN.md, "I/O as data"). Every method runs on the engine thread only.
+pub trait Machine {
+    fn submit(&mut self, id: ReqId, req: Request);
+    fn poll_io(&mut self) -> Option<IoOp>;
+    fn complete(&mut self, op: OpId, result: IoResult);
+    fn poll_reply(&mut self) -> Option<Reply>;
     /// Gives the cache the time (monotonic milliseconds).
     fn tick(&mut self, now_ms: u64);
-    /// Runs one due background step; `false` when none is due.
-    fn run_one_step(&mut self) -> Result<bool, Error>;
+    /// The writeback modulator's input: the backing device's load, in percent.
+    fn set_backing_load(&mut self, percent: u8);
+    /// Starts every background step that is due.
+    fn start_due_steps(&mut self);
     fn status(&self) -> Status;
     fn message(&mut self, msg: &str) -> Result<(), Error>;
     /// Why the cache is dead, if it is.
     fn dead_cause(&self) -> Option<String>;
-    /// Clean shutdown: everything acknowledged made durable and recorded.
-    fn shutdown(self) -> Result<(), Error>;
-}
-
-/// A device that can say how long it has spent in I/O, for the writeback modulator's input.
-pub trait BusyTime {
-    /// Nanoseconds spent inside device calls since the device was opened.
-    fn busy_ns(&self) -> u64;
-}
-
-impl BusyTime for MemDevice {
-    fn busy_ns(&self) -> u64 {
-        0
+    /// Clean shutdown: everything acknowledged made durable and recorded, as operations.
+    fn begin_shutdown(&mut self);
+    fn shutdown_complete(&self) -> bool;
+    /// Operations handed out and not completed.
+    fn in_flight(&self) -> usize;
+    /// What the cache is waiting for, in one line (for the operator when requests stall).
+    fn waiting_for(&self) -> String {
+        String::new()
     }
 }
 
-/// How often the backing load is re-estimated.
-const LOAD_SAMPLE_MS: u64 = 1000;
-
-/// The engine behind [`Core`].
-pub struct EngineCore<D: BlockDevice> {
-    pub engine: SyncEngine<D>,
-    /// (time, backing busy ns) at the last load sample.
-    load_sample: Option<(u64, u64)>,
-}
-
-impl<D: BlockDevice> EngineCore<D> {
-    pub fn new(engine: SyncEngine<D>) -> Self {
-        EngineCore {
-            engine,
-            load_sample: None,
-        }
+impl Machine for Engine {
+    fn submit(&mut self, id: ReqId, req: Request) {
+        Engine::submit(self, id, req)
     }
-}
-
-impl<D: BlockDevice + BusyTime> Core for EngineCore<D> {
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.engine.read(sector, buf)
+    fn poll_io(&mut self) -> Option<IoOp> {
+        Engine::poll_io(self)
     }
-    fn read_many(&mut self, reads: &mut [ReadReq<'_>]) -> Vec<Result<(), Error>> {
-        self.engine.read_many(reads)
+    fn complete(&mut self, op: OpId, result: IoResult) {
+        Engine::complete(self, op, result)
     }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), Error> {
-        self.engine.write(sector, data, fua)
+    fn poll_reply(&mut self) -> Option<Reply> {
+        Engine::poll_reply(self)
     }
-    fn flush(&mut self) -> Result<(), Error> {
-        self.engine.flush()
-    }
-    fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), Error> {
-        self.engine.discard(sector, sectors)
-    }
-    fn write_zeroes(&mut self, sector: u64, sectors: u64, fua: bool) -> Result<(), Error> {
-        self.engine.write_zeroes(sector, sectors, fua)
-    }
-
-    /// Also estimates the backing device's load: the share of the last second the engine spent
-    /// in backing-device calls. The runner is the only user of the device it opened, so its
-    /// own busy time is the load it can see (other users of a shared disk are invisible).
     fn tick(&mut self, now_ms: u64) {
-        self.engine.tick(now_ms);
-        let busy = self.engine.backing_device().busy_ns();
-        match self.load_sample {
-            None => self.load_sample = Some((now_ms, busy)),
-            Some((t0, b0)) if now_ms >= t0 + LOAD_SAMPLE_MS => {
-                let wall_ns = (now_ms - t0) * 1_000_000;
-                let pct = (busy.saturating_sub(b0).saturating_mul(100) / wall_ns).min(100);
-                self.engine.set_backing_load(pct as u8);
-                self.load_sample = Some((now_ms, busy));
-            }
-            Some(_) => {}
-        }
+        Engine::tick(self, now_ms)
     }
-
-    fn run_one_step(&mut self) -> Result<bool, Error> {
-        match self.engine.next_step() {
-            Some(step) => self.engine.run_step(step).map(|_| true),
-            None => Ok(false),
-        }
+    fn set_backing_load(&mut self, percent: u8) {
+        Engine::set_backing_load(self, percent)
+    }
+    fn start_due_steps(&mut self) {
+        Engine::start_due_steps(self);
     }
     fn status(&self) -> Status {
-        self.engine.status()
+        Engine::status(self)
     }
     fn message(&mut self, msg: &str) -> Result<(), Error> {
-        self.engine.message(msg)
+        Engine::message(self, msg)
     }
     fn dead_cause(&self) -> Option<String> {
-        // `is_dead` first: building a full status after every request would be wasted work.
-        if self.engine.is_dead() {
-            self.engine.status().dead
-        } else {
-            None
-        }
+        // `is_dead` first: building a full status after every event would be wasted work.
+        self.is_dead().then(|| self.status().dead).flatten()
     }
-    fn shutdown(self) -> Result<(), Error> {
-        // Every device back, the plog too: after `shutdown_all` the cache device holds
-        // everything, and the plog is flushed as well so nothing the engine wrote to it is
-        // left in a volatile cache when the process exits.
-        let (_, _, plog) = self.engine.shutdown_all()?;
-        if let Some(mut p) = plog {
-            p.flush().map_err(|source| Error::Io {
-                role: engine::DeviceRole::Plog,
-                source,
-            })?;
-        }
-        Ok(())
+    fn begin_shutdown(&mut self) {
+        Engine::begin_shutdown(self)
+    }
+    fn shutdown_complete(&self) -> bool {
+        Engine::shutdown_complete(self)
+    }
+    fn in_flight(&self) -> usize {
+        Engine::in_flight(self)
+    }
+    fn waiting_for(&self) -> String {
+        format!("{} in flight; {}", self.in_flight(), self.shutdown_state())
     }
 }

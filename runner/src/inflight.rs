@@ -12,6 +12,7 @@
 use engine::Error;
 
 use crate::engine_thread::{EngineReq, Job, Outcome};
+use crate::events::Events;
 use crate::nbd::proto;
 use crate::queue::{BoundedQueue, Semaphore};
 use crate::sync::Arc;
@@ -87,13 +88,7 @@ impl Inflight {
 
     /// Queues `req` for the engine thread; its reply comes back through this window. If the
     /// engine's queue is closed (shutdown), the request is answered ESHUTDOWN unstarted.
-    pub fn submit(
-        this: &Arc<Self>,
-        jobs: &BoundedQueue<Job>,
-        req: EngineReq,
-        handle: u64,
-        units: u64,
-    ) {
+    pub fn submit(this: &Arc<Self>, jobs: &Events, req: EngineReq, handle: u64, units: u64) {
         let writes = matches!(
             req,
             EngineReq::Write { .. } | EngineReq::Trim { .. } | EngineReq::WriteZeroes { .. }
@@ -116,7 +111,7 @@ impl Inflight {
                 });
             }),
         };
-        if jobs.push(job).is_err() {
+        if jobs.push_job(job).is_err() {
             this.refuse(handle, proto::ESHUTDOWN, units);
         }
     }

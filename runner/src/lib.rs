@@ -8,6 +8,8 @@ pub mod commands;
 pub mod control;
 pub mod core;
 pub mod engine_thread;
+pub mod events;
+pub mod executor;
 pub mod filedev;
 pub mod inflight;
 pub mod nbd;

@@ -18,12 +18,13 @@ use std::thread::{self, JoinHandle};
 use anyhow::{bail, Context};
 use engine::{Config, DeviceRole, FormatPolicy, RecoveryReport, SyncEngine};
 
-use crate::core::EngineCore;
-use crate::engine_thread::{self, Job, MonotonicClock, JOB_QUEUE_CAPACITY};
+use crate::engine_thread::{self, MonotonicClock, JOB_QUEUE_CAPACITY};
+use crate::events::Events;
+use crate::executor::pool::Pooled;
+use crate::executor::{AsyncDevice, Executor};
 use crate::filedev::{same_device, FileDevice, IoMode};
 use crate::nbd::conn::{self, ConnEnd, Stream};
 use crate::nbd::proto::Export;
-use crate::queue::BoundedQueue;
 // The request path's Arc (loom's under `--cfg loom`); the rest of this file is plain std.
 use crate::sync::Arc;
 use crate::{control, log_line, signals};
@@ -250,6 +251,23 @@ pub fn open_engine(
     recover(open_devices(backing, cache, plog, io_mode)?, nr_rambuf_pool)
 }
 
+/// I/O threads per device: enough to keep an SSD's queue busy with a client's queue depth of
+/// 32 split over the cache and the backing device plus writeback in flight; each is a thread
+/// with a handle of its own.
+pub const IO_THREADS: usize = 16;
+
+/// A device's operations on `IO_THREADS` threads.
+fn io_threads(dev: &FileDevice, name: &str) -> anyhow::Result<Box<dyn AsyncDevice>> {
+    let handles = dev
+        .handles(IO_THREADS)
+        .with_context(|| format!("{name} device {}: I/O handles", dev.path().display()))?;
+    Ok(Box::new(Pooled::start(
+        handles,
+        engine::BlockDevice::size_sectors(dev),
+        name,
+    )?))
+}
+
 enum Listener {
     Unix(UnixListener),
     Tcp(TcpListener),
@@ -273,7 +291,7 @@ impl Listener {
     }
 }
 
-fn control_loop(listener: UnixListener, jobs: Arc<BoundedQueue<Job>>, stop: Arc<AtomicBool>) {
+fn control_loop(listener: UnixListener, jobs: Arc<Events>, stop: Arc<AtomicBool>) {
     // Ends when the server stops.
     while !stop.load(Ordering::SeqCst) {
         if !signals::wait_readable(listener.as_raw_fd(), POLL_MS) {
@@ -363,18 +381,30 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         size_bytes: engine.size_sectors() * 512,
     };
 
-    let jobs = Arc::new(BoundedQueue::new(JOB_QUEUE_CAPACITY));
+    // From here the engine thread drives the engine; the devices' I/O threads perform its
+    // operations (the file handles share the devices' open files, so the ownership locks hold
+    // as long as the devices live).
+    let (engine, cache_dev, backing_dev, plog_dev) = engine.into_parts();
+    let jobs = Arc::new(Events::new(JOB_QUEUE_CAPACITY));
+    let exec = Executor::new(
+        jobs.clone(),
+        io_threads(&cache_dev, "cache")?,
+        io_threads(&backing_dev, "backing")?,
+        plog_dev
+            .as_ref()
+            .map(|d| io_threads(d, "plog"))
+            .transpose()?,
+    );
     let engine_thread = {
         let jobs = jobs.clone();
         thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                engine_thread::run(
-                    EngineCore::new(engine),
-                    &jobs,
-                    &MonotonicClock::new(),
-                    &log_line,
-                )
+                let r = engine_thread::run(engine, &exec, &jobs, &MonotonicClock::new(), &log_line);
+                // The I/O threads finish and stop before the devices close.
+                drop(exec);
+                drop((cache_dev, backing_dev, plog_dev));
+                r
             })?
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -239,6 +239,10 @@ impl Engine {
             let mut piece = [0u8; BLOCK_SIZE];
             piece[..data.len()].copy_from_slice(data);
             let piece = &piece[..count * SECTOR_SIZE];
+            // Type 1: a region that cannot take this piece's entry seals the open segment
+            // first, also when the piece would overwrite a block of it in place (the entry is
+            // appended either way).
+            self.plog_make_room(count);
             match self.place_piece(block, first, piece) {
                 Ok(seg) => self.plog_append(seg, block, first, piece),
                 Err(b) => return Advance::Blocked(b),
@@ -293,7 +297,6 @@ impl Engine {
             }
         }
 
-        self.plog_make_room(count);
         // Room first: making room may write back (and so drop) the block's older copy.
         self.open_room()?;
         let mut block_buf = [0u8; BLOCK_SIZE];

@@ -45,20 +45,19 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use engine::device::check_access;
 use engine::{Access, BlockDevice, DeviceRole, IoError, ReadReq, WriteReq};
 
-use crate::core::BusyTime;
-
 mod aligned_buf;
+pub mod handle;
 mod io_pool;
 mod open;
 mod ownership;
 mod stretches;
+mod transfer;
 
 use aligned_buf::AlignedBuf;
 use io_pool::{IoPool, PoolJob, PoolOp};
@@ -130,66 +129,37 @@ impl FileDevice {
     }
 
     fn aligned_range(&self, off: u64, len: u64) -> (u64, u64) {
-        let a = self.align;
-        (off / a * a, (off + len).div_ceil(a) * a)
+        transfer::aligned_range(self.align, off, len)
     }
 
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_scatter(off, &mut [buf])
     }
 
-    /// Reads the bytes at `off` into `bufs`, one after the other (contiguous on the device), in
-    /// one read of the covering aligned range.
     fn read_scatter(&mut self, off: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
-        if let [buf] = bufs {
-            if !self.direct {
-                return self.file.read_exact_at(buf, off);
-            }
-        }
-        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let (start, end) = self.aligned_range(off, len);
-        let bounce = self.bounce.get((end - start) as usize);
-        self.file.read_exact_at(bounce, start)?;
-        let mut at = (off - start) as usize;
-        for buf in bufs.iter_mut() {
-            buf.copy_from_slice(&bounce[at..at + buf.len()]);
-            at += buf.len();
-        }
-        Ok(())
+        transfer::read_scatter(
+            &self.file,
+            self.align,
+            self.direct,
+            &mut self.bounce,
+            off,
+            bufs,
+        )
     }
 
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         self.write_gather(off, &[data])
     }
 
-    /// Writes `pieces`, one after the other, at `off` in one write of the covering aligned
-    /// range.
     fn write_gather(&mut self, off: u64, pieces: &[&[u8]]) -> io::Result<()> {
-        if let [data] = pieces {
-            if !self.direct {
-                return self.file.write_all_at(data, off);
-            }
-        }
-        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        let a = self.align;
-        let (start, end) = self.aligned_range(off, len);
-        let bounce = self.bounce.get((end - start) as usize);
-        // Read-modify-write of the partly covered first and last aligned blocks.
-        if off != start {
-            self.file.read_exact_at(&mut bounce[..a as usize], start)?;
-        }
-        let data_end = off + len;
-        if data_end != end && (end - a != start || off == start) {
-            let at = (end - a - start) as usize;
-            self.file
-                .read_exact_at(&mut bounce[at..at + a as usize], end - a)?;
-        }
-        let mut at = (off - start) as usize;
-        for p in pieces {
-            bounce[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        self.file.write_all_at(bounce, start)
+        transfer::write_gather(
+            &self.file,
+            self.align,
+            self.direct,
+            &mut self.bounce,
+            off,
+            pieces,
+        )
     }
 
     /// Runs jobs `0..count` on the pool, up to `POOL_THREADS` at a time: `prepare(job, buf)`
@@ -510,8 +480,9 @@ impl std::fmt::Debug for FileDevice {
     }
 }
 
-impl BusyTime for FileDevice {
-    fn busy_ns(&self) -> u64 {
+impl FileDevice {
+    /// Nanoseconds spent in this handle's own transfers (the executor's threads keep their own).
+    pub fn busy_ns(&self) -> u64 {
         self.busy_ns
     }
 }

@@ -10,9 +10,9 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
 use super::proto::{self, Command, Export, Next, ProtoError, Request};
-use crate::engine_thread::{EngineReq, Job};
+use crate::engine_thread::EngineReq;
+use crate::events::Events;
 use crate::inflight::Inflight;
-use crate::queue::BoundedQueue;
 use crate::sync::{thread, Arc};
 
 /// Bytes of requests (payloads and read buffers) one connection may have in flight.
@@ -114,7 +114,7 @@ fn skip_payload(s: &mut dyn Stream, mut len: u64) -> Result<(), ConnEnd> {
 /// Serves one connection to its end. `log` gets one line per notable event.
 pub fn serve(
     mut stream: Box<dyn Stream>,
-    jobs: Arc<BoundedQueue<Job>>,
+    jobs: Arc<Events>,
     export: Export,
     log: &(dyn Fn(&str) + Sync),
 ) -> ConnEnd {
@@ -242,7 +242,7 @@ pub fn read_engine_req(s: &mut dyn Stream, cmd: Command) -> Result<EngineReq, Co
 
 fn read_requests(
     s: &mut dyn Stream,
-    jobs: &BoundedQueue<Job>,
+    jobs: &Events,
     window: &Arc<Inflight>,
     export: &Export,
     log: &(dyn Fn(&str) + Sync),

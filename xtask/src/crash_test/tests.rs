@@ -53,11 +53,11 @@ fn a_clean_run_is_not_stopped_early() {
     assert!(o.stopped_early.is_none(), "{o:?}");
 }
 
-/// A shrunk `--quirk h5` case whose violating sector (8) is written only by the continuation:
+/// A shrunk `--quirk h5` case whose violating sector (16) is rewritten by the continuation:
 /// the report prints the continuation's operations, and they are what the replay runs.
 #[test]
 fn a_violation_through_a_continuation_prints_the_continuations_operations() {
-    let case = "o=4,n=2,b=4,p=1,k=1,u=1,s=101,q=h5;W24+8.F#p22=0:0000000000100000/c24=-";
+    let case = "o=4,n=2,b=4,p=1,k=1,u=1,s=101,q=h5;W16+8.W24+8.F#p45=0:0000000000000100/c41=0";
     let (workload, path) = parse_case(case).unwrap();
     let (findings, _) = replay_case(case, OracleSel::Both).unwrap();
     assert!(!findings.is_empty(), "the case still fails");
@@ -69,8 +69,8 @@ fn a_violation_through_a_continuation_prints_the_continuations_operations() {
     let text = continuation_text(&v).expect("the path has a continuation");
     assert_eq!(
         text,
-        "continuation: 7 operations run on the devices recovered from crash p22, then crash \
-         c24: W9+3.W8+8.F.W9+3.B.W0+8.F"
+        "continuation: 7 operations run on the devices recovered from crash p45, then crash \
+         c41: W24+8.W16+8.F.W16+8.B.W1+3.F"
     );
     // Without a continuation on the path there is nothing more to print.
     let (workload, path) = parse_case("o=4,n=2,b=4,p=1,k=1,u=1,s=101;W24+8.F#p22=-").unwrap();

@@ -1,0 +1,119 @@
+//! The I/O executor: the engine's device operations run concurrently on the devices, and each
+//! completion goes back to the engine thread's [`Events`] exactly once. The engine thread only
+//! hands operations over ([`Executor::submit`] never blocks on a device) and takes completions.
+//!
+//! Every device speaks [`AsyncDevice`]: `submit` starts an operation and the device calls the
+//! [`Done`] it was given when the operation ends. [`pool::Pooled`] is the backend for files and
+//! block devices (a pool of I/O threads, each with its own handle of the file); an NBD client
+//! device completes from its reply reader. A `Done` dropped without completing (a device
+//! thread that died) still delivers an error, so the engine never waits forever.
+
+pub mod pool;
+
+use engine::{Access, DeviceRole, IoError, IoOp, IoResult, OpId};
+
+use crate::events::Events;
+use crate::sync::Arc;
+
+/// A device that performs operations concurrently and completes each exactly once.
+pub trait AsyncDevice: Send + Sync {
+    fn size_sectors(&self) -> u64;
+    /// Starts `op`; `done` is completed exactly once, on any thread, possibly before `submit`
+    /// returns.
+    fn submit(&self, op: IoOp, done: Done);
+    /// Nanoseconds spent performing operations since the device started (the writeback
+    /// modulator's load estimate).
+    fn busy_ns(&self) -> u64 {
+        0
+    }
+}
+
+/// The one completion of one operation, delivered to the engine thread.
+pub struct Done {
+    events: Arc<Events>,
+    op: OpId,
+    role: DeviceRole,
+    sent: bool,
+}
+
+impl Done {
+    pub fn new(events: Arc<Events>, op: OpId, role: DeviceRole) -> Self {
+        Done {
+            events,
+            op,
+            role,
+            sent: false,
+        }
+    }
+
+    pub fn op(&self) -> OpId {
+        self.op
+    }
+
+    /// Delivers the result.
+    pub fn complete(mut self, result: IoResult) {
+        self.sent = true;
+        self.events.push_done(self.op, result);
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if !self.sent {
+            // The device lost the operation (a thread died, the device went away): the engine
+            // hears an error rather than waiting forever.
+            let e = IoError::new(
+                Access::Read,
+                0,
+                0,
+                format!("the {} device abandoned operation {}", self.role, self.op),
+            );
+            self.events.push_done(self.op, Err(e));
+        }
+    }
+}
+
+/// The devices of a cache, each behind an [`AsyncDevice`].
+pub struct Executor {
+    events: Arc<Events>,
+    cache: Box<dyn AsyncDevice>,
+    backing: Box<dyn AsyncDevice>,
+    plog: Option<Box<dyn AsyncDevice>>,
+}
+
+impl Executor {
+    pub fn new(
+        events: Arc<Events>,
+        cache: Box<dyn AsyncDevice>,
+        backing: Box<dyn AsyncDevice>,
+        plog: Option<Box<dyn AsyncDevice>>,
+    ) -> Self {
+        Executor {
+            events,
+            cache,
+            backing,
+            plog,
+        }
+    }
+
+    fn device(&self, role: DeviceRole) -> &dyn AsyncDevice {
+        match role {
+            DeviceRole::Cache => &*self.cache,
+            DeviceRole::Backing => &*self.backing,
+            DeviceRole::Plog => &**self
+                .plog
+                .as_ref()
+                .expect("the engine uses a plog only when it has one"),
+        }
+    }
+
+    /// Hands an operation to its device; never waits for it.
+    pub fn submit(&self, op: IoOp) {
+        let done = Done::new(self.events.clone(), op.id, op.role);
+        self.device(op.role).submit(op, done);
+    }
+
+    pub fn backing_busy_ns(&self) -> u64 {
+        self.backing.busy_ns()
+    }
+}
