@@ -316,22 +316,9 @@ impl SimEngine {
         Ok(())
     }
 
-    /// `drop_caches` run to the end (a careful reformat): bounded by the ring.
+    /// Every dirty block written back and recorded (a careful reformat): `Request::Drain`.
     pub fn drain(&mut self) -> engine::Result<()> {
-        self.engine.drop_caches();
-        for _ in 0..=4 * self.engine.geometry().nr_segments + 8 {
-            self.engine.start_due_steps();
-            self.run_until_idle();
-            if !self.engine.draining() {
-                return Ok(());
-            }
-            if let Some(e) = self.dead_error() {
-                return Err(e);
-            }
-        }
-        Err(engine::Error::Dead {
-            cause: "drop_caches made no progress".into(),
-        })
+        self.request(Request::Drain).map(drop)
     }
 
     /// Clean shutdown: everything in flight completes, everything acknowledged is made durable

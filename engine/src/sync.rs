@@ -140,8 +140,10 @@ fn drive<D: BlockDevice>(
     devs: &mut Devices<D>,
     mut poll: impl FnMut() -> Option<IoOp>,
     mut complete: impl FnMut(IoOp, IoResult),
+    mut round_done: impl FnMut(),
 ) {
     loop {
+        round_done();
         let mut ops = Vec::new();
         while let Some(op) = poll() {
             ops.push(op);
@@ -208,6 +210,7 @@ impl<D: BlockDevice> SyncEngine<D> {
             &mut devs,
             || opening.borrow_mut().poll_io(),
             |op, r| opening.borrow_mut().complete(op.id, r),
+            || {},
         );
         let opening = opening.into_inner();
         assert!(opening.is_done(), "opening stops only when done");
@@ -244,20 +247,35 @@ impl<D: BlockDevice> SyncEngine<D> {
 
     /// Completes everything the engine hands out until it is idle.
     pub fn run(&mut self) {
+        self.run_watched(|_| {});
+    }
+
+    /// [`SyncEngine::run`], calling `watch` between rounds of operations (progress reports).
+    fn run_watched(&mut self, mut watch: impl FnMut(&Engine)) {
         let engine = std::cell::RefCell::new(&mut self.engine);
         drive(
             &mut self.devs,
             || engine.borrow_mut().poll_io(),
             |op, r| engine.borrow_mut().complete(op.id, r),
+            || watch(&engine.borrow()),
         );
     }
 
     /// Submits one request, runs until idle, and returns its reply.
     pub fn request(&mut self, req: Request) -> Result<Option<Vec<u8>>> {
+        self.request_watched(req, |_| {})
+    }
+
+    /// [`SyncEngine::request`], calling `watch` between rounds of operations.
+    pub fn request_watched(
+        &mut self,
+        req: Request,
+        watch: impl FnMut(&Engine),
+    ) -> Result<Option<Vec<u8>>> {
         let id = ReqId(self.next_req);
         self.next_req += 1;
         self.engine.submit(id, req);
-        self.run();
+        self.run_watched(watch);
         let mut answer = None;
         while let Some(r) = self.engine.poll_reply() {
             if r.id == id {
@@ -391,23 +409,14 @@ impl<D: BlockDevice> SyncEngine<D> {
         Ok(bound)
     }
 
-    /// Writes every dirty block back and records it (`drop_caches` run to the end). Bounded:
-    /// each round writes back at least one batch or finds nothing to do.
+    /// Writes every dirty block back and records it: the engine's `Request::Drain`.
     pub fn drain(&mut self) -> Result<()> {
-        self.engine.drop_caches();
-        for _ in 0..=self.engine.geo.nr_segments + 2 {
-            if !self.engine.draining() {
-                return Ok(());
-            }
-            self.run_due_steps()?;
-        }
-        match self.dead_error() {
-            Some(e) => Err(e),
-            None if self.engine.draining() => Err(Error::Dead {
-                cause: "drop_caches made no progress".into(),
-            }),
-            None => Ok(()),
-        }
+        self.request(Request::Drain).map(drop)
+    }
+
+    /// [`SyncEngine::drain`], calling `watch` between rounds of operations (a progress bar).
+    pub fn drain_watched(&mut self, watch: impl FnMut(&Engine)) -> Result<()> {
+        self.request_watched(Request::Drain, watch).map(drop)
     }
 
     /// Clean shutdown: seal, make everything durable, record how far writeback got. Returns the

@@ -257,10 +257,7 @@ fn run(s: Setup, seed: u64) -> Outcome {
         e.check_invariants()
             .unwrap_or_else(|err| panic!("seed {seed} op {i}: {err}"));
     }
-    e.drop_caches();
-    while e.draining() {
-        e.run_due_steps().unwrap();
-    }
+    e.drain().unwrap();
     let (c, b) = e.shutdown().unwrap();
     let t = trace.borrow();
     Outcome {

@@ -425,8 +425,7 @@ fn devices_that_are_not_whole_blocks_work_to_their_last_sector() {
         let (mut e, rep) = SyncEngine::open(c, b, cfg(4, FormatPolicy::Never)).unwrap();
         assert!(rep.segments_applied >= 1, "{rep:?}");
         e.check_invariants().unwrap();
-        e.drop_caches();
-        e.run_due_steps().unwrap();
+        e.drain().unwrap();
         assert_eq!(e.status().nr_dirty_cache_blocks, 0);
         let (_, b) = e.shutdown().unwrap();
         let bytes = b.bytes();

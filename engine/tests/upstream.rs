@@ -165,8 +165,7 @@ fn wrapped_log_with_record_zero_recovers_every_segment() {
     // Opened again (no more evidence needed), and drained: the backing device holds it all.
     let (mut e, rep) = SyncEngine::open(c, b, cfg()).unwrap();
     assert_eq!((rep.record, rep.segments_applied), (55, 6));
-    e.drop_caches();
-    e.run_due_steps().unwrap();
+    e.drain().unwrap();
     let (_, b) = e.shutdown().unwrap();
     for (i, want) in expected(56, 61).iter().enumerate() {
         assert!(

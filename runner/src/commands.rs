@@ -193,28 +193,11 @@ pub fn writeback(backing: &Path, cache: &Path, plog: Option<&Path>) -> anyhow::R
     }
     let total = engine.status().nr_dirty_cache_blocks;
     let bar = dirty_bar(total);
-    engine.drop_caches();
-    // Each step moves an id forward (seal, write, write back, record), so the drain takes at
-    // most a few steps per segment of the ring and per RAM buffer.
-    let bound = 8 * (geo.nr_segments + 8) + 16;
-    for _ in 0..bound {
-        if !engine.draining() {
-            break;
-        }
-        let Some(step) = engine.next_step() else {
-            bail!(
-                "drain stalled with no step due (engine: {:?})",
-                engine.status().dead
-            );
-        };
-        engine
-            .run_step(step)
-            .with_context(|| format!("writeback step {step:?}"))?;
-        bar.set_position(total.saturating_sub(engine.status().nr_dirty_cache_blocks));
-    }
-    if engine.draining() {
-        bail!("drain did not finish within {bound} steps");
-    }
+    engine
+        .drain_watched(|e| {
+            bar.set_position(total.saturating_sub(e.status().nr_dirty_cache_blocks));
+        })
+        .context("writeback")?;
     bar.finish();
     let st = engine.status();
     let (_, _, plog_dev) = engine

@@ -123,6 +123,7 @@ impl Machine for FakeMachine {
             Request::Flush => IoKind::Flush,
             Request::Discard { sector, .. } => write_op(sector, 0, false),
             Request::WriteZeroes { sector, fua, .. } => write_op(sector, 0, fua),
+            Request::Drain => unreachable!("NBD has no drain; the runner never sends one"),
         };
         self.issue(kind, Pending::Request(id));
     }

@@ -128,6 +128,11 @@ pub enum Request {
         sectors: u64,
         fua: bool,
     },
+    /// Write back every dirty block and record it (`drop_caches` run to the end): answered
+    /// once the cache is clean, with every write acknowledged before it on the backing device
+    /// and the backing device flushed. The engine starts the steps this needs itself: it is
+    /// the one drain every driver, tool and test uses.
+    Drain,
 }
 
 /// The answer to a request: `Some(data)` for a read.
@@ -428,7 +433,7 @@ impl Engine {
             Request::Write {
                 sector, ref data, ..
             } => (sector, data.len() as u64),
-            Request::Flush => return Ok(()),
+            Request::Flush | Request::Drain => return Ok(()),
             Request::Discard { sector, sectors }
             | Request::WriteZeroes {
                 sector, sectors, ..
@@ -618,6 +623,9 @@ impl Engine {
         for id in self.sched.drain_waiter_ids() {
             self.reply(id, Err(err.clone()));
         }
+        for id in std::mem::take(&mut self.sched.drains) {
+            self.reply(id, Err(err.clone()));
+        }
         self.writeback = None;
         self.record = None;
     }
@@ -643,6 +651,7 @@ impl Engine {
             self.drive_plog_durability();
             self.answer_waiters();
             self.finish_drain_if_done();
+            self.drive_drain();
             if self.dead.is_some() || self.progress_mark() == before {
                 return;
             }

@@ -64,6 +64,8 @@ pub(crate) struct Schedule {
     pub last_outcome: StepOutcome,
     pub writebacks_finished: u64,
     cache_flushes: u64,
+    /// `Request::Drain`s waiting for the cache to be clean.
+    pub drains: Vec<ReqId>,
 }
 
 impl Schedule {
@@ -189,6 +191,12 @@ impl Engine {
         if self.dead.is_some() {
             return;
         }
+        self.begin_step(step);
+        self.pump();
+    }
+
+    /// Starts one step's work without pumping (the pump itself calls this while draining).
+    fn begin_step(&mut self, step: Step) {
         match step {
             Step::Seal => self.seal_open(),
             Step::FlushSegment => {
@@ -211,7 +219,29 @@ impl Engine {
                 }
             }
         }
-        self.pump();
+    }
+
+    /// A `Request::Drain` reached the head of the write queue: everything acknowledged
+    /// before it is placed, so draining until clean covers it.
+    pub(crate) fn start_drain(&mut self, id: ReqId) {
+        self.sched.draining = true;
+        self.sched.drains.push(id);
+        self.finish_drain_if_done();
+    }
+
+    /// While a `Request::Drain` waits, the engine starts the steps draining needs itself
+    /// (each call starts what is due now; the pump calls it again as completions arrive).
+    pub(crate) fn drive_drain(&mut self) {
+        if self.sched.drains.is_empty() || self.dead.is_some() {
+            return;
+        }
+        // Bounded as `start_due_steps`: every started step makes `next_step` move on.
+        for _ in 0..4 * (self.geo.nr_segments as usize + self.segs.pool) + 8 {
+            match self.next_step() {
+                Some(s) => self.begin_step(s),
+                None => return,
+            }
+        }
     }
 
     /// Starts every step that is due.
@@ -256,6 +286,9 @@ impl Engine {
             && self.durable_record == self.last_writeback
         {
             self.sched.draining = false;
+            for id in std::mem::take(&mut self.sched.drains) {
+                self.reply(id, Ok(None));
+            }
         }
     }
 

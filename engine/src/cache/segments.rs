@@ -272,7 +272,7 @@ impl Engine {
         }
     }
 
-    /// A segment write completed: its buffer returns to the pool.
+    /// A segment write completed: its buffer returns to the pool (rule R11: not before).
     pub(crate) fn segment_written(&mut self, id: u64, seq: u64) {
         self.segs.written(id, seq);
     }
@@ -374,7 +374,8 @@ impl Engine {
         let id = self.segs.last_sealed + 1;
         let need = id.saturating_sub(self.geo.nr_segments);
         if need > self.durable_record {
-            // The ring is full: forced writeback and a record, whatever allow_writeback says.
+            // Rule R9: the slot's old segment is not recorded as written back yet. The ring is
+            // full: forced writeback and a record, whatever allow_writeback says.
             self.force_room(need);
             return Err(Blocked::Slot);
         }

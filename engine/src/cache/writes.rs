@@ -51,6 +51,7 @@ pub(crate) enum QKind {
         fua: bool,
     },
     Flush,
+    Drain,
     /// Seed quirk H14: a discard that goes to the backing device only.
     BackingDiscard,
     /// Recovery: segment `seg` rebuilt from its plog entries (offset in the region, header).
@@ -131,6 +132,13 @@ impl WriteQueue {
             Request::Flush => Queued {
                 id: Some(id),
                 kind: QKind::Flush,
+                sector: 0,
+                sectors: 0,
+                done: 0,
+            },
+            Request::Drain => Queued {
+                id: Some(id),
+                kind: QKind::Drain,
                 sector: 0,
                 sectors: 0,
                 done: 0,
@@ -224,7 +232,7 @@ impl Engine {
             _ => Vec::new(),
         };
         match &head.kind {
-            QKind::Flush => return Advance::Done,
+            QKind::Flush | QKind::Drain => return Advance::Done,
             QKind::BackingDiscard => return self.backing_discard(head),
             QKind::Rebuild { .. } => return self.rebuild(head),
             QKind::LoadSegment { seg, slot, len } => return self.load_segment(*seg, *slot, *len),
@@ -256,6 +264,10 @@ impl Engine {
     fn finish(&mut self, head: Queued) {
         let Some(id) = head.id else { return };
         let wants_durable = match head.kind {
+            QKind::Drain => {
+                self.start_drain(id);
+                return;
+            }
             QKind::Flush => true,
             QKind::Write { fua, .. } => fua && !quirk!(self, WcIgnoresFua),
             QKind::Zeroes { fua } => fua,

@@ -522,16 +522,7 @@ fn make_state(e: &mut FillEng, state: State) -> Result<(), String> {
             e.run_step(Step::Record).map_err(eng_err("record"))?;
         }
         State::AllWrittenBack => {
-            e.message("drop_caches").map_err(eng_err("message"))?;
-            for _ in 0..4 * nr {
-                if !e.draining() {
-                    break;
-                }
-                e.run_due_steps().map_err(eng_err("background step"))?;
-            }
-            if e.draining() {
-                return Err("drop_caches did not finish".into());
-            }
+            e.drain().map_err(eng_err("drain"))?;
         }
     }
     let st = e.status();
