@@ -555,6 +555,23 @@ impl CrashState {
         overlay
     }
 
+    /// A key of everything a crash at this point can leave: the durable images and the pending
+    /// writes (their log order and sequence numbers, which sectors are still live, their write unit). Two
+    /// points with the same key have the same crash states, choice for choice: between two
+    /// completions of writes nothing of it changes, so the explorer checks such a point once.
+    pub fn state_key(&self) -> u128 {
+        let mut h = self.base_fingerprint() ^ 0x005e_ed0f_c4a5_u128 << 64;
+        for w in &self.pending {
+            // The log's sequence number names the write, and with it its data.
+            let mut x = mix64(w.seq ^ (w.role as u64) << 56) ^ mix64(w.sector) ^ w.unit_sectors;
+            for (s, live) in w.live.iter().enumerate() {
+                x = mix64(x ^ (s as u64) << 1 ^ *live as u64);
+            }
+            h = h.rotate_left(7) ^ x as u128 ^ (mix64(x) as u128) << 64;
+        }
+        h
+    }
+
     /// Fingerprint of the durable images (nothing pending persisted), computed once.
     pub fn base_fingerprint(&self) -> u128 {
         *self.base_fp.get_or_init(|| {

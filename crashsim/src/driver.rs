@@ -167,6 +167,16 @@ impl SimEngine {
         cfg: Config,
         order: Order,
     ) -> Result<engine::Result<(SimEngine, RecoveryReport)>, String> {
+        Self::open_scheduled(world, cfg, Scheduler::new(order))
+    }
+
+    /// [`SimEngine::open`] going on with a scheduler that already made choices (a reopen
+    /// within one run: the schedule is one sequence of choices across it).
+    pub fn open_scheduled(
+        world: &SharedWorld,
+        cfg: Config,
+        sched: Scheduler,
+    ) -> Result<engine::Result<(SimEngine, RecoveryReport)>, String> {
         let sizes = {
             let w = world.borrow();
             let size = |r| w.size_sectors(r).map_err(|e| e.to_string());
@@ -183,7 +193,7 @@ impl SimEngine {
         let mut devs = Devices {
             world: world.clone(),
             in_flight: Vec::new(),
-            sched: Scheduler::new(order),
+            sched,
         };
         let mut opening = match Opening::new(cfg, sizes) {
             Ok(o) => o,
@@ -210,11 +220,6 @@ impl SimEngine {
                 report,
             )
         }))
-    }
-
-    /// The order this engine's operations complete in (a reopen keeps it).
-    pub fn scheduler_order(&self) -> Order {
-        self.devs.sched.order().clone()
     }
 
     pub fn world(&self) -> &SharedWorld {
@@ -322,8 +327,8 @@ impl SimEngine {
     }
 
     /// Clean shutdown: everything in flight completes, everything acknowledged is made durable
-    /// and recorded. The world keeps the devices.
-    pub fn shutdown(mut self) -> engine::Result<()> {
+    /// and recorded. The world keeps the devices; the scheduler comes back for a reopen.
+    pub fn shutdown(mut self) -> engine::Result<Scheduler> {
         if let Some(e) = self.dead_error() {
             return Err(e);
         }
@@ -337,6 +342,6 @@ impl SimEngine {
             "a shutdown completes: {}",
             self.engine.shutdown_state()
         );
-        Ok(())
+        Ok(self.devs.sched)
     }
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use crashsim::explore::{
-    bounded_workloads, explore_workload, generate, replay_case, scenario_workloads, shrink,
-    BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, Violation, WlOp,
-    Workload, SCENARIOS,
+    bounded_workloads, explore_orders, explore_workload, generate, replay_case, scenario_workloads,
+    shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, OrderCoverage,
+    Violation, WlOp, Workload, SCENARIOS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -66,6 +66,10 @@ pub struct CrashTestArgs {
     /// Ring slots in bounded mode (2..=4).
     #[arg(long, default_value_t = 2)]
     bounded_slots: u64,
+    /// Bounded mode: the most completion orders explored per workload (every order when a
+    /// workload has no more; the summary says how many workloads had more).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    orders: u64,
     /// Print the summary (and violations) as JSON before the last line.
     #[arg(long)]
     json: bool,
@@ -409,6 +413,8 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
     let mut violations: Vec<Violation> = Vec::new();
     let mut nviolations = 0u64;
     let mut last_line = Instant::now();
+    let mut orders = orders::OrderTally::default();
+    let (bounded, max_orders) = (args.bounded.is_some(), args.orders);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let tx = tx.clone();
@@ -421,15 +427,19 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
                 let Some(w) = workloads.get(i as usize) else {
                     break;
                 };
-                let r = explore_workload(w, opts);
+                let r = match bounded {
+                    true => explore_orders(w, opts, max_orders),
+                    false => (explore_workload(w, opts), OrderCoverage::default()),
+                };
                 if tx.send(r).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        for r in rx {
+        for (r, cov) in rx {
             done += 1;
+            orders.add(cov);
             states += r.states;
             nviolations += r.violation_count;
             if max_violations.is_some_and(|m| nviolations >= m) {
@@ -504,6 +514,7 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         } else {
             println!("bounded: L = {len} NOT reached ({done} of {total} workloads), {states} states in {elapsed:.1}s");
         }
+        println!("bounded: {}", orders.describe(max_orders));
     }
     println!(
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
@@ -525,8 +536,9 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             })
             .collect();
         println!(
-            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"shown\":[{}]}}",
+            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"shown\":[{}]}}",
             stopped_early.as_deref().map_or_else(|| "null".to_string(), json_str),
+            if bounded { orders.json() } else { "null".to_string() },
             vs.join(",")
         );
     }
@@ -584,5 +596,6 @@ fn replay(case: &str, oracle: OracleSel) -> Result<bool, String> {
     Ok(findings.is_empty())
 }
 
+mod orders;
 #[cfg(test)]
 mod tests;

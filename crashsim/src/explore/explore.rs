@@ -10,7 +10,7 @@ use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
 use super::run::{drive, new_world, open_on, record, recovery_config};
-use super::workload::{continuation, WlConfig, WlOp, Workload};
+use super::workload::{continuation, Completion, WlConfig, WlOp, Workload};
 use crate::rng::mix64;
 use crate::{Choice, CrashPoint, CrashState, Dedup, ImageDevice, Others, PointSelection, World};
 
@@ -346,22 +346,100 @@ fn oracles_for(h: &History) -> (BlockOracle<'_>, PrefixOracle<'_>) {
 
 /// Explores every crash state of one workload.
 pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResult {
+    explore_scheduled(workload, opts, &mut Dedup::new()).0
+}
+
+/// How many completion orders of a workload were explored, and whether that is all of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderCoverage {
+    /// Orders explored.
+    pub explored: u64,
+    /// Every order was explored (false: the bound stopped the enumeration, or a violation).
+    pub complete: bool,
+}
+
+/// The next completion order after one whose choices were `made` ((choice, options) at each
+/// moment two or more operations were in flight), in depth-first order: the last choice that
+/// has an untried option takes it, the ones before stay, the ones after start over at the
+/// oldest. `None` when every order was tried. A run that follows the returned script makes
+/// the same choices up to its end (the same operations are in flight until then), so the
+/// enumeration visits every order exactly once.
+pub fn next_order(made: &[(u32, u32)]) -> Option<Vec<u32>> {
+    let i = made.iter().rposition(|&(c, n)| c + 1 < n)?;
+    let mut script: Vec<u32> = made[..i].iter().map(|&(c, _)| c).collect();
+    script.push(made[i].0 + 1);
+    Some(script)
+}
+
+/// Explores a workload under every order its operations can complete in, up to `max_orders`
+/// orders: the in-order run first, then each other order (`c=x…` scripts). Crash states
+/// already checked under an earlier order of the same workload (the same images at the same
+/// client cut) are not checked again, so the count is of distinct states. A workload with a
+/// seeded order is explored under that order only.
+pub fn explore_orders(
+    workload: &Workload,
+    opts: &ExploreOpts,
+    max_orders: u64,
+) -> (WorkloadResult, OrderCoverage) {
+    assert!(max_orders > 0, "at least the in-order run");
+    let mut dedup = Dedup::new();
+    let (mut total, mut made) = explore_scheduled(workload, opts, &mut dedup);
+    let mut cov = OrderCoverage {
+        explored: 1,
+        complete: false,
+    };
+    if matches!(workload.config.completion, Completion::Seeded(_)) {
+        return (total, cov);
+    }
+    // Bounded by max_orders.
+    while cov.explored < max_orders {
+        if opts.stop_at_first && total.violation_count > 0 {
+            return (total, cov);
+        }
+        let Some(script) = next_order(&made) else {
+            cov.complete = true;
+            return (total, cov);
+        };
+        let mut w = workload.clone();
+        w.config.completion = Completion::Script(script);
+        let (r, m) = explore_scheduled(&w, opts, &mut dedup);
+        made = m;
+        cov.explored += 1;
+        total.states += r.states;
+        total.violation_count += r.violation_count;
+        let room = opts.keep_violations.saturating_sub(total.violations.len());
+        total.violations.extend(r.violations.into_iter().take(room));
+    }
+    cov.complete = next_order(&made).is_none();
+    (total, cov)
+}
+
+/// Explores one workload under its own completion order, skipping top-level states `dedup`
+/// has seen; returns the result and the order's choices.
+fn explore_scheduled(
+    workload: &Workload,
+    opts: &ExploreOpts,
+    dedup: &mut Dedup,
+) -> (WorkloadResult, Vec<(u32, u32)>) {
     // Every open after a crash (recovery, continuation) uses this configuration.
     let config = match recovery_config(&workload.config) {
         Ok(c) => c,
         Err(e) => {
-            return WorkloadResult {
-                states: 0,
-                violation_count: 1,
-                violations: vec![Violation {
-                    workload: workload.clone(),
-                    path: vec![],
-                    finding: Finding {
-                        kind: Kind::Run,
-                        detail: e,
-                    },
-                }],
-            }
+            return (
+                WorkloadResult {
+                    states: 0,
+                    violation_count: 1,
+                    violations: vec![Violation {
+                        workload: workload.clone(),
+                        path: vec![],
+                        finding: Finding {
+                            kind: Kind::Run,
+                            detail: e,
+                        },
+                    }],
+                },
+                Vec::new(),
+            )
         }
     };
     let mut ctx = Ctx {
@@ -380,7 +458,7 @@ pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResu
                     detail: e,
                 }],
             );
-            return ctx.result;
+            return (ctx.result, Vec::new());
         }
     };
     if let Some(f) = &rec.failure {
@@ -393,7 +471,7 @@ pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResu
             }],
         );
         if ctx.done() {
-            return ctx.result;
+            return (ctx.result, rec.schedule);
         }
     }
     let world = rec.world.borrow();
@@ -404,9 +482,14 @@ pub fn explore_workload(workload: &Workload, opts: &ExploreOpts) -> WorkloadResu
         &[],
         Level::Top,
         workload.config.seed,
+        dedup,
     );
-    ctx.result
+    drop(world);
+    (ctx.result, rec.schedule)
 }
+
+/// Keeps crash-point keys apart from crash-state fingerprints in one [`Dedup`].
+const POINT_DOMAIN: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
 
 fn selection(opts: &ExploreOpts) -> PointSelection {
     if opts.fine {
@@ -418,6 +501,9 @@ fn selection(opts: &ExploreOpts) -> PointSelection {
 
 /// Explores the crash points of a recorded world against its history. `level` says what the
 /// world recorded (the workload, a recovery, a continuation).
+///
+/// `dedup` holds the fingerprints of the crash states already checked (images and client cut)
+/// and, apart from them, the keys of the crash points already explored.
 fn explore_world(
     ctx: &mut Ctx<'_>,
     world: &World,
@@ -425,13 +511,13 @@ fn explore_world(
     prefix: &[PathStep],
     level: Level,
     seed: u64,
+    dedup: &mut Dedup,
 ) {
     let points = match level {
         Level::Recovery => world.crash_points(PointSelection::fine()),
         _ => world.crash_points(selection(ctx.opts)),
     };
     let mut replayer = world.replayer();
-    let mut dedup = Dedup::new();
     for point in points {
         if ctx.done() {
             return;
@@ -484,7 +570,16 @@ fn explore_world(
             opts.k = 1;
             opts.random = 2;
         }
-        for choice in choices_for(&state, &opts, mix64(seed ^ point.before)) {
+        // A point whose crash state (durable images, pending writes, client cut) an earlier
+        // point already had would give the same systematic choices (between two completions
+        // of writes nothing of it changes), so only its random ones, seeded by the point, are
+        // tried: no fingerprint is computed twice for nothing.
+        let random_seed = mix64(seed ^ point.before);
+        let choices = match dedup.insert_fingerprint(state.state_key() ^ cut_key ^ POINT_DOMAIN) {
+            true => choices_for(&state, &opts, random_seed),
+            false => state.random_choices(random_seed, opts.random).collect(),
+        };
+        for choice in choices {
             if ctx.done() {
                 return;
             }
@@ -573,7 +668,7 @@ fn explore_recovery(
         return ctx.harness_error(path, format!("recovery for recovery crashes: {e}"));
     }
     let w2 = w2.borrow();
-    explore_world(ctx, &w2, hist, path, Level::Recovery, 0);
+    explore_world(ctx, &w2, hist, path, Level::Recovery, 0, &mut Dedup::new());
 }
 
 /// After a recovery: more writes and flushes on the recovered devices, then crash again.
@@ -640,7 +735,8 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
         }
     }
     let w = world.borrow();
-    explore_world(ctx, &w, &history, path, Level::Continuation, seed);
+    let seen = &mut Dedup::new();
+    explore_world(ctx, &w, &history, path, Level::Continuation, seed, seen);
 }
 
 /// Re-runs exactly one crash path of a case and returns what it found, with a log for humans.

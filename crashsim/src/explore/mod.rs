@@ -15,8 +15,8 @@ mod workload;
 pub use bounded::{bounded_workloads, BoundedParams};
 pub use check::{check_images, read_all, Finding, Kind, OracleSel, Recovered};
 pub use explore::{
-    choices_for, explore_workload, parse_case, replay_case, ExploreOpts, Level, PathStep,
-    Violation, WorkloadResult,
+    choices_for, explore_orders, explore_workload, next_order, parse_case, replay_case,
+    ExploreOpts, Level, OrderCoverage, PathStep, Violation, WorkloadResult,
 };
 pub use run::{
     drive, engine_config, initial_backing, new_world, open_on, record, recovery_config,

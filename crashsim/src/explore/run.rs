@@ -310,15 +310,14 @@ fn reformat(
     let id = history.begin_flush().map_err(|e| e.to_string())?;
     world.borrow_mut().client_begin(id, ClientOp::Flush);
     let mut e = slot.take().ok_or("no engine to reformat")?;
-    let order = e.scheduler_order();
     e.drain().map_err(|x| x.to_string())?;
-    e.shutdown().map_err(|x| x.to_string())?;
+    let sched = e.shutdown().map_err(|x| x.to_string())?;
     world.borrow_mut().mark("reformat");
     let cfg = Config {
         format: FormatPolicy::Always,
         ..config
     };
-    let (e, _) = SimEngine::open(world, cfg, order)?.map_err(|x| x.to_string())?;
+    let (e, _) = SimEngine::open_scheduled(world, cfg, sched)?.map_err(|x| x.to_string())?;
     *slot = Some(e);
     world.borrow_mut().client_end(id, true);
     history.complete(id).map_err(|e| e.to_string())
@@ -369,6 +368,9 @@ pub struct Recording {
     pub world: SharedWorld,
     pub history: History,
     pub failure: Option<RunFailure>,
+    /// The completion-order choices the run made: (choice, options) at every moment two or
+    /// more operations were in flight, opening included.
+    pub schedule: Vec<(u32, u32)>,
 }
 
 /// Formats a blank cache and runs the workload, recording everything.
@@ -385,6 +387,7 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
     let mut history = History::new(backing.clone()).map_err(|e| e.to_string())?;
     let mut model = ModelDisk::from_bytes(backing).map_err(|e| e.to_string())?;
     world.borrow_mut().mark("open");
+    let mut schedule = Vec::new();
     let failure = match open_on(&world, engine_config(config)?, config.completion.order())? {
         // An injected device error may hit the format itself: an error, not a lie.
         Err(engine::Error::Io { .. }) if config.faults.errors_expected() => None,
@@ -405,6 +408,9 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
                 config.faults.errors_expected(),
             )
             .err();
+            if let Some(e) = &engine {
+                schedule = e.schedule_made().to_vec();
+            }
             drop(engine);
             r
         }
@@ -413,5 +419,6 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
         world,
         history,
         failure,
+        schedule,
     })
 }
