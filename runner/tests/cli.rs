@@ -57,11 +57,11 @@ fn format_refuses_content_unless_forced() {
     );
     std::fs::File::create(&d.backing)
         .unwrap()
-        .set_len(4 * MIB + 512)
+        .set_len(4 * MIB + 100)
         .unwrap();
     let o = wbcache(&["format", "--cache", d.backing_str()]);
     assert!(
-        stderr(&o).contains("not a multiple of 4096"),
+        !o.status.success() && stderr(&o).contains("not a whole number of 512-byte sectors"),
         "{}",
         stderr(&o)
     );
@@ -256,6 +256,66 @@ fn offline_writeback_drains_a_wbcache_image() {
         stdout(&o).contains("wrote back 0 dirty block(s)"),
         "{}",
         stdout(&o)
+    );
+}
+
+/// A cache device of whole sectors but not whole 4 KiB blocks (4 MiB + 1.5 KiB) formats, serves,
+/// checks and drains: the tail past the last whole segment is left unused (issue 14, point 3).
+#[test]
+fn a_cache_of_whole_sectors_but_not_whole_blocks_is_used_up_to_its_last_segment() {
+    let d = Devices::new(8 * MIB, 4 * MIB + 1536);
+    let o = wbcache(&["format", "--cache", d.cache_str(), "--order", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let srv = Server::start(&d, &[]);
+    let mut c = srv.connect();
+    for i in 0..40u64 {
+        assert_eq!(c.write(i * 4096, &pattern(i, 4096), false), 0);
+    }
+    drop(c);
+    assert!(srv.stop().0.success());
+    let check = wbcache(&["check", d.cache_str()]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    let o = wbcache(&[
+        "writeback",
+        "--backing",
+        d.backing_str(),
+        "--cache",
+        d.cache_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let backing = std::fs::read(&d.backing).unwrap();
+    for i in 0..40usize {
+        assert!(
+            backing[i * 4096..][..4096] == pattern(i as u64, 4096)[..],
+            "block {i}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&d.cache).unwrap().len(),
+        4 * MIB + 1536,
+        "size untouched"
+    );
+    // A backing device must be whole blocks: refused by name and rule, before anything runs.
+    std::fs::File::create(&d.backing)
+        .unwrap()
+        .set_len(8 * MIB + 512)
+        .unwrap();
+    let o = wbcache(&[
+        "writeback",
+        "--backing",
+        d.backing_str(),
+        "--cache",
+        d.cache_str(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("not a whole number of 4096-byte blocks"),
+        "{}",
+        stderr(&o)
     );
 }
 

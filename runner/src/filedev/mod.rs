@@ -65,7 +65,8 @@ pub use open::DeviceError;
 pub use ownership::same_device;
 use stretches::{merge_runs, sharing_aligned_blocks};
 
-/// Every device is a whole number of these (the engine's block).
+/// The engine's block: a backing device is a whole number of these (a cache or plog device
+/// need only be a whole number of sectors), and no device is smaller.
 pub const DEVICE_GRAIN: u64 = 4096;
 const SECTOR: u64 = 512;
 /// Cap on one merged transfer of a batch. The bounce buffer lives as long as the device and

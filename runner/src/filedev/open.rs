@@ -23,8 +23,18 @@ pub enum DeviceError {
     NotFileOrBlockDevice { path: PathBuf },
     #[error("{path}: cannot determine its size: {source}")]
     Size { path: PathBuf, source: io::Error },
-    #[error("{path}: size {size} bytes is not a multiple of {DEVICE_GRAIN} bytes")]
-    NotBlockMultiple { path: PathBuf, size: u64 },
+    #[error(
+        "{path}: size {size} bytes is not a whole number of {SECTOR}-byte sectors, the unit \
+         every device is addressed in"
+    )]
+    NotSectorMultiple { path: PathBuf, size: u64 },
+    #[error(
+        "{path}: size {size} bytes is not a whole number of {DEVICE_GRAIN}-byte blocks: a \
+         backing device must be, since the cache keeps and writes back whole 4 KiB blocks \
+         (a cache or plog device may be any whole number of {SECTOR}-byte sectors; the part \
+         past its last whole segment or region is left unused)"
+    )]
+    BackingNotBlockMultiple { path: PathBuf, size: u64 },
     #[error("{path}: size {size} bytes is too small: at least {min} bytes are needed")]
     TooSmall { path: PathBuf, size: u64, min: u64 },
     #[error("{path}: logical block size {size} is not supported (512 or 4096 only)")]
@@ -191,8 +201,13 @@ impl FileDevice {
                 min: min_bytes.max(DEVICE_GRAIN),
             });
         }
-        if size % DEVICE_GRAIN != 0 {
-            return Err(DeviceError::NotBlockMultiple { path: p(), size });
+        // The format places whole segments (cache) and regions (plog) and leaves the rest
+        // unused, as upstream does; only the backing device maps 1:1 onto 4 KiB cache blocks.
+        if size % SECTOR != 0 {
+            return Err(DeviceError::NotSectorMultiple { path: p(), size });
+        }
+        if role == DeviceRole::Backing && size % DEVICE_GRAIN != 0 {
+            return Err(DeviceError::BackingNotBlockMultiple { path: p(), size });
         }
         let mut dev = FileDevice {
             file,

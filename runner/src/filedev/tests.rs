@@ -17,11 +17,32 @@ fn typed_errors_for_missing_small_and_odd_sized_files() {
         0,
     );
     assert!(matches!(e, Err(DeviceError::NotFound { .. })), "{e:?}");
-    let f = temp_file(4096 + 512);
+    let f = temp_file(4096 + 100);
     let e = FileDevice::open(f.path(), DeviceRole::Cache, IoMode::Buffered, 0);
     assert!(
-        matches!(e, Err(DeviceError::NotBlockMultiple { .. })),
+        matches!(e, Err(DeviceError::NotSectorMultiple { .. })),
         "{e:?}"
+    );
+    let msg = e.err().unwrap().to_string();
+    assert!(
+        msg.contains("4196 bytes") && msg.contains("512-byte sectors"),
+        "{msg}"
+    );
+    // Whole sectors but not whole blocks: a cache or plog device may be, a backing one not.
+    let f = temp_file(4096 + 512);
+    for role in [DeviceRole::Cache, DeviceRole::Plog] {
+        let d = FileDevice::open(f.path(), role, IoMode::Buffered, 0).unwrap();
+        assert_eq!(d.size_sectors(), 9);
+    }
+    let e = FileDevice::open(f.path(), DeviceRole::Backing, IoMode::Buffered, 0);
+    assert!(
+        matches!(e, Err(DeviceError::BackingNotBlockMultiple { .. })),
+        "{e:?}"
+    );
+    let msg = e.err().unwrap().to_string();
+    assert!(
+        msg.contains("4608 bytes") && msg.contains("4096-byte blocks"),
+        "{msg}"
     );
     let f = temp_file(4096);
     let e = FileDevice::open(f.path(), DeviceRole::Cache, IoMode::Buffered, 8192);
