@@ -45,7 +45,8 @@ struct Cli {
 enum Cmd {
     /// Format a cache device (refuses one that holds anything, unless --force).
     Format {
-        /// Cache device: a regular file or a block device, a multiple of 4 KiB.
+        /// Cache device: a regular file or a block device of any whole number of 512-byte
+        /// sectors (whole segments after the 1 MiB superblock area are used, the rest is left).
         #[arg(long, value_name = "C")]
         cache: PathBuf,
         /// Persistent-log device: formats a type-1 cache, whose FLUSH and FUA need only this
@@ -92,7 +93,7 @@ block back; shows progress until the cache is clean), `clear_stat` (zero the cou
     },
     /// Offline: recover the cache and write every dirty block back to the backing device.
     Writeback {
-        /// Backing device (the slow one that holds the data).
+        /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks.
         #[arg(long, value_name = "B")]
         backing: PathBuf,
         /// Cache device (wbcache or upstream dm-writeboost format).
