@@ -188,7 +188,7 @@ struct ControlArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Backing device (the slow one that holds the data).
+    /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks.
     #[arg(long, value_name = "B")]
     backing: PathBuf,
     /// Cache device, formatted with `wbcache format`.
