@@ -305,10 +305,11 @@ impl Opening {
 
     /// The plog superblock a type-1 cache runs with (the seed quirks H4, H9, H10 change how).
     fn open_plog_superblock(&self, r: &RecoverLayout, sectors: u64) -> Result<PlogSuperblock> {
-        let ignore_generation =
-            quirk!(self.cfg, H10MagicFirst) || quirk!(self.cfg, H4PlogStaleEntries);
+        // Either quirk (two statements: without the quirks feature both are `false`, and
+        // `false || false` is a lint of its own).
+        let mut ignore_generation = quirk!(self.cfg, H10MagicFirst);
+        ignore_generation |= quirk!(self.cfg, H4PlogStaleEntries);
         let order = r.geometry.order;
-        #[allow(unused_mut)]
         let mut sb = rplog::choose_superblock(
             &self.found.plog_copies,
             r.generation(),
@@ -316,24 +317,34 @@ impl Opening {
             sectors,
             ignore_generation,
         )?;
+        self.h9_regions_from_tunables(&mut sb, sectors);
+        Ok(sb)
+    }
+
+    /// Seed hazard H9 (quirk `h9`): the seed sized the plog from nr_rambuf_pool on every
+    /// start, the first (a format) included.
+    #[allow(unused_variables)]
+    fn h9_regions_from_tunables(&self, sb: &mut PlogSuperblock, sectors: u64) {
         if quirk!(self.cfg, H9PlogGeometryFromTunables) {
-            // The seed sized the plog from nr_rambuf_pool on every start.
             let fit = (sectors - pf::PLOG_FIRST_REGION_SECTOR) / sb.geometry.region_sectors as u64;
             sb.geometry.nr_regions =
                 (self.cfg.nr_rambuf_pool as u64 + 1).clamp(2, fit.max(2)) as u32;
         }
-        Ok(sb)
     }
 
     fn start_format(&mut self) -> Result<()> {
         let (order, generation) = (self.cfg.segment_size_order, self.cfg.generation);
         let plog_sb = match self.sizes.plog {
-            Some(sectors) => Some(rplog::format_superblock(
-                &self.found.plog_copies,
-                sectors,
-                order,
-                generation,
-            )?),
+            Some(sectors) => {
+                let mut sb = rplog::format_superblock(
+                    &self.found.plog_copies,
+                    sectors,
+                    order,
+                    generation,
+                )?;
+                self.h9_regions_from_tunables(&mut sb, sectors);
+                Some(sb)
+            }
             None => None,
         };
         let magic_first = quirk!(self.cfg, H10MagicFirst);
