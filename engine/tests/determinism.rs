@@ -13,11 +13,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use engine::device::{Observed, Observer, Op};
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
-use engine::{
-    BlockDevice, Config, FormatPolicy, IoError, MemDevice, ReadReq, Step, SyncEngine, Tunables,
-    WriteReq,
-};
+use engine::{Config, FormatPolicy, MemDevice, Step, SyncEngine, Tunables};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -57,58 +55,36 @@ const WRITE: u8 = 2;
 const FLUSH: u8 = 3;
 const BATCH: u8 = 4;
 
-/// A device that records every operation into a shared trace hash.
-struct TraceDevice<D> {
-    inner: D,
+/// Folds every operation of one device into the trace hash it shares with the other device.
+struct Tracer {
     role: u8,
     trace: Rc<RefCell<Trace>>,
 }
 
-impl<D: BlockDevice> BlockDevice for TraceDevice<D> {
-    fn size_sectors(&self) -> u64 {
-        self.inner.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let r = self.inner.read(sector, buf);
-        // What was read is part of the trace: a read of a different place or at a different
-        // time shows up even if the engine then ignores the bytes.
-        self.trace
-            .borrow_mut()
-            .op(READ, self.role, sector, buf.len(), false, buf);
-        r
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        {
-            let mut t = self.trace.borrow_mut();
-            t.op(WRITE, self.role, sector, data.len(), fua, data);
-            t.bytes_written += data.len() as u64;
+impl Observer for Tracer {
+    fn observe(&mut self, op: &Op<'_>, _failed: bool) {
+        let mut t = self.trace.borrow_mut();
+        match *op {
+            // What was read is part of the trace: a read of a different place or at a
+            // different time shows up even if the engine then ignores the bytes.
+            Op::Read { sector, data } => t.op(READ, self.role, sector, data.len(), false, data),
+            Op::Write { sector, data, fua } => {
+                t.op(WRITE, self.role, sector, data.len(), fua, data);
+                t.bytes_written += data.len() as u64;
+            }
+            Op::Flush => t.op(FLUSH, self.role, 0, 0, false, &[]),
+            Op::WriteBatch(w) => t.op(BATCH, self.role, w.len() as u64, 0, false, &[]),
+            Op::ReadBatch(r) => t.op(BATCH, self.role, r.len() as u64, 1, false, &[]),
         }
-        self.inner.write(sector, data, fua)
     }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.trace
-            .borrow_mut()
-            .op(FLUSH, self.role, 0, 0, false, &[]);
-        self.inner.flush()
-    }
-    fn write_batch(&mut self, writes: &[WriteReq<'_>]) -> Result<(), IoError> {
-        self.trace
-            .borrow_mut()
-            .op(BATCH, self.role, writes.len() as u64, 0, false, &[]);
-        for w in writes {
-            self.write(w.sector, w.data, w.fua)?;
-        }
-        Ok(())
-    }
-    fn read_batch(&mut self, reads: &mut [ReadReq<'_>]) -> Result<(), IoError> {
-        self.trace
-            .borrow_mut()
-            .op(BATCH, self.role, reads.len() as u64, 1, false, &[]);
-        for r in reads.iter_mut() {
-            self.read(r.sector, r.buf)?;
-        }
-        Ok(())
-    }
+}
+
+/// A device that records every operation into a shared trace hash.
+type TraceDevice = Observed<MemDevice, Tracer>;
+
+fn traced(sectors: u64, role: u8, trace: &Rc<RefCell<Trace>>) -> TraceDevice {
+    let trace = trace.clone();
+    Observed::with_observer(MemDevice::new(sectors), Tracer { role, trace })
 }
 
 /// splitmix64: tiny, seeded, no dependencies.
@@ -161,16 +137,8 @@ fn config(s: &Setup, format: FormatPolicy, tunables: Tunables) -> Config {
 /// Runs the workload of `seed` on fresh traced devices.
 fn run(s: Setup, seed: u64) -> Outcome {
     let trace = Rc::new(RefCell::new(Trace::new()));
-    let cache = TraceDevice {
-        inner: MemDevice::new(SUPERBLOCK_SECTORS + (s.nr_segments << s.order)),
-        role: 0,
-        trace: trace.clone(),
-    };
-    let backing = TraceDevice {
-        inner: MemDevice::new(s.backing_blocks * SECTORS_PER_BLOCK),
-        role: 1,
-        trace: trace.clone(),
-    };
+    let cache = traced(SUPERBLOCK_SECTORS + (s.nr_segments << s.order), 0, &trace);
+    let backing = traced(s.backing_blocks * SECTORS_PER_BLOCK, 1, &trace);
     let mut tunables = Tunables::defaults(s.order);
     tunables.sync_interval = 1;
     tunables.update_record_interval = 2;
@@ -265,8 +233,8 @@ fn run(s: Setup, seed: u64) -> Outcome {
         trace_ops: t.ops,
         bytes_written: t.bytes_written,
         reads_hash: reads.hash,
-        cache: c.inner.into_bytes(),
-        backing: b.inner.into_bytes(),
+        cache: c.into_inner().into_bytes(),
+        backing: b.into_inner().into_bytes(),
     }
 }
 

@@ -14,6 +14,7 @@
 mod json;
 use json::json_is_valid;
 
+use engine::device::{Fault, Faulty, ReadOnly};
 use engine::format::{
     self, encode_superblock, Geometry, Metablock, RecordExt, SuperblockExt, BLOCK_SIZE, EXT_OFFSET,
     FORMAT_VERSION, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_MAGIC,
@@ -21,29 +22,22 @@ use engine::format::{
 };
 use engine::inspect::{NoteKind, ProblemKind, RecordSource, SlotClass, StopReason, SuperblockKind};
 use engine::{
-    check, check_against_backing, dump, BlockDevice, CheckReport, Config, Dump, Error,
-    FormatPolicy, IoError, MemDevice, RecoveryReport, Step, SyncEngine,
+    check, check_against_backing, dump, Access, BlockDevice, CheckReport, Config, Dump, Error,
+    FormatPolicy, MemDevice, RecoveryReport, Step, SyncEngine,
 };
 use proptest::prelude::*;
 
 const GENERATION: u64 = 0x5eed;
 
-/// A device that fails the test on any write or flush: inspection is read-only.
-struct ReadOnly<'a>(&'a mut MemDevice);
-
-impl BlockDevice for ReadOnly<'_> {
-    fn size_sectors(&self) -> u64 {
-        self.0.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.0.read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], _fua: bool) -> Result<(), IoError> {
-        panic!("inspection wrote {} bytes at sector {sector}", data.len());
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        panic!("inspection flushed the device");
-    }
+/// Lends `dev` to `f` behind a [`ReadOnly`] wrapper and takes it back; fails the test if
+/// anything tried to write or flush it (even if the error was swallowed): inspection is
+/// read-only.
+fn read_only<T>(dev: &mut MemDevice, f: impl FnOnce(&mut ReadOnly<MemDevice>) -> T) -> T {
+    let mut ro = ReadOnly::new(std::mem::replace(dev, MemDevice::new(0)));
+    let out = f(&mut ro);
+    assert_eq!(ro.refused(), 0, "inspection wrote to or flushed the device");
+    *dev = ro.into_inner();
+    out
 }
 
 /// `check` through a read-only wrapper; also asserts the image is byte-identical afterwards and
@@ -55,11 +49,10 @@ fn checked(cache: &mut MemDevice) -> CheckReport {
 /// [`checked`], optionally against a backing device of `backing_sectors`.
 fn checked_with(cache: &mut MemDevice, backing_sectors: Option<u64>) -> CheckReport {
     let before = cache.bytes().to_vec();
-    let mut dev = ReadOnly(cache);
-    let report = match backing_sectors {
-        None => check(&mut dev),
-        Some(b) => check_against_backing(&mut dev, b),
-    }
+    let report = read_only(cache, |dev| match backing_sectors {
+        None => check(dev),
+        Some(b) => check_against_backing(dev, b),
+    })
     .expect("check reads a MemDevice without I/O errors");
     assert!(
         cache.bytes() == before.as_slice(),
@@ -73,7 +66,7 @@ fn checked_with(cache: &mut MemDevice, backing_sectors: Option<u64>) -> CheckRep
 
 fn dumped(cache: &mut MemDevice, segment: Option<u64>) -> Dump {
     let before = cache.bytes().to_vec();
-    let d = dump(&mut ReadOnly(cache), segment).expect("dump reads a MemDevice");
+    let d = read_only(cache, |dev| dump(dev, segment)).expect("dump reads a MemDevice");
     assert!(cache.bytes() == before.as_slice(), "dump changed the image");
     let json = d.to_json();
     assert!(json_is_valid(&json), "invalid JSON: {json}");
@@ -711,13 +704,16 @@ fn check_against_a_backing_device_finds_blocks_past_its_end() {
     e.write(100 * SECTORS_PER_BLOCK, &blk(1), true).unwrap();
     let (mut c, _) = e.into_devices();
     let before = c.bytes().to_vec();
-    let fits = check_against_backing(&mut ReadOnly(&mut c), 128 * SECTORS_PER_BLOCK).unwrap();
+    let fits = read_only(&mut c, |d| {
+        check_against_backing(d, 128 * SECTORS_PER_BLOCK)
+    })
+    .unwrap();
     assert!(fits.sound, "{fits}");
     assert_eq!(
         fits.replay.unwrap().backing_sectors_needed,
         101 * SECTORS_PER_BLOCK
     );
-    let small = check_against_backing(&mut ReadOnly(&mut c), 16 * SECTORS_PER_BLOCK).unwrap();
+    let small = read_only(&mut c, |d| check_against_backing(d, 16 * SECTORS_PER_BLOCK)).unwrap();
     assert!(!small.sound);
     assert!(small
         .problems
@@ -725,9 +721,9 @@ fn check_against_a_backing_device_finds_blocks_past_its_end() {
         .any(|p| p.kind == ProblemKind::BackingTooSmall));
     // A backing device need not be whole 4 KiB blocks (upstream takes any size): its last
     // block is partial. An empty one is refused.
-    let odd = check_against_backing(&mut ReadOnly(&mut c), 1001).unwrap();
+    let odd = read_only(&mut c, |d| check_against_backing(d, 1001)).unwrap();
     assert!(odd.sound, "{odd}");
-    let empty = check_against_backing(&mut ReadOnly(&mut c), 0).unwrap();
+    let empty = read_only(&mut c, |d| check_against_backing(d, 0)).unwrap();
     assert!(empty
         .problems
         .iter()
@@ -994,36 +990,6 @@ proptest! {
     }
 }
 
-/// A device whose reads of one sector fail.
-struct FailingRead {
-    dev: MemDevice,
-    bad_sector: u64,
-}
-
-impl BlockDevice for FailingRead {
-    fn size_sectors(&self) -> u64 {
-        self.dev.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let end = sector + (buf.len() / SECTOR_SIZE) as u64;
-        if (sector..end).contains(&self.bad_sector) {
-            return Err(IoError::new(
-                engine::Access::Read,
-                sector,
-                end - sector,
-                "medium error",
-            ));
-        }
-        self.dev.read(sector, buf)
-    }
-    fn write(&mut self, _: u64, _: &[u8], _: bool) -> Result<(), IoError> {
-        panic!("inspection wrote");
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        panic!("inspection flushed");
-    }
-}
-
 #[test]
 fn a_read_error_is_an_io_error_not_a_verdict() {
     let mut e = fresh(4, 4, 16);
@@ -1032,10 +998,9 @@ fn a_read_error_is_an_io_error_not_a_verdict() {
     let (dev, _) = e.into_devices();
     let geo = Geometry::new(4, dev.size_sectors()).unwrap();
     for bad_sector in [0, RECORD_SECTOR, geo.slot_sector(0), geo.block_sector(0, 0)] {
-        let mut d = FailingRead {
-            dev: dev.clone(),
-            bad_sector,
-        };
+        // Reads of one sector fail.
+        let fault = Fault::fail(Access::Read).at_sector(bad_sector);
+        let mut d = ReadOnly::new(Faulty::with_fault(dev.clone(), fault));
         let err = check(&mut d).unwrap_err();
         assert!(
             matches!(
@@ -1048,6 +1013,8 @@ fn a_read_error_is_an_io_error_not_a_verdict() {
             "{err}"
         );
         assert!(matches!(dump(&mut d, None), Err(Error::Io { .. })));
+        assert_eq!(d.refused(), 0, "inspection wrote or flushed");
+        assert!(d.inner().injected() >= 2, "both hit the bad sector");
     }
 }
 
@@ -1097,8 +1064,10 @@ fn open_type1(
 /// byte-identical afterwards and both renderings are well-formed.
 fn checked_plog(cache: &mut MemDevice, plog: &mut MemDevice, backing: Option<u64>) -> CheckReport {
     let (cache_before, plog_before) = (cache.bytes().to_vec(), plog.bytes().to_vec());
-    let report = check_with_plog(&mut ReadOnly(cache), &mut ReadOnly(plog), backing)
-        .expect("check reads MemDevices without I/O errors");
+    let report = read_only(cache, |c| {
+        read_only(plog, |p| check_with_plog(c, p, backing))
+    })
+    .expect("check reads MemDevices without I/O errors");
     assert!(
         cache.bytes() == cache_before.as_slice(),
         "check changed the cache"
@@ -1358,7 +1327,10 @@ fn type1_dump_shows_the_plog_superblocks_and_regions() {
     let (mut cache, _, plog) = e.into_all_devices();
     let mut plog = plog.unwrap();
     let before = (cache.bytes().to_vec(), plog.bytes().to_vec());
-    let d = dump_with_plog(&mut ReadOnly(&mut cache), &mut ReadOnly(&mut plog), None).unwrap();
+    let d = read_only(&mut cache, |c| {
+        read_only(&mut plog, |p| dump_with_plog(c, p, None))
+    })
+    .unwrap();
     assert!(cache.bytes() == before.0.as_slice() && plog.bytes() == before.1.as_slice());
     assert!(json_is_valid(&d.to_json()), "{}", d.to_json());
     let p = d.plog.as_ref().unwrap();

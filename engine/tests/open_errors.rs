@@ -7,56 +7,21 @@
 // on workspace-wide); `..Config::default()` keeps these literals compiling both ways.
 #![allow(clippy::needless_update)]
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
+use engine::device::{Observed, SharedDevice};
 use engine::format::{
     self, encode_superblock, Geometry, GeometryError, Metablock, SuperblockExt, BLOCK_SIZE,
     EXT_OFFSET, FORMAT_VERSION, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_MAGIC,
     SUPERBLOCK_SECTORS,
 };
-use engine::{
-    BlockDevice, Config, Error, FormatPolicy, IoError, MemDevice, RecoveryReport, SyncEngine,
-};
+use engine::{Config, Error, FormatPolicy, MemDevice, RecoveryReport, SyncEngine};
 use proptest::prelude::*;
 
 /// A device whose storage the test keeps a handle on, counting writes, so the bytes can be
 /// inspected after `SyncEngine::open` consumed (and dropped) the device.
-#[derive(Clone)]
-struct Shared {
-    dev: Rc<RefCell<MemDevice>>,
-    writes: Rc<RefCell<u64>>,
-}
+type Shared = SharedDevice<Observed<MemDevice>>;
 
-impl Shared {
-    fn new(bytes: Vec<u8>) -> Self {
-        Shared {
-            dev: Rc::new(RefCell::new(MemDevice::from_bytes(bytes))),
-            writes: Rc::new(RefCell::new(0)),
-        }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        self.dev.borrow().bytes().to_vec()
-    }
-    fn writes(&self) -> u64 {
-        *self.writes.borrow()
-    }
-}
-
-impl BlockDevice for Shared {
-    fn size_sectors(&self) -> u64 {
-        self.dev.borrow().size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.dev.borrow_mut().read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        *self.writes.borrow_mut() += 1;
-        self.dev.borrow_mut().write(sector, data, fua)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.dev.borrow_mut().flush()
-    }
+fn shared(bytes: Vec<u8>) -> Shared {
+    SharedDevice::new(Observed::new(MemDevice::from_bytes(bytes)))
 }
 
 fn cfg(order: u8, format: FormatPolicy) -> Config {
@@ -78,17 +43,17 @@ fn open_image(
     cfg: Config,
 ) -> Result<(SyncEngine<Shared>, RecoveryReport), Error> {
     let before = cache.clone();
-    let dev = Shared::new(cache);
-    let backing = Shared::new(vec![0u8; backing_sectors as usize * SECTOR_SIZE]);
+    let dev = shared(cache);
+    let backing = shared(vec![0u8; backing_sectors as usize * SECTOR_SIZE]);
     let r = SyncEngine::open(dev.clone(), backing, cfg);
     if let Err(e) = &r {
         assert_eq!(
-            dev.writes(),
+            dev.borrow().counts().write_ops,
             0,
             "a failed open ({e}) issued writes to the cache device"
         );
         assert!(
-            dev.bytes() == before,
+            dev.borrow().inner().bytes() == before,
             "a failed open ({e}) changed the cache device"
         );
     }

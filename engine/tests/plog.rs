@@ -12,6 +12,7 @@
 
 #![allow(clippy::needless_update)]
 
+use engine::device::{Counts, Observed, VolatileMem};
 use engine::format::plog::{self as pf, PLOG_FIRST_REGION_SECTOR};
 use engine::format::{SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS};
 use engine::{BlockDevice, Config, Error, FormatPolicy, MemDevice, RecoveryReport, SyncEngine};
@@ -333,48 +334,12 @@ fn shutdown_leaves_nothing_for_the_plog() {
 // ----- write-gathering: the plog stage -----
 
 /// A device with a volatile write cache that counts its writes and flushes: reads see every
-/// completed write, [`Volatile::crash`] keeps only what a flush (or FUA) made durable.
-struct Volatile {
-    current: MemDevice,
-    durable: MemDevice,
-    counts: std::rc::Rc<std::cell::Cell<(u64, u64)>>,
-}
+/// completed write, a crash (`into_inner().crash()`) keeps only what a flush (or FUA) made
+/// durable.
+type Volatile = Observed<VolatileMem>;
 
-impl Volatile {
-    fn new(sectors: u64) -> Self {
-        Volatile {
-            current: MemDevice::new(sectors),
-            durable: MemDevice::new(sectors),
-            counts: Default::default(),
-        }
-    }
-    /// A power cut that loses every write not yet flushed.
-    fn crash(self) -> MemDevice {
-        self.durable
-    }
-}
-
-impl BlockDevice for Volatile {
-    fn size_sectors(&self) -> u64 {
-        self.current.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), engine::IoError> {
-        self.current.read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), engine::IoError> {
-        let (w, f) = self.counts.get();
-        self.counts.set((w + 1, f));
-        if fua {
-            self.durable.write(sector, data, false)?;
-        }
-        self.current.write(sector, data, false)
-    }
-    fn flush(&mut self) -> Result<(), engine::IoError> {
-        let (w, f) = self.counts.get();
-        self.counts.set((w, f + 1));
-        self.durable = self.current.clone();
-        Ok(())
-    }
+fn volatile(sectors: u64) -> Volatile {
+    Observed::new(VolatileMem::new(sectors))
 }
 
 /// Order 9: 63 blocks per segment, a region of 2 · 9 · 63 = 1134 sectors.
@@ -394,32 +359,33 @@ fn g_cfg(format: FormatPolicy) -> Config {
     }
 }
 
-/// A fresh type-1 engine on volatile devices, and the plog's (writes, flushes) counter.
-#[allow(clippy::type_complexity)]
-fn g_fresh() -> (
-    SyncEngine<Volatile>,
-    std::rc::Rc<std::cell::Cell<(u64, u64)>>,
-) {
-    let cache = Volatile::new(SUPERBLOCK_SECTORS + (6 << G_ORDER));
-    let backing = Volatile::new(256 * SECTORS_PER_BLOCK);
-    let plog = Volatile::new(PLOG_FIRST_REGION_SECTOR + 4 * pf::region_sectors_for(63) as u64);
-    let counts = plog.counts.clone();
+/// A fresh type-1 engine on volatile devices, and the plog's counts once formatted.
+fn g_fresh() -> (SyncEngine<Volatile>, Counts) {
+    let cache = volatile(SUPERBLOCK_SECTORS + (6 << G_ORDER));
+    let backing = volatile(256 * SECTORS_PER_BLOCK);
+    let plog = volatile(PLOG_FIRST_REGION_SECTOR + 4 * pf::region_sectors_for(63) as u64);
     let (e, rep) =
         SyncEngine::open_with_plog(cache, backing, Some(plog), g_cfg(FormatPolicy::IfBlank))
             .unwrap();
     assert!(rep.formatted);
     // Formatting wrote and flushed; count from here.
-    counts.set((0, 0));
-    (e, counts)
+    let base = e.plog_device().unwrap().counts();
+    (e, base)
+}
+
+/// The plog's (writes, flushes) since `base`.
+fn plog_io(e: &SyncEngine<Volatile>, base: Counts) -> (u64, u64) {
+    let c = e.plog_device().unwrap().counts() - base;
+    (c.write_ops, c.flushes)
 }
 
 /// A power cut on volatile devices (only flushed writes survive), then recovery.
 fn g_crash_and_reopen(e: SyncEngine<Volatile>) -> (SyncEngine<MemDevice>, RecoveryReport) {
     let (c, b, p) = e.into_all_devices();
     let (e, rep) = SyncEngine::open_with_plog(
-        c.crash(),
-        b.crash(),
-        Some(p.unwrap().crash()),
+        c.into_inner().crash(),
+        b.into_inner().crash(),
+        Some(p.unwrap().into_inner().crash()),
         g_cfg(FormatPolicy::Never),
     )
     .unwrap();
@@ -435,15 +401,15 @@ fn g_read(e: &mut SyncEngine<impl BlockDevice>, block: u64) -> Vec<u8> {
 
 #[test]
 fn writes_between_flushes_go_to_the_plog_as_one_write() {
-    let (mut e, plog) = g_fresh();
+    let (mut e, base) = g_fresh();
     for b in 0..16u64 {
         e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
         e.check_invariants().unwrap();
     }
-    assert_eq!(plog.get(), (0, 0), "16 entries wait in the stage");
+    assert_eq!(plog_io(&e, base), (0, 0), "16 entries wait in the stage");
     e.flush().unwrap();
     assert_eq!(
-        plog.get(),
+        plog_io(&e, base),
         (1, 1),
         "one gathered plog write, then one flush"
     );
@@ -453,19 +419,23 @@ fn writes_between_flushes_go_to_the_plog_as_one_write() {
     assert_eq!(st.last_sealed_id, 0, "no segment sealed for the FLUSH");
     // Nothing new: a FLUSH costs nothing.
     e.flush().unwrap();
-    assert_eq!(plog.get(), (1, 1));
+    assert_eq!(plog_io(&e, base), (1, 1));
     // A FUA write after two plain ones: the three entries go out as one write, then a flush.
     e.write(16 * 8, &data(17, 8), false).unwrap();
     e.write(17 * 8, &data(18, 8), false).unwrap();
     e.write(18 * 8, &data(19, 8), true).unwrap();
-    assert_eq!(plog.get(), (2, 2));
+    assert_eq!(plog_io(&e, base), (2, 2));
 
     // Unflushed writes, some over flushed blocks, then a power cut that loses everything the
     // devices did not flush: the flushed data is all there.
     for b in [0u64, 1, 2, 40, 41] {
         e.write(b * 8, &data(100 + b as u32, 8), false).unwrap();
     }
-    assert_eq!(plog.get(), (2, 2), "the unflushed entries are only staged");
+    assert_eq!(
+        plog_io(&e, base),
+        (2, 2),
+        "the unflushed entries are only staged"
+    );
     let (mut e, rep) = g_crash_and_reopen(e);
     assert_eq!(rep.plog_entries_replayed, 19, "{rep:?}");
     for b in 0..19u64 {
@@ -487,19 +457,19 @@ fn writes_between_flushes_go_to_the_plog_as_one_write() {
 
 #[test]
 fn the_stage_is_written_when_full_and_when_the_region_changes() {
-    let (mut e, plog) = g_fresh();
+    let (mut e, base) = g_fresh();
     let full = STAGE_FULL_BLOCK_ENTRIES;
     for b in 0..full {
         e.write(b * 8, &data(b as u32 + 1, 8), false).unwrap();
     }
     assert_eq!(
-        plog.get(),
+        plog_io(&e, base),
         (0, 0),
         "{full} full-block entries fit the stage"
     );
     e.write(full * 8, &data(full as u32 + 1, 8), false).unwrap();
     assert_eq!(
-        plog.get(),
+        plog_io(&e, base),
         (1, 0),
         "the next one does not: the stage went out first"
     );
@@ -511,9 +481,9 @@ fn the_stage_is_written_when_full_and_when_the_region_changes() {
         e.check_invariants().unwrap();
     }
     assert_eq!(e.status().last_sealed_id, 1);
-    assert_eq!(plog.get(), (3, 0));
+    assert_eq!(plog_io(&e, base), (3, 0));
     e.flush().unwrap();
-    assert_eq!(plog.get(), (4, 1));
+    assert_eq!(plog_io(&e, base), (4, 1));
     let (mut e, rep) = g_crash_and_reopen(e);
     assert_eq!(rep.plog_segments_rebuilt, 2, "{rep:?}");
     for b in 0..70u64 {

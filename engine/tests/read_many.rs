@@ -15,68 +15,22 @@
 // on workspace-wide); `..Config::default()` keeps these literals compiling both ways.
 #![allow(clippy::needless_update)]
 
-use std::cell::Cell;
-use std::rc::Rc;
-
+use engine::device::{Fault, Faulty, Observed, Observer, Op};
 use engine::format::SECTORS_PER_BLOCK;
-use engine::{
-    Access, BlockDevice, Config, FormatPolicy, IoError, MemDevice, ReadReq, Step, SyncEngine,
-    Tunables,
-};
+use engine::{Access, Config, FormatPolicy, MemDevice, ReadReq, Step, SyncEngine, Tunables};
 
-/// A fault a device injects into reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    None,
-    /// Every read covering this sector fails.
-    FailSector(u64),
-    /// Every read fails.
-    FailAll,
-    /// Every read returns its data with the first byte flipped.
-    Flip,
-}
-
-/// What the devices of one engine saw, over the whole test.
+/// Checks every `read_batch` a device sees keeps the trait's promise (no two requests overlap)
+/// and counts the ones with more than one request.
 #[derive(Default)]
-struct Seen {
-    /// `read_batch` calls with more than one request.
-    multi_request_batches: Cell<u64>,
+struct BatchCheck {
+    multi_request_batches: u64,
 }
 
-struct TestDevice {
-    mem: MemDevice,
-    fault: Rc<Cell<Fault>>,
-    seen: Rc<Seen>,
-}
-
-impl BlockDevice for TestDevice {
-    fn size_sectors(&self) -> u64 {
-        self.mem.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let sectors = (buf.len() / 512) as u64;
-        match self.fault.get() {
-            Fault::FailSector(s) if (sector..sector + sectors).contains(&s) => {
-                return Err(IoError::new(Access::Read, sector, sectors, "injected EIO"));
-            }
-            Fault::FailAll => {
-                return Err(IoError::new(Access::Read, sector, sectors, "injected EIO"));
-            }
-            _ => {}
-        }
-        self.mem.read(sector, buf)?;
-        if self.fault.get() == Fault::Flip && !buf.is_empty() {
-            buf[0] ^= 0xff;
-        }
-        Ok(())
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.mem.write(sector, data, fua)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.mem.flush()
-    }
-    fn read_batch(&mut self, reads: &mut [ReadReq<'_>]) -> Result<(), IoError> {
+impl Observer for BatchCheck {
+    fn observe(&mut self, op: &Op<'_>, _failed: bool) {
+        let Op::ReadBatch(reads) = op else {
+            return;
+        };
         let mut ranges: Vec<(u64, u64)> = reads
             .iter()
             .map(|r| (r.sector, r.sector + (r.buf.len() / 512) as u64))
@@ -89,15 +43,17 @@ impl BlockDevice for TestDevice {
             );
         }
         if reads.len() > 1 {
-            self.seen
-                .multi_request_batches
-                .set(self.seen.multi_request_batches.get() + 1);
+            self.multi_request_batches += 1;
         }
-        for r in reads.iter_mut() {
-            self.read(r.sector, r.buf)?;
-        }
-        Ok(())
     }
+}
+
+/// A device that checks its batches and injects the faults a test arms on it (into each read of
+/// a batch, one by one).
+type TestDevice = Observed<Faulty<MemDevice>, BatchCheck>;
+
+fn test_device(mem: MemDevice) -> TestDevice {
+    Observed::with_observer(Faulty::new(mem), BatchCheck::default())
 }
 
 /// xorshift64*: replays from its seed, no dependency.
@@ -122,42 +78,45 @@ const HOT_BLOCKS: u64 = 12;
 
 struct Twin {
     engine: SyncEngine<TestDevice>,
-    backing_fault: Rc<Cell<Fault>>,
-    cache_fault: Rc<Cell<Fault>>,
-    seen_backing: Rc<Seen>,
-    seen_cache: Rc<Seen>,
+}
+
+impl Twin {
+    /// Arms `fault` on the backing or the cache device, or disarms it (`None`).
+    fn set_fault(&self, backing: bool, fault: Option<Fault>) {
+        let dev = if backing {
+            self.engine.backing_device()
+        } else {
+            self.engine.cache_device()
+        };
+        match fault {
+            Some(f) => dev.inner().arm(f),
+            None => dev.inner().disarm(),
+        }
+    }
+
+    fn multi_request_batches(&self, backing: bool) -> u64 {
+        let dev = if backing {
+            self.engine.backing_device()
+        } else {
+            self.engine.cache_device()
+        };
+        dev.observer().multi_request_batches
+    }
 }
 
 fn open(type1: bool, pool: usize, allow_writeback: bool) -> Twin {
-    let (backing_fault, cache_fault) = (
-        Rc::new(Cell::new(Fault::None)),
-        Rc::new(Cell::new(Fault::None)),
-    );
-    let (seen_backing, seen_cache) = (Rc::new(Seen::default()), Rc::new(Seen::default()));
-    let dev = |sectors: u64, fault: &Rc<Cell<Fault>>, seen: &Rc<Seen>| TestDevice {
-        mem: MemDevice::new(sectors),
-        fault: fault.clone(),
-        seen: seen.clone(),
-    };
-    let mut backing = dev(
-        BACKING_BLOCKS * SECTORS_PER_BLOCK,
-        &backing_fault,
-        &seen_backing,
-    );
+    let mut backing = MemDevice::new(BACKING_BLOCKS * SECTORS_PER_BLOCK);
     // Recognisable backing content, so a miss and a stale cached copy look different.
-    for (i, b) in backing.mem.bytes_mut().iter_mut().enumerate() {
+    for (i, b) in backing.bytes_mut().iter_mut().enumerate() {
         *b = (i / 512) as u8 ^ 0xa5;
     }
-    let cache = dev(2048 + NR_SEGMENTS * (1 << ORDER), &cache_fault, &seen_cache);
+    let backing = test_device(backing);
+    let cache = test_device(MemDevice::new(2048 + NR_SEGMENTS * (1 << ORDER)));
     let plog = type1.then(|| {
         let blocks = (1usize << (ORDER - 3)) - 1;
         let sectors = engine::format::plog::PLOG_FIRST_REGION_SECTOR
             + 3 * engine::format::plog::region_sectors_for(blocks) as u64;
-        dev(
-            sectors,
-            &Rc::new(Cell::new(Fault::None)),
-            &Rc::new(Seen::default()),
-        )
+        test_device(MemDevice::new(sectors))
     });
     let mut tunables = Tunables::defaults(ORDER);
     tunables.allow_writeback = allow_writeback;
@@ -172,13 +131,7 @@ fn open(type1: bool, pool: usize, allow_writeback: bool) -> Twin {
     };
     let (engine, _) = SyncEngine::open_with_plog(cache, backing, plog, cfg).expect("open");
     assert_eq!(engine.cache_type(), type1 as u8);
-    Twin {
-        engine,
-        backing_fault,
-        cache_fault,
-        seen_backing,
-        seen_cache,
-    }
+    Twin { engine }
 }
 
 fn pick_sector(rng: &mut Rng) -> u64 {
@@ -314,20 +267,21 @@ fn run_case(seed: u64, type1: bool, totals: &mut [u64; 16]) -> (u64, u64) {
             mutate(&mut rng, &mut [&mut a, &mut b, &mut c], &mut write_no);
         }
         // Now and then a fault, on one device, for this batch.
+        // Every read covering a sector fails, every read fails, every read returns its data
+        // with the first byte flipped.
         let fault = match rng.below(16) {
-            0 => Some((true, Fault::FailSector(pick_sector(&mut rng)))),
-            1 => Some((false, Fault::FailAll)),
-            2 => Some((false, Fault::Flip)),
-            3 => Some((true, Fault::Flip)),
+            0 => Some((
+                true,
+                Fault::fail(Access::Read).at_sector(pick_sector(&mut rng)),
+            )),
+            1 => Some((false, Fault::fail(Access::Read))),
+            2 => Some((false, Fault::flip(Access::Read))),
+            3 => Some((true, Fault::flip(Access::Read))),
             _ => None,
         };
         if let Some((backing, f)) = fault {
             for t in [&a, &b] {
-                if backing {
-                    t.backing_fault.set(f);
-                } else {
-                    t.cache_fault.set(f);
-                }
+                t.set_fault(backing, Some(f));
             }
         }
         let shape = read_batch_shape(&mut rng);
@@ -356,16 +310,16 @@ fn run_case(seed: u64, type1: bool, totals: &mut [u64; 16]) -> (u64, u64) {
             *t += now - before;
         }
         for t in [&a, &b] {
-            t.backing_fault.set(Fault::None);
-            t.cache_fault.set(Fault::None);
+            t.set_fault(true, None);
+            t.set_fault(false, None);
         }
         if got.dead.is_some() {
             break;
         }
     }
     (
-        a.seen_backing.multi_request_batches.get(),
-        a.seen_cache.multi_request_batches.get(),
+        a.multi_request_batches(true),
+        a.multi_request_batches(false),
     )
 }
 

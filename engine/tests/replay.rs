@@ -11,14 +11,12 @@
 // on workspace-wide); `..Config::default()` keeps these literals compiling both ways.
 #![allow(clippy::needless_update)]
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
+use engine::device::SharedMem;
 use engine::format::{
     self, Geometry, BLOCK_SIZE, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE, SUPERBLOCK_SECTORS,
 };
 use engine::{
-    BlockDevice, Config, DeviceRole, Error, FormatPolicy, IoError, MemDevice, RecoveryReport, Step,
+    BlockDevice, Config, DeviceRole, Error, FormatPolicy, MemDevice, RecoveryReport, Step,
     SyncEngine,
 };
 
@@ -425,32 +423,14 @@ fn record_is_written_to_sector_2047() {
 
 // ----- bit rot -----
 
-/// A device whose storage the test can reach while the engine runs.
-#[derive(Clone)]
-struct Shared(Rc<RefCell<MemDevice>>);
-
-impl BlockDevice for Shared {
-    fn size_sectors(&self) -> u64 {
-        self.0.borrow().size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.0.borrow_mut().read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.0.borrow_mut().write(sector, data, fua)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.0.borrow_mut().flush()
-    }
-}
-
-fn shared_engine(order: u8, nr: u64, backing_blocks: u64) -> (SyncEngine<Shared>, Shared, Shared) {
-    let cache = Shared(Rc::new(RefCell::new(MemDevice::new(
-        SUPERBLOCK_SECTORS + (nr << order),
-    ))));
-    let backing = Shared(Rc::new(RefCell::new(MemDevice::new(
-        backing_blocks * SECTORS_PER_BLOCK,
-    ))));
+/// An engine on devices whose storage the test can reach while the engine runs.
+fn shared_engine(
+    order: u8,
+    nr: u64,
+    backing_blocks: u64,
+) -> (SyncEngine<SharedMem>, SharedMem, SharedMem) {
+    let cache = SharedMem::mem(SUPERBLOCK_SECTORS + (nr << order));
+    let backing = SharedMem::mem(backing_blocks * SECTORS_PER_BLOCK);
     let (e, _) = SyncEngine::open(
         cache.clone(),
         backing.clone(),
@@ -468,7 +448,7 @@ fn bit_rot_in_a_cached_block_is_an_error_and_kills_the_cache() {
     write_block(&mut e, 5, 2); // segment 1, position 1
     e.flush().unwrap();
     let rot = geo.block_sector(geo.slot_of(1), 1);
-    cache.0.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE + 100] ^= 0x08;
+    cache.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE + 100] ^= 0x08;
 
     // The intact block still reads.
     assert_eq!(read_block(&mut e, 0), blk(1));
@@ -524,7 +504,7 @@ fn partial_overwrite_of_a_rotted_block_fails_instead_of_carrying_garbage() {
     write_block(&mut e, 2, 1);
     e.flush().unwrap();
     let rot = geo.block_sector(geo.slot_of(1), 0);
-    cache.0.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE + 3000] ^= 0x80;
+    cache.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE + 3000] ^= 0x80;
     // A one-sector write must merge the old dirty sectors, which fail their CRC.
     let err = e.write(2 * SECTORS_PER_BLOCK, &[7u8; SECTOR_SIZE], false);
     assert!(
@@ -542,7 +522,7 @@ fn bit_rot_before_writeback_never_reaches_the_backing_device() {
     write_block(&mut e, 4, 2);
     e.flush().unwrap();
     let rot = geo.block_sector(geo.slot_of(1), 1);
-    cache.0.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE] ^= 0x01;
+    cache.borrow_mut().bytes_mut()[rot as usize * SECTOR_SIZE] ^= 0x01;
     let err = e.run_step(Step::Writeback).unwrap_err();
     assert!(
         matches!(
@@ -556,7 +536,7 @@ fn bit_rot_before_writeback_never_reaches_the_backing_device() {
     );
     assert!(e.is_dead());
     assert!(
-        backing.0.borrow().bytes().iter().all(|&x| x == 0),
+        backing.borrow().bytes().iter().all(|&x| x == 0),
         "nothing of the rotted segment was written back"
     );
     assert_eq!(e.status().last_writeback_id, 0);

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use engine::format::{plog::region_sectors_for, BLOCK_SIZE, SECTORS_PER_BLOCK};
 use engine::{Config, FormatPolicy, SyncEngine, Tunables};
 
-use super::latency::{Counters, LatencyDevice, LatencyModel, HDD, SSD};
+use engine::device::latency::{Counters, LatencyDevice, HDD, SSD};
+
+use super::latency::{markdown_row, MARKDOWN_HEADER};
 use super::{Mode, Section, Table};
 use crashsim::rng::SplitMix64;
 
@@ -146,11 +148,11 @@ fn config(order: u8, format: FormatPolicy) -> Config {
 
 fn run_one(order: u8, cache_type: u8, interval: u64, writes: u64) -> Result<Run, String> {
     let n = (1u64 << (order - 3)) - 1;
-    let cache = LatencyDevice::new(engine::format::SUPERBLOCK_SECTORS + (SLOTS << order), SSD);
-    let backing = LatencyDevice::new(BACKING_BLOCKS * SECTORS_PER_BLOCK, HDD);
+    let cache = LatencyDevice::mem(engine::format::SUPERBLOCK_SECTORS + (SLOTS << order), SSD);
+    let backing = LatencyDevice::mem(BACKING_BLOCKS * SECTORS_PER_BLOCK, HDD);
     let plog = (cache_type == 1).then(|| {
         let sectors = 2 * SECTORS_PER_BLOCK + PLOG_REGIONS * region_sectors_for(n as usize) as u64;
-        LatencyDevice::new(sectors, SSD)
+        LatencyDevice::mem(sectors, SSD)
     });
     let cfg = config(order, FormatPolicy::IfBlank);
     let (mut e, _) = SyncEngine::open_with_plog(cache, backing, plog, cfg)
@@ -489,7 +491,7 @@ impl Section for FlushHeavy {
             BG_PERIOD_NS / 1_000_000,
         ));
         md.push_str(
-            "**Latency model** (`xtask/src/bench/latency.rs`). The engine is synchronous, so the \
+            "**Latency model** (`engine/src/device/latency.rs`). The engine is synchronous, so the \
              model is serial: every operation's time is added up, nothing overlaps, and a \
              run's simulated time is the sum over its devices. *Client MB/s* is acknowledged \
              bytes over the device time spent inside client writes and FLUSHes (what a client \
@@ -498,10 +500,10 @@ impl Section for FlushHeavy {
              is sequential when it starts where the previous one ended; the model gives no \
              credit to sorting otherwise.\n\n",
         );
-        md.push_str(LatencyModel::MARKDOWN_HEADER);
+        md.push_str(MARKDOWN_HEADER);
         md.push('\n');
         for m in [SSD, HDD] {
-            md.push_str(&m.markdown_row());
+            md.push_str(&markdown_row(&m));
             md.push('\n');
         }
         md.push_str(

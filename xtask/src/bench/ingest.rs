@@ -22,8 +22,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use engine::device::{Counts, Observed};
 use engine::format::{plog::region_sectors_for, BLOCK_SIZE, SECTORS_PER_BLOCK, SUPERBLOCK_SECTORS};
-use engine::{BlockDevice, Config, FormatPolicy, IoError, MemDevice, SyncEngine, Tunables};
+use engine::{Config, FormatPolicy, MemDevice, SyncEngine, Tunables};
 
 use super::{Mode, Section, Table};
 use crashsim::rng::SplitMix64;
@@ -117,57 +118,13 @@ fn stamp(buf: &mut [u8], block: u64, write: u64) {
 }
 
 /// A [`MemDevice`] that counts what goes through it (a few additions per call).
-struct Counted {
-    dev: MemDevice,
-    c: Counts,
-}
+type Counted = Observed<MemDevice>;
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Counts {
-    bytes_written: u64,
-    bytes_read: u64,
-    writes: u64,
-}
-
-impl std::ops::Sub for Counts {
-    type Output = Counts;
-    fn sub(self, o: Counts) -> Counts {
-        Counts {
-            bytes_written: self.bytes_written - o.bytes_written,
-            bytes_read: self.bytes_read - o.bytes_read,
-            writes: self.writes - o.writes,
-        }
-    }
-}
-
-impl Counted {
-    /// A zeroed device whose every page is touched now, not inside the timed region.
-    fn new(sectors: u64) -> Self {
-        let mut dev = MemDevice::new(sectors);
-        touch(dev.bytes_mut());
-        Counted {
-            dev,
-            c: Counts::default(),
-        }
-    }
-}
-
-impl BlockDevice for Counted {
-    fn size_sectors(&self) -> u64 {
-        self.dev.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.c.bytes_read += buf.len() as u64;
-        self.dev.read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.c.bytes_written += data.len() as u64;
-        self.c.writes += 1;
-        self.dev.write(sector, data, fua)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.dev.flush()
-    }
+/// A zeroed counted device whose every page is touched now, not inside the timed region.
+fn counted(sectors: u64) -> Counted {
+    let mut dev = MemDevice::new(sectors);
+    touch(dev.bytes_mut());
+    Observed::new(dev)
 }
 
 /// Writes every page of `buf` (zeros: the content stays what it was).
@@ -330,10 +287,10 @@ fn run_one(
     let memcpy_secs = memcpy_run(&addrs, &mut payloads, dst)?;
     let crc_secs = crc_run(writes, &payloads);
 
-    let cache = Counted::new(SUPERBLOCK_SECTORS + (slots << ORDER));
-    let backing = Counted::new(backing_blocks * SECTORS_PER_BLOCK);
+    let cache = counted(SUPERBLOCK_SECTORS + (slots << ORDER));
+    let backing = counted(backing_blocks * SECTORS_PER_BLOCK);
     let plog = (cache_type == 1).then(|| {
-        Counted::new(2 * SECTORS_PER_BLOCK + PLOG_REGIONS * region_sectors_for(n as usize) as u64)
+        counted(2 * SECTORS_PER_BLOCK + PLOG_REGIONS * region_sectors_for(n as usize) as u64)
     });
     let engine_err = |what: &str, err: engine::Error| format!("{what}: {err}");
     let (mut e, _) =
@@ -344,9 +301,9 @@ fn run_one(
     }
     let counts = |e: &SyncEngine<Counted>| {
         [
-            e.cache_device().c,
-            e.backing_device().c,
-            e.plog_device().map(|p| p.c).unwrap_or_default(),
+            e.cache_device().counts(),
+            e.backing_device().counts(),
+            e.plog_device().map(|p| p.counts()).unwrap_or_default(),
         ]
     };
     let c0 = counts(&e);
@@ -362,11 +319,11 @@ fn run_one(
     for (i, &block) in addrs.iter().enumerate() {
         let buf = &mut payloads[i % PAYLOADS];
         stamp(buf, block, i as u64);
-        let backing_before = e.backing_device().c.bytes_written;
+        let backing_before = e.backing_device().counts().bytes_written;
         e.write(block * SECTORS_PER_BLOCK, buf, false)
             .map_err(|err| engine_err(&format!("write #{i} to block {block}"), err))?;
         let now = Instant::now();
-        if e.backing_device().c.bytes_written != backing_before {
+        if e.backing_device().counts().bytes_written != backing_before {
             forced_writes += 1;
             forced_secs += (now - prev).as_secs_f64();
         }

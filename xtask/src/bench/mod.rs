@@ -9,7 +9,7 @@
 mod crash_rate;
 mod flush_heavy;
 mod ingest;
-pub mod latency;
+mod latency;
 mod memory;
 mod nbd_fio;
 mod replay;

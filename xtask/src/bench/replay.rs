@@ -41,7 +41,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use engine::device::{ReadReq, WriteReq};
+use engine::device::{Observed, Observer, Op};
 use engine::format::{
     self, Geometry, Superblock, BLOCK_SIZE, RECORD_SECTOR, SECTORS_PER_BLOCK, SECTOR_SIZE,
     UPSTREAM_ORDER,
@@ -104,125 +104,104 @@ struct Io {
     flushes: u64,
 }
 
-/// Counts every request on its way to the wrapped device.
-struct Counted<D> {
-    dev: D,
+/// Adds up the bytes each read transfers once widened to the device's O_DIRECT alignment.
+struct Widened {
     /// O_DIRECT alignment of the device (1: none).
     align: u64,
-    io: Io,
+    bytes: u64,
 }
 
-impl<D> Counted<D> {
-    fn new(dev: D, align: u64) -> Self {
-        Counted {
-            dev,
-            align: align.max(1),
-            io: Io::default(),
+impl Observer for Widened {
+    fn observe(&mut self, op: &Op<'_>, _failed: bool) {
+        if let Op::Read { sector, data } = *op {
+            let (off, a) = (sector * SECTOR_SIZE as u64, self.align);
+            let (start, end) = (off / a * a, (off + data.len() as u64).div_ceil(a) * a);
+            self.bytes += end - start;
         }
     }
+}
 
-    fn count_read(&mut self, sector: u64, len: usize) {
-        let (off, a) = (sector * SECTOR_SIZE as u64, self.align);
-        let (start, end) = (off / a * a, (off + len as u64).div_ceil(a) * a);
-        self.io.read_ops += 1;
-        self.io.read_bytes += len as u64;
-        self.io.device_read_bytes += end - start;
+/// Counts every request on its way to the wrapped device.
+type Counted<D> = Observed<D, Widened>;
+
+fn counted<D>(dev: D, align: u64) -> Counted<D> {
+    let align = align.max(1);
+    Observed::with_observer(dev, Widened { align, bytes: 0 })
+}
+
+/// What `d` was asked since it was opened.
+fn io<D>(d: &Counted<D>) -> Io {
+    let c = d.counts();
+    Io {
+        read_ops: c.read_ops,
+        read_bytes: c.bytes_read,
+        device_read_bytes: d.observer().bytes,
+        write_ops: c.write_ops,
+        flushes: c.flushes,
     }
 }
 
-impl<D: BlockDevice> BlockDevice for Counted<D> {
-    fn size_sectors(&self) -> u64 {
-        self.dev.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.count_read(sector, buf.len());
-        self.dev.read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.io.write_ops += 1;
-        self.dev.write(sector, data, fua)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.io.flushes += 1;
-        self.dev.flush()
-    }
-    fn write_batch(&mut self, writes: &[WriteReq<'_>]) -> Result<(), IoError> {
-        self.io.write_ops += writes.len() as u64;
-        self.dev.write_batch(writes)
-    }
-    fn read_batch(&mut self, reads: &mut [ReadReq<'_>]) -> Result<(), IoError> {
-        for r in reads.iter() {
-            self.count_read(r.sector, r.buf.len());
-        }
-        self.dev.read_batch(reads)
-    }
-}
-
-/// An in-memory device that remembers which chunks changed since when, so only those are
-/// copied to the file of a state.
-struct TrackedMem {
-    mem: MemDevice,
+/// Which chunks of an in-memory device changed since when, so only those are copied to the
+/// file of a state.
+struct Changes {
     /// Per chunk: the number of the last write that touched it (0: never written).
     chunk_write: Vec<u64>,
+    /// Writes so far (a failed one too: it may have changed part of its range).
     writes: u64,
 }
 
-impl TrackedMem {
-    fn new(sectors: u64) -> Self {
-        let bytes = sectors as usize * SECTOR_SIZE;
-        TrackedMem {
-            mem: MemDevice::new(sectors),
-            chunk_write: vec![0; bytes.div_ceil(CHUNK)],
-            writes: 0,
-        }
-    }
-
-    /// Copies to `file` every chunk written after write number `since`, then flushes the file.
-    /// Returns the bytes copied.
-    fn copy_changes(&self, since: u64, file: &mut FileDevice) -> Result<u64, String> {
-        let bytes = self.mem.bytes();
-        let mut copied = 0u64;
-        let mut c = 0;
-        // Runs of changed chunks, at most 16 of them a write.
-        while c < self.chunk_write.len() {
-            if self.chunk_write[c] <= since {
-                c += 1;
-                continue;
+impl Observer for Changes {
+    fn observe(&mut self, op: &Op<'_>, _failed: bool) {
+        if let Op::Write { sector, data, .. } = *op {
+            self.writes += 1;
+            let start = sector as usize * SECTOR_SIZE;
+            let end = (start + data.len())
+                .div_ceil(CHUNK)
+                .min(self.chunk_write.len());
+            for c in &mut self.chunk_write[(start / CHUNK).min(end)..end] {
+                *c = self.writes;
             }
-            let first = c;
-            while c < self.chunk_write.len() && self.chunk_write[c] > since && c - first < 16 {
-                c += 1;
-            }
-            let (start, end) = (first * CHUNK, (c * CHUNK).min(bytes.len()));
-            file.write((start / SECTOR_SIZE) as u64, &bytes[start..end], false)
-                .map_err(|e| format!("writing the image to {}: {e}", file.path().display()))?;
-            copied += (end - start) as u64;
         }
-        file.flush()
-            .map_err(|e| format!("fdatasync of {}: {e}", file.path().display()))?;
-        Ok(copied)
     }
 }
 
-impl BlockDevice for TrackedMem {
-    fn size_sectors(&self) -> u64 {
-        self.mem.size_sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.mem.read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.mem.write(sector, data, fua)?;
-        self.writes += 1;
-        let start = sector as usize * SECTOR_SIZE;
-        for c in start / CHUNK..(start + data.len()).div_ceil(CHUNK) {
-            self.chunk_write[c] = self.writes;
+/// An in-memory device that remembers which chunks changed since when.
+type TrackedMem = Observed<MemDevice, Changes>;
+
+fn tracked_mem(sectors: u64) -> TrackedMem {
+    let bytes = sectors as usize * SECTOR_SIZE;
+    let changes = Changes {
+        chunk_write: vec![0; bytes.div_ceil(CHUNK)],
+        writes: 0,
+    };
+    Observed::with_observer(MemDevice::new(sectors), changes)
+}
+
+/// Copies to `file` every chunk of `mem` written after write number `since`, then flushes the
+/// file. Returns the bytes copied.
+fn copy_changes(mem: &TrackedMem, since: u64, file: &mut FileDevice) -> Result<u64, String> {
+    let bytes = mem.inner().bytes();
+    let chunk_write = &mem.observer().chunk_write;
+    let mut copied = 0u64;
+    let mut c = 0;
+    // Runs of changed chunks, at most 16 of them a write.
+    while c < chunk_write.len() {
+        if chunk_write[c] <= since {
+            c += 1;
+            continue;
         }
-        Ok(())
+        let first = c;
+        while c < chunk_write.len() && chunk_write[c] > since && c - first < 16 {
+            c += 1;
+        }
+        let (start, end) = (first * CHUNK, (c * CHUNK).min(bytes.len()));
+        file.write((start / SECTOR_SIZE) as u64, &bytes[start..end], false)
+            .map_err(|e| format!("writing the image to {}: {e}", file.path().display()))?;
+        copied += (end - start) as u64;
     }
-    fn flush(&mut self) -> Result<(), IoError> {
-        Ok(())
-    }
+    file.flush()
+        .map_err(|e| format!("fdatasync of {}: {e}", file.path().display()))?;
+    Ok(copied)
 }
 
 /// A temp directory removed with everything in it when dropped (on success, error or panic).
@@ -291,7 +270,7 @@ fn open_file(path: &Path, role: DeviceRole) -> Result<FileDevice, String> {
 fn counted_file(path: &Path, role: DeviceRole) -> Result<Counted<FileDevice>, String> {
     let f = open_file(path, role)?;
     let align = if f.is_direct() { f.alignment() } else { 1 };
-    Ok(Counted::new(f, align))
+    Ok(counted(f, align))
 }
 
 // ----- upstream's replay -----
@@ -559,8 +538,7 @@ fn time_ours(cache: &Path, backing: &Path) -> Result<(FileEng, RecoveryReport, f
     let t = Instant::now();
     let (e, rep) = SyncEngine::open(c, b, cfg).map_err(eng_err("our replay (SyncEngine::open)"))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut io = e.cache_device().io;
-    let bio = e.backing_device().io;
+    let (mut io, bio) = (io(e.cache_device()), io(e.backing_device()));
     if bio.read_ops != 0 || bio.write_ops != 0 || io.write_ops != 0 {
         return Err(format!(
             "our replay wrote to the cache device ({} writes) or touched the backing device \
@@ -577,7 +555,7 @@ fn time_upstream(cache: &Path) -> Result<(Upstream, f64, Io), String> {
     let t = Instant::now();
     let up = upstream_replay(&mut c)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    Ok((up, ms, c.io))
+    Ok((up, ms, io(&c)))
 }
 
 /// Checks both replays against each other and against the newest write of a sample of blocks.
@@ -645,7 +623,7 @@ fn verify(
                 "the copy of block {block} upstream's index points to is not its newest write"
             ));
         }
-        let before = ours.cache_device().io.read_ops;
+        let before = ours.cache_device().counts().read_ops;
         ours.read(block * SECTORS_PER_BLOCK, &mut got)
             .map_err(eng_err("reading through our recovered engine"))?;
         if got != want {
@@ -653,7 +631,7 @@ fn verify(
                 "our recovered engine reads block {block} wrong (not its newest write)"
             ));
         }
-        let ours_cached = ours.cache_device().io.read_ops > before;
+        let ours_cached = ours.cache_device().counts().read_ops > before;
         let up_dirty = up.slot_ids[slot as usize] > up.last_writeback;
         if ours_cached != up_dirty {
             return fail(format!(
@@ -699,7 +677,7 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
         generation: GENERATION,
         ..Config::default()
     };
-    let (mut e, rep) = SyncEngine::open(TrackedMem::new(sectors), TrackedMem::new(sectors), cfg)
+    let (mut e, rep) = SyncEngine::open(tracked_mem(sectors), tracked_mem(sectors), cfg)
         .map_err(eng_err("formatting the in-memory cache"))?;
     if !rep.formatted {
         return Err("the in-memory cache was not formatted".into());
@@ -726,16 +704,12 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
             // Closed again before the replays open the images.
             let mut cache_file = open_file(&cache_path, DeviceRole::Cache)?;
             let mut backing_file = open_file(&backing_path, DeviceRole::Backing)?;
-            copied += e
-                .cache_device()
-                .copy_changes(since_cache, &mut cache_file)?;
-            copied += e
-                .backing_device()
-                .copy_changes(since_backing, &mut backing_file)?;
+            copied += copy_changes(e.cache_device(), since_cache, &mut cache_file)?;
+            copied += copy_changes(e.backing_device(), since_backing, &mut backing_file)?;
         }
         copy_s += t.elapsed().as_secs_f64();
-        since_cache = e.cache_device().writes;
-        since_backing = e.backing_device().writes;
+        since_cache = e.cache_device().observer().writes;
+        since_backing = e.backing_device().observer().writes;
         let filling_dirty = e.status().nr_dirty_cache_blocks;
         eprintln!("bench: replay {tag} MiB, state {}", state.label());
 
@@ -1130,14 +1104,14 @@ mod tests {
 
     #[test]
     fn counted_widens_reads_to_the_alignment() {
-        let mut d = Counted::new(MemDevice::new(64), 4096);
+        let mut d = counted(MemDevice::new(64), 4096);
         let mut buf = vec![0u8; 512];
         d.read(1, &mut buf).unwrap();
         d.read(8, &mut vec![0u8; 4096]).unwrap();
         d.read(7, &mut vec![0u8; 1024]).unwrap();
-        assert_eq!(d.io.read_ops, 3);
-        assert_eq!(d.io.read_bytes, 512 + 4096 + 1024);
-        assert_eq!(d.io.device_read_bytes, 4096 + 4096 + 8192);
+        assert_eq!(io(&d).read_ops, 3);
+        assert_eq!(io(&d).read_bytes, 512 + 4096 + 1024);
+        assert_eq!(io(&d).device_read_bytes, 4096 + 4096 + 8192);
     }
 
     /// A ring that wrapped (forced writeback): upstream's walk starts after the newest id and

@@ -13,9 +13,36 @@
 //! independent requests (no two overlap) that it may run in any order or concurrently; the call
 //! returns once all completed. The default implementations run them one by one, which is what the
 //! in-memory and simulated devices want; a runner with io_uring or a thread pool overrides them.
+//!
+//! The submodules are devices for tests, benches and tools, built on [`MemDevice`] or wrapping
+//! any device; they hold no cache logic and the engine itself never uses them:
+//!
+//! * [`shared`]: [`SharedDevice`], a cloneable handle on one device, to reach its storage while
+//!   an engine owns another handle;
+//! * [`volatile`]: [`VolatileMem`], a volatile write cache that [`VolatileMem::crash`] empties;
+//! * [`observed`]: [`Observed`], counts every request and shows it to an [`Observer`] (traces,
+//!   checks, change tracking);
+//! * [`faulty`]: [`Faulty`], injects a [`Fault`] (an error or flipped data) into chosen
+//!   operations;
+//! * [`read_only`]: [`ReadOnly`], refuses writes and flushes;
+//! * [`latency`]: [`LatencyDevice`], charges each operation a simulated time.
 
 use crate::format::SECTOR_SIZE;
 use thiserror::Error;
+
+pub mod faulty;
+pub mod latency;
+pub mod observed;
+pub mod read_only;
+pub mod shared;
+pub mod volatile;
+
+pub use faulty::{Fault, Faulty};
+pub use latency::{LatencyDevice, LatencyModel};
+pub use observed::{Counts, Observed, Observer, Op};
+pub use read_only::ReadOnly;
+pub use shared::{SharedDevice, SharedMem};
+pub use volatile::VolatileMem;
 
 /// Which of the engine's devices an operation went to; used in errors, traces and status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
