@@ -336,12 +336,8 @@ impl Opening {
         let (order, generation) = (self.cfg.segment_size_order, self.cfg.generation);
         let plog_sb = match self.sizes.plog {
             Some(sectors) => {
-                let mut sb = rplog::format_superblock(
-                    &self.found.plog_copies,
-                    sectors,
-                    order,
-                    generation,
-                )?;
+                let mut sb =
+                    rplog::format_superblock(&self.found.plog_copies, sectors, order, generation)?;
                 self.h9_regions_from_tunables(&mut sb, sectors);
                 Some(sb)
             }

@@ -50,6 +50,48 @@ fn err(op: Access, sector: u64, len: usize, e: io::Error) -> IoError {
 }
 
 impl FileHandle {
+    /// Performs a run of plain writes, each starting where the one before ends (the pool's
+    /// `take_write_run`), as one transfer; every write of the run gets the run's result.
+    pub fn perform_write_run(&mut self, writes: &[&IoKind]) -> Vec<IoResult> {
+        let pieces: Vec<&[u8]> = writes
+            .iter()
+            .map(|k| match k {
+                IoKind::Write {
+                    data, fua: false, ..
+                } => data.as_slice(),
+                _ => panic!("a run holds plain writes only"),
+            })
+            .collect();
+        let IoKind::Write { sector, .. } = writes[0] else {
+            unreachable!("checked above")
+        };
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let result = self.write_run(*sector, &pieces, len);
+        writes
+            .iter()
+            .map(|_| result.clone().map(|()| IoDone::Write))
+            .collect()
+    }
+
+    fn write_run(&mut self, sector: u64, pieces: &[&[u8]], len: usize) -> Result<(), IoError> {
+        engine::device::check_access(Access::Write, self.sectors, sector, len)?;
+        let off = sector * SECTOR;
+        let aligned = off % self.align == 0 && len as u64 % self.align == 0;
+        let _rmw =
+            (self.direct && !aligned).then(|| self.rmw.lock().unwrap_or_else(|p| p.into_inner()));
+        transfer::write_gather(
+            &self.file,
+            self.align,
+            self.direct,
+            &mut self.bounce,
+            off,
+            pieces,
+        )
+        .map_err(|e| err(Access::Write, sector, len, e))
+    }
+}
+
+impl FileHandle {
     /// Performs one operation of the engine.
     pub fn perform(&mut self, kind: &IoKind) -> IoResult {
         match kind {

@@ -686,3 +686,48 @@ fn same_device_sees_through_symlinks() {
     assert!(!same_device(&a, &b));
     assert!(!same_device(&a, &dir.path().join("missing")));
 }
+
+/// A run of writes (the pool's merged writeback writes) lands as the writes one by one would,
+/// in both alignments, unaligned edges included; a run past the end fails as a whole.
+#[test]
+fn a_write_run_lands_like_its_writes() {
+    use engine::{IoData, IoKind};
+    for force in [None, Some(4096)] {
+        let (f, d) = device(64 * 1024, force);
+        let mut h = d.handles(1).unwrap().pop().unwrap();
+        let mut model = vec![0u8; 64 * 1024];
+        let runs: [&[(u64, usize)]; 3] =
+            [&[(3, 5), (8, 8), (16, 1)], &[(17, 2)], &[(40, 8), (48, 3)]];
+        for (r, run) in runs.iter().enumerate() {
+            let kinds: Vec<IoKind> = run
+                .iter()
+                .enumerate()
+                .map(|(i, &(sector, sectors))| {
+                    let data = pattern(r * 10 + i + 1, sectors);
+                    model[sector as usize * 512..][..data.len()].copy_from_slice(&data);
+                    IoKind::Write {
+                        sector,
+                        data: IoData::from_vec(data),
+                        fua: false,
+                    }
+                })
+                .collect();
+            let refs: Vec<&IoKind> = kinds.iter().collect();
+            let results = h.perform_write_run(&refs);
+            assert_eq!(results.len(), run.len());
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        }
+        let past = IoKind::Write {
+            sector: 120,
+            data: IoData::from_vec(vec![1; 8 * 512]),
+            fua: false,
+        };
+        let results = h.perform_write_run(&[&past, &past]);
+        assert!(results.iter().all(|r| r.is_err()), "past the end");
+        drop((h, d));
+        assert!(
+            std::fs::read(f.path()).unwrap() == model,
+            "file content ({force:?})"
+        );
+    }
+}
