@@ -209,9 +209,12 @@ mod tests {
     use std::sync::Mutex as StdMutex;
     use std::time::Duration;
 
+    /// Per call: (sector, bytes) of each write it carried.
+    type Calls = Arc<StdMutex<Vec<Vec<(u64, usize)>>>>;
+
     /// Records every call: which writes went out as one run, and their data in order.
     struct Recorder {
-        calls: Arc<StdMutex<Vec<Vec<(u64, usize)>>>>,
+        calls: Calls,
         gate: Arc<StdMutex<()>>,
     }
 
@@ -278,7 +281,7 @@ mod tests {
             role: DeviceRole::Backing,
             kind: IoKind::Flush,
         });
-        while pool.shared.queue.lock().unwrap().work.len() > 0 {
+        while !pool.shared.queue.lock().unwrap().work.is_empty() {
             std::thread::yield_now();
         }
         submit(write(1, 0, 8, false));
