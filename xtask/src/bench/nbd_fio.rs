@@ -702,11 +702,13 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             ));
             if d.written_back > 0 {
                 out.push_str(&format!(
-                    " From then on a new segment waits for a forced writeback in the \
-                     foreground ({} segments written back during the job; `allow_writeback` \
-                     is 0): the client write that needs the slot waits while the runner \
-                     writes the batch's scattered 4 KiB blocks to the backing file, at most \
-                     16 at a time on `FileDevice`'s I/O threads, and flushes it.",
+                    " From then on a new segment waits for a forced writeback ({} segments \
+                     written back during the job; `allow_writeback` is 0): the client write \
+                     that needs a slot waits until a batch's segments are read, their live \
+                     blocks written to the backing file (up to 16 in flight on its I/O \
+                     threads, runs of contiguous blocks merged), the backing file flushed and \
+                     the record written. The engine thread goes on serving reads and the \
+                     writes that still find a RAM buffer meanwhile.",
                     d.written_back
                 ));
             }
@@ -719,8 +721,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                     " The p99 latency ({wp:.1} ms against {kp:.1} and {qp:.1}) is that of a \
                      write that waits for a forced writeback batch: up to \
                      `nr_max_batched_writeback` (32 at order 10) segments, each live block \
-                     written back (scattered blocks, one O_DIRECT write each, up to 16 in \
-                     flight), then a backing flush."
+                     written back (scattered blocks, one O_DIRECT write each unless \
+                     contiguous, up to 16 in flight), a backing flush, then the record."
                 ));
             }
         }
@@ -730,8 +732,8 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
                 " With `--buffered` the same binary does {:.0} IOPS ({rb:.2}× O_DIRECT): part \
                  of the gap is waiting for O_DIRECT writes that the page-cache servers put off \
                  until FLUSH; the rest (`--buffered` is still {:.2}× nbdkit) is the forced \
-                 writeback in the foreground (a write waits for a whole batch) and one \
-                 engine thread against their thread pools.",
+                 writeback (a write that needs a slot waits for a whole batch), which the \
+                 page-cache servers do not have.",
                 b.jobs[0].iops,
                 ratio(b.jobs[0].iops, k.jobs[0].iops)
             ));
@@ -754,8 +756,9 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
             "- 4 KiB random reads: we lose ({rk:.2}× nbdkit, {rq:.2}× qemu-nbd). nbdkit and \
              qemu-nbd read the {} MiB file through the page cache, where the writes before \
              left much of it; wbcache reads with O_DIRECT from its cache file or the backing \
-             file (its engine thread serves a run of queued reads together, their device \
-             reads at most 16 at a time on `FileDevice`'s I/O threads){}.",
+             file (each read is planned on arrival and its device read goes to that \
+             device's 16 I/O threads, so fio's queue depth of 32 reaches the files up to 16 \
+             at a time per file){}.
             p.backing / MIB,
             w.jobs[1].wb.map_or(String::new(), |d| format!(
                 " ({} reads hit the cache, {} went to the backing file)",
