@@ -758,7 +758,7 @@ fn notes(runs: &[ServerRun], p: &Params) -> String {
              left much of it; wbcache reads with O_DIRECT from its cache file or the backing \
              file (each read is planned on arrival and its device read goes to that \
              device's 16 I/O threads, so fio's queue depth of 32 reaches the files up to 16 \
-             at a time per file){}.
+             at a time per file){}.",
             p.backing / MIB,
             w.jobs[1].wb.map_or(String::new(), |d| format!(
                 " ({} reads hit the cache, {} went to the backing file)",
