@@ -73,6 +73,8 @@ impl FileHandle {
             .collect()
     }
 
+    /// Writes `pieces` one after the other from `sector`: one transfer, with read-modify-write
+    /// of unaligned edges under the device's `rmw` lock.
     fn write_run(&mut self, sector: u64, pieces: &[&[u8]], len: usize) -> Result<(), IoError> {
         engine::device::check_access(Access::Write, self.sectors, sector, len)?;
         let off = sector * SECTOR;
@@ -110,21 +112,12 @@ impl FileHandle {
                 Ok(IoDone::Read(buf))
             }
             IoKind::Write { sector, data, fua } => {
-                engine::device::check_access(Access::Write, self.sectors, *sector, data.len())?;
-                let off = sector * SECTOR;
-                let aligned = off % self.align == 0 && data.len() as u64 % self.align == 0;
-                let _rmw = (self.direct && !aligned)
-                    .then(|| self.rmw.lock().unwrap_or_else(|p| p.into_inner()));
-                transfer::write_gather(
-                    &self.file,
-                    self.align,
-                    self.direct,
-                    &mut self.bounce,
-                    off,
-                    &[data],
-                )
-                .and_then(|()| if *fua { self.file.sync_data() } else { Ok(()) })
-                .map_err(|e| err(Access::Write, *sector, data.len(), e))?;
+                self.write_run(*sector, &[data], data.len())?;
+                if *fua {
+                    self.file
+                        .sync_data()
+                        .map_err(|e| err(Access::Write, *sector, data.len(), e))?;
+                }
                 Ok(IoDone::Write)
             }
             IoKind::Flush => {
