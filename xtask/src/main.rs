@@ -189,7 +189,7 @@ fn test_stages() -> Vec<stages::Stage> {
             crash_test::stage(&["--bounded", "4"])
         }),
         // Type 1 (plog): every scenario and the 30 seeded workloads of the default set, all of
-        // them (about 3.9 million states, about 3 minutes on 2 cores).
+        // them (about 4.2 million states, about 3 minutes on 2 cores).
         Stage::new("crash-test type 1", || crash_test::stage(&["--type", "1"])),
         // Every seed quirk must be caught. Each hunt is single-threaded and stops at its first
         // violation, so it checks the same states everywhere; the 120 s per quirk only bound a
