@@ -27,6 +27,7 @@ pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
         tunables: Some(tunables),
         format: FormatPolicy::IfBlank,
         generation: c.seed,
+        write_back_ahead: true,
         quirks,
     })
 }

@@ -67,6 +67,10 @@ pub struct Config {
     /// Written into the superblock when formatting; ties a future plog to this device. The
     /// engine has no randomness, so the driver picks it.
     pub generation: u64,
+    /// Start writeback a batch before the ring is full (rule R12), so a client write rarely
+    /// waits for a forced batch. Off, writeback waits until a slot is needed, as upstream's
+    /// does: only a tool that must build an all-dirty ring (the replay bench) turns it off.
+    pub write_back_ahead: bool,
     /// Seed hazards switched back on (test builds only).
     #[cfg(feature = "quirks")]
     pub quirks: crate::quirks::Quirks,
@@ -80,6 +84,7 @@ impl Default for Config {
             tunables: None,
             format: FormatPolicy::IfBlank,
             generation: 0,
+            write_back_ahead: true,
             #[cfg(feature = "quirks")]
             quirks: crate::quirks::Quirks::none(),
         }
@@ -230,6 +235,8 @@ pub struct Engine {
     pub(crate) dead_error: Option<Error>,
     pub(crate) stats: Stats,
     pub(crate) plog: Option<Plog>,
+    /// [`Config::write_back_ahead`].
+    pub(crate) write_back_ahead: bool,
     #[cfg(feature = "quirks")]
     pub(crate) quirks: crate::quirks::Quirks,
 }
@@ -279,6 +286,7 @@ pub(crate) struct Parts {
     pub tunables: Tunables,
     pub pool: usize,
     pub plog: Option<Plog>,
+    pub write_back_ahead: bool,
     #[cfg(feature = "quirks")]
     pub quirks: crate::quirks::Quirks,
 }
@@ -315,6 +323,7 @@ impl Engine {
             dead_error: None,
             stats: Stats::default(),
             plog: p.plog,
+            write_back_ahead: p.write_back_ahead,
             #[cfg(feature = "quirks")]
             quirks: p.quirks,
         }

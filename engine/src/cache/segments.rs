@@ -394,6 +394,22 @@ impl Engine {
         );
         self.slots[slot as usize] = SlotInfo { id, len: 0 };
         self.segs.open = Some(OpenSeg { id, buf, len: 0 });
+        self.write_back_ahead(id);
         Ok(())
+    }
+
+    /// The low watermark of the ring (rule R12): when the slot a batch ahead of `id` still holds
+    /// a segment that is not written back, start that writeback now, so the write that will
+    /// need the slot finds it free instead of waiting for a whole forced batch. A batch, or a
+    /// quarter of the ring when that is less: a ring of two or three segments waits for need.
+    fn write_back_ahead(&mut self, id: u64) {
+        if !self.write_back_ahead {
+            return;
+        }
+        let ahead = (self.tunables.nr_max_batched_writeback as u64).min(self.geo.nr_segments / 4);
+        let need = (id + ahead).saturating_sub(self.geo.nr_segments);
+        if need > self.last_writeback {
+            self.start_writeback();
+        }
     }
 }

@@ -670,6 +670,7 @@ impl Opening {
                 .unwrap_or_else(|| Tunables::defaults(order)),
             pool: self.cfg.nr_rambuf_pool,
             plog: self.found.plog_sb.map(Plog::new),
+            write_back_ahead: self.cfg.write_back_ahead,
             #[cfg(feature = "quirks")]
             quirks: self.cfg.quirks,
         });

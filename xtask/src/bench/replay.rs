@@ -669,12 +669,15 @@ fn run_size(cache_bytes: u64, reps: usize, dir: &Path) -> Result<(Prep, Vec<Row>
     };
 
     // The backing device is as large as the cache device: random writes over it overwrite
-    // blocks often, so replay's newest-copy-wins matters.
+    // blocks often, so replay's newest-copy-wins matters. Writing back ahead of need is off:
+    // with every device completing at once it would keep a batch of slots clean, and the first
+    // state is a ring where every slot is dirty (what a slow backing device leaves).
     let cfg = Config {
         segment_size_order: UPSTREAM_ORDER,
         nr_rambuf_pool: POOL,
         format: FormatPolicy::IfBlank,
         generation: GENERATION,
+        write_back_ahead: false,
         ..Config::default()
     };
     let (mut e, rep) = SyncEngine::open(tracked_mem(sectors), tracked_mem(sectors), cfg)
