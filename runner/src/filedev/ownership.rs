@@ -25,10 +25,14 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use engine::DeviceRole;
 
 use super::DeviceError;
+
+/// How long a lock that no live process holds is waited for (see `claim`).
+const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(1);
 
 fn flock_of(kind: libc::c_int) -> libc::flock {
     // SAFETY: `flock` is a plain C struct of integers; all zeros is a valid value.
@@ -51,11 +55,27 @@ pub(super) fn claim(
     } else {
         libc::F_RDLCK
     });
-    // SAFETY: F_OFD_SETLK reads one `flock`, which `fl` is.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    let started = Instant::now();
+    let e = loop {
+        // SAFETY: F_OFD_SETLK reads one `flock`, which `fl` is.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        // A process killed with io_uring operations in flight lets go of its files only when
+        // the kernel has torn its ring down, a few milliseconds after the process is gone
+        // (measured: up to 20 ms after kill -9 and wait). A lock no live process holds is
+        // that, so it is tried again for a while; a live holder is reported at once.
+        let lingering = matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES))
+            && started.elapsed() < DEAD_HOLDER_GRACE
+            && file
+                .metadata()
+                .is_ok_and(|m| ofd_lock_holders(m.dev(), m.ino()).is_empty());
+        if !lingering {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     match e.raw_os_error() {
         Some(libc::EAGAIN | libc::EACCES) => Err(DeviceError::InUse {
             path: path.to_path_buf(),
