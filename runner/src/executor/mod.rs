@@ -3,12 +3,16 @@
 //! hands operations over ([`Executor::submit`] never blocks on a device) and takes completions.
 //!
 //! Every device speaks [`AsyncDevice`]: `submit` starts an operation and the device calls the
-//! [`Done`] it was given when the operation ends. [`pool::Pooled`] is the backend for files and
-//! block devices (a pool of I/O threads, each with its own handle of the file); an NBD client
-//! device completes from its reply reader. A `Done` dropped without completing (a device
+//! [`Done`] it was given when the operation ends. Files and block devices have two backends
+//! (`select` picks one per server): [`uring::Uring`], many operations in flight through
+//! io_uring, and [`pool::Pooled`], a pool of I/O threads, each with its own handle of the file,
+//! for kernels that refuse io_uring (and for what a ring does not take as it is). An NBD
+//! client device completes from its reply reader. A `Done` dropped without completing (a device
 //! thread that died) still delivers an error, so the engine never waits forever.
 
 pub mod pool;
+#[cfg(all(target_os = "linux", not(loom)))]
+pub mod uring;
 
 use engine::{Access, DeviceRole, IoError, IoOp, IoResult, OpId};
 

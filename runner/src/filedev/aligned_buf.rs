@@ -3,26 +3,26 @@
 use std::alloc::{self, Layout};
 
 /// Memory alignment of the bounce buffers: enough for any logical block size we accept.
-const BUF_ALIGN: usize = 4096;
+pub(crate) const BUF_ALIGN: usize = 4096;
 
 /// A heap buffer aligned to `BUF_ALIGN`, grown on demand.
-pub(super) struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     ptr: *mut u8,
-    pub(super) cap: usize,
+    pub(crate) cap: usize,
 }
 
 // The buffer is plain owned memory; it moves between threads with its device.
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         AlignedBuf {
             ptr: std::ptr::null_mut(),
             cap: 0,
         }
     }
 
-    pub(super) fn get(&mut self, len: usize) -> &mut [u8] {
+    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
         if len > self.cap {
             let cap = len.next_power_of_two().max(BUF_ALIGN);
             let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("bounce buffer layout");

@@ -45,7 +45,8 @@ impl FileDevice {
     }
 }
 
-fn err(op: Access, sector: u64, len: usize, e: io::Error) -> IoError {
+/// How a failed transfer of `len` bytes at `sector` is reported (every file backend alike).
+pub(crate) fn err(op: Access, sector: u64, len: usize, e: io::Error) -> IoError {
     IoError::new(op, sector, len as u64 / SECTOR, e.to_string())
 }
 

@@ -51,7 +51,7 @@ use std::time::Instant;
 use engine::device::check_access;
 use engine::{Access, BlockDevice, DeviceRole, IoError, ReadReq, WriteReq};
 
-mod aligned_buf;
+pub(crate) mod aligned_buf;
 pub mod handle;
 mod io_pool;
 mod open;
@@ -127,6 +127,12 @@ impl FileDevice {
     /// Alignment the device layer rounds transfers to (1 when buffered).
     pub fn alignment(&self) -> u64 {
         self.align
+    }
+
+    /// Another descriptor of the device's open file (a `dup`: same O_DIRECT mode, and the
+    /// ownership lock still covers it).
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     fn aligned_range(&self, off: u64, len: u64) -> (u64, u64) {
