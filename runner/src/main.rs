@@ -8,6 +8,7 @@ use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
 use engine::tunables::{Tunables, TUNABLE_RANGES};
 
 use runner::commands;
+use runner::executor::select::IoEngine;
 use runner::filedev::IoMode;
 use runner::server::{self, Listen, ServeOptions};
 
@@ -228,6 +229,18 @@ struct ServeArgs {
     /// Open the devices without O_DIRECT (through the page cache).
     #[arg(long)]
     buffered: bool,
+    /// How operations reach the devices: `auto` uses io_uring (up to 128 operations in
+    /// flight per device, completions reaped by one thread) if the kernel allows it and
+    /// otherwise the thread pool; `uring` refuses to start, saying why, where io_uring is
+    /// unavailable; `threads` always uses the pool (16 I/O threads per device).
+    #[arg(
+        long = "io-engine",
+        alias = "io_engine",
+        value_name = "ENGINE",
+        value_enum,
+        default_value_t = IoEngine::Auto
+    )]
+    io_engine: IoEngine,
     #[command(flatten)]
     tunables: TunableArgs,
 }
@@ -400,6 +413,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         } else {
             IoMode::DirectIfSupported
         },
+        io_engine: a.io_engine,
     })
 }
 

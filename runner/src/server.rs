@@ -20,7 +20,7 @@ use engine::{Config, DeviceRole, FormatPolicy, RecoveryReport, SyncEngine};
 
 use crate::engine_thread::{self, MonotonicClock, JOB_QUEUE_CAPACITY};
 use crate::events::Events;
-use crate::executor::pool::Pooled;
+use crate::executor::select::{self, Backend, IoEngine};
 use crate::executor::{AsyncDevice, Executor};
 use crate::filedev::{same_device, FileDevice, IoMode};
 use crate::nbd::conn::{self, ConnEnd, Stream};
@@ -56,6 +56,7 @@ pub struct ServeOptions {
     pub tunables: Vec<(&'static str, u64)>,
     pub nr_rambuf_pool: usize,
     pub io_mode: IoMode,
+    pub io_engine: IoEngine,
 }
 
 /// Binds a Unix socket at `path`; a stale socket file (nobody answering) is replaced, a live
@@ -251,21 +252,27 @@ pub fn open_engine(
     recover(open_devices(backing, cache, plog, io_mode)?, nr_rambuf_pool)
 }
 
-/// I/O threads per device: enough to keep an SSD's queue busy with a client's queue depth of
-/// 32 split over the cache and the backing device plus writeback in flight; each is a thread
-/// with a handle of its own.
-pub const IO_THREADS: usize = 16;
-
-/// A device's operations on `IO_THREADS` threads.
-fn io_threads(dev: &FileDevice, name: &str) -> anyhow::Result<Box<dyn AsyncDevice>> {
-    let handles = dev
-        .handles(IO_THREADS)
-        .with_context(|| format!("{name} device {}: I/O handles", dev.path().display()))?;
-    Ok(Box::new(Pooled::start(
-        handles,
-        engine::BlockDevice::size_sectors(dev),
-        name,
-    )?))
+/// A device's operations on the backend chosen for the server; the log says which.
+fn start_device(
+    dev: &FileDevice,
+    name: &str,
+    backend: Backend,
+) -> anyhow::Result<Box<dyn AsyncDevice>> {
+    let started = select::start(dev, name, backend).with_context(|| {
+        format!(
+            "{name} device {}: starting its {backend} executor",
+            dev.path().display()
+        )
+    })?;
+    log_line(&format!(
+        "{name} device {}: I/O through {}",
+        dev.path().display(),
+        match backend {
+            Backend::Uring => "io_uring",
+            Backend::Threads => "a pool of I/O threads",
+        }
+    ));
+    Ok(started)
 }
 
 enum Listener {
@@ -310,6 +317,17 @@ fn control_loop(listener: UnixListener, jobs: Arc<Events>, stop: Arc<AtomicBool>
 
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     signals::install();
+    // The backend is settled before anything is claimed: `--io-engine uring` where io_uring is
+    // unavailable stops here.
+    let backend = match select::choose(opts.io_engine) {
+        Ok((backend, passed_over)) => {
+            if let Some(why) = passed_over {
+                log_line(&format!("{why}; using a pool of I/O threads per device"));
+            }
+            backend
+        }
+        Err(e) => bail!("--io-engine uring: {e}; use --io-engine threads (or auto)"),
+    };
     // The devices are claimed first: a second server on a device in use stops here, before it
     // touches a socket or reads a byte.
     let devices = open_devices(
@@ -388,11 +406,11 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let jobs = Arc::new(Events::new(JOB_QUEUE_CAPACITY));
     let exec = Executor::new(
         jobs.clone(),
-        io_threads(&cache_dev, "cache")?,
-        io_threads(&backing_dev, "backing")?,
+        start_device(&cache_dev, "cache", backend)?,
+        start_device(&backing_dev, "backing", backend)?,
         plog_dev
             .as_ref()
-            .map(|d| io_threads(d, "plog"))
+            .map(|d| start_device(d, "plog", backend))
             .transpose()?,
     );
     let engine_thread = {

@@ -11,8 +11,12 @@
 //! thread that died) still delivers an error, so the engine never waits forever.
 
 pub mod pool;
+pub mod select;
 #[cfg(all(target_os = "linux", not(loom)))]
 pub mod uring;
+
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 use engine::{Access, DeviceRole, IoError, IoOp, IoResult, OpId};
 
