@@ -117,8 +117,19 @@ impl Events {
         }
         #[cfg(not(loom))]
         {
-            let (mut l, _) = relock(self.arrived.wait_timeout(l, timeout));
-            self.take(&mut l).unwrap_or(Event::Timeout)
+            // A wake-up may find nothing: a producer notifies after unlocking, so its event
+            // may already have been taken, and condvars wake spuriously. Wait out the rest.
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Event::Timeout;
+                }
+                l = relock(self.arrived.wait_timeout(l, left)).0;
+                if let Some(e) = self.take(&mut l) {
+                    return e;
+                }
+            }
         }
         #[cfg(loom)]
         {

@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub nr_rambuf_pool: usize,
     pub io_mode: IoMode,
     pub io_engine: IoEngine,
+    /// [`engine::Config::write_back_ahead`]: off, writeback waits until a slot is needed.
+    pub write_back_ahead: bool,
 }
 
 /// Binds a Unix socket at `path`; a stale socket file (nobody answering) is replaced, a live
@@ -229,10 +231,12 @@ pub fn open_devices(
 pub fn recover(
     devices: DeviceSet,
     nr_rambuf_pool: usize,
+    write_back_ahead: bool,
 ) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
     let cfg = Config {
         nr_rambuf_pool,
         format: FormatPolicy::Never,
+        write_back_ahead,
         ..Config::default()
     };
     let cache = devices.cache.path().to_path_buf();
@@ -249,7 +253,11 @@ pub fn open_engine(
     io_mode: IoMode,
     nr_rambuf_pool: usize,
 ) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
-    recover(open_devices(backing, cache, plog, io_mode)?, nr_rambuf_pool)
+    recover(
+        open_devices(backing, cache, plog, io_mode)?,
+        nr_rambuf_pool,
+        true,
+    )
 }
 
 /// A device's operations on the backend chosen for the server; the log says which.
@@ -362,7 +370,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         remove_nbd_socket();
         let _ = std::fs::remove_file(&opts.control);
     };
-    let opened = recover(devices, opts.nr_rambuf_pool);
+    let opened = recover(devices, opts.nr_rambuf_pool, opts.write_back_ahead);
     let (mut engine, report) = match opened {
         Ok(x) => x,
         Err(e) => {

@@ -69,8 +69,19 @@ struct Flight {
     mem: Memory,
 }
 
+/// What one SQE carries: one operation, or a run of contiguous plain writes gathered into
+/// one `writev` (their iovecs live here, beside the operations whose memory they point into).
+enum Entry {
+    One(Flight),
+    Run(Vec<Flight>, Vec<libc::iovec>),
+}
+
+// SAFETY: the iovecs only point into memory the entry's own flights own; nothing else
+// shares them.
+unsafe impl Send for Entry {}
+
 struct State {
-    slab: Vec<Option<Flight>>,
+    slab: Vec<Option<Entry>>,
     free: Vec<usize>,
     in_flight: usize,
     /// Ready, waiting for room in the ring.
@@ -268,21 +279,31 @@ impl Shared {
             // `SubmissionQueue` of this ring exists.
             let mut sq = unsafe { self.ring.submission_shared() };
             while st.in_flight < QUEUE_DEPTH && !sq.is_full() {
-                let Some(mut f) = st.waiting.pop_front() else {
+                let Some(mut e) = take_run(&mut st.waiting) else {
                     break;
                 };
                 let key = st.free.pop().unwrap_or_else(|| {
                     st.slab.push(None);
                     st.slab.len() - 1
                 });
-                let entry = self.sqe(&mut f, key as u64);
-                st.slab[key] = Some(f);
-                // SAFETY: the memory `entry` points into is owned by the slab entry `key`,
+                let sqe = match &mut e {
+                    Entry::One(f) => self.sqe(f, key as u64),
+                    Entry::Run(run, iov) => self.writev_sqe(run, iov, key as u64),
+                };
+                st.slab[key] = Some(e);
+                // SAFETY: the memory `sqe` points into is owned by the slab entry `key`,
                 // which stays there until the reaper takes it at the entry's completion.
-                if unsafe { sq.push(&entry) }.is_err() {
-                    let f = st.slab[key].take().expect("just put");
+                if unsafe { sq.push(&sqe) }.is_err() {
+                    let e = st.slab[key].take().expect("just put");
                     st.free.push(key);
-                    st.waiting.push_front(f);
+                    match e {
+                        Entry::One(f) => st.waiting.push_front(f),
+                        Entry::Run(run, _) => {
+                            for f in run.into_iter().rev() {
+                                st.waiting.push_front(f);
+                            }
+                        }
+                    }
                     break;
                 }
                 st.in_flight += 1;
@@ -294,6 +315,60 @@ impl Shared {
             }
             // An error leaves the SQEs in the ring; the reaper's next wait submits them.
             let _ = self.ring.submit();
+        }
+    }
+
+    /// The `writev` SQE of a run: one iovec per write, each pointing where `sqe` would.
+    fn writev_sqe(
+        &self,
+        run: &mut [Flight],
+        iov: &mut Vec<libc::iovec>,
+        key: u64,
+    ) -> squeue::Entry {
+        let sector = match &run[0].op.kind {
+            IoKind::Write { sector, .. } => *sector,
+            _ => unreachable!("a run holds writes only"),
+        };
+        iov.clear();
+        for f in run.iter_mut() {
+            let IoKind::Write { data, .. } = &f.op.kind else {
+                unreachable!("a run holds writes only")
+            };
+            let len = data.len();
+            let base = match &mut f.mem {
+                Memory::Aligned(b) => b.get(len).as_ptr(),
+                _ => data.as_slice().as_ptr(),
+            };
+            iov.push(libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: len,
+            });
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
+            .offset(sector * 512)
+            .build()
+            .user_data(key)
+    }
+
+    /// Delivers the result of an entry whose CQE said `res`.
+    fn finish_entry(&self, e: Entry, res: i32) {
+        let run = match e {
+            Entry::One(f) => return self.finish(f, res),
+            Entry::Run(run, _) => run,
+        };
+        let total: usize = run.iter().map(|f| extent(&f.op.kind).2).sum();
+        for f in run {
+            if res >= 0 && res as usize >= total {
+                let len = extent(&f.op.kind).2 as i32;
+                self.finish(f, len);
+            } else if res >= 0 {
+                // Short: each write is done again whole by the pool, as a short single write.
+                self.recycle(f.mem);
+                self.fallback.submit(f.op, f.done);
+            } else {
+                self.finish(f, res);
+            }
         }
     }
 
@@ -337,7 +412,19 @@ impl Shared {
             let mut st = self.state();
             st.broken = Some(why.clone());
             st.in_flight = 0;
-            let flights: Vec<Flight> = st.slab.iter_mut().filter_map(Option::take).collect();
+            let flights: Vec<Flight> = st
+                .slab
+                .iter_mut()
+                .filter_map(Option::take)
+                .flat_map(|e| match e {
+                    Entry::One(f) => vec![f],
+                    Entry::Run(run, iov) => {
+                        // The kernel may still read the iovecs as well.
+                        std::mem::forget(iov);
+                        run
+                    }
+                })
+                .collect();
             (flights, std::mem::take(&mut st.waiting))
         };
         for f in flights {
@@ -351,6 +438,51 @@ impl Shared {
             self.fallback.submit(f.op, f.done);
         }
     }
+}
+
+/// The most bytes and writes one gathered run carries: as the pool's merged runs
+/// (`pool::MAX_RUN_BYTES`), and well under `IOV_MAX`.
+const MAX_RUN_WRITES: usize = 256;
+
+fn plain_write(kind: &IoKind) -> Option<(u64, u64)> {
+    match kind {
+        IoKind::Write {
+            sector,
+            data,
+            fua: false,
+        } => Some((*sector, sector + (data.len() / 512) as u64)),
+        _ => None,
+    }
+}
+
+/// The next SQE's worth of waiting operations: the first, with the plain writes that follow
+/// it back to back (each starting where the one before ends), so a stream of queued writes
+/// goes out as one transfer, as the pool merges them. The engine never has two overlapping
+/// writes out (rule R0), so gathering changes no outcome.
+fn take_run(waiting: &mut VecDeque<Flight>) -> Option<Entry> {
+    let first = waiting.pop_front()?;
+    let Some((_, mut end)) = plain_write(&first.op.kind) else {
+        return Some(Entry::One(first));
+    };
+    let mut bytes = extent(&first.op.kind).2;
+    let mut run = vec![first];
+    while let Some(next) = waiting.front() {
+        let Some((s, e)) = plain_write(&next.op.kind) else {
+            break;
+        };
+        let len = extent(&next.op.kind).2;
+        if s != end || run.len() == MAX_RUN_WRITES || bytes + len > super::pool::MAX_RUN_BYTES {
+            break;
+        }
+        bytes += len;
+        end = e;
+        run.push(waiting.pop_front().expect("just looked"));
+    }
+    Some(if run.len() == 1 {
+        Entry::One(run.pop().expect("one"))
+    } else {
+        Entry::Run(run, Vec::new())
+    })
 }
 
 /// The reaper: waits for completions, completes them, refills the ring; ends once the
@@ -391,8 +523,8 @@ fn reap(s: &Shared) {
             s.pump(&mut st);
             st.closed && st.in_flight == 0 && st.waiting.is_empty()
         };
-        for (f, res) in finished.drain(..) {
-            s.finish(f, res);
+        for (e, res) in finished.drain(..) {
+            s.finish_entry(e, res);
         }
         if stop {
             return;
@@ -463,6 +595,70 @@ mod tests {
     use crate::events::{Event, Events};
     use crate::filedev::IoMode;
     use engine::{DeviceRole, IoData, OpId};
+
+    fn flight(events: &Arc<Events>, id: u64, kind: IoKind) -> Flight {
+        let op = IoOp {
+            id: OpId(id),
+            role: DeviceRole::Backing,
+            kind,
+        };
+        let done = Done::new(events.clone(), OpId(id), DeviceRole::Backing);
+        Flight {
+            op,
+            done,
+            mem: Memory::None,
+        }
+    }
+
+    fn write(sector: u64, blocks: usize, fua: bool) -> IoKind {
+        IoKind::Write {
+            sector,
+            data: IoData::from_vec(vec![0; blocks * 4096]),
+            fua,
+        }
+    }
+
+    /// How `take_run` splits a queue: plain writes back to back gather, up to 1 MiB; a gap, a
+    /// FUA write, a read or a flush ends a run and goes alone.
+    #[test]
+    fn back_to_back_plain_writes_gather_into_runs_of_at_most_1_mib() {
+        let events = Arc::new(Events::new(8));
+        let kinds = [
+            write(0, 1, false),
+            write(8, 1, false),
+            write(16, 2, false),
+            write(40, 1, false), // a gap
+            write(48, 1, true),  // FUA
+            write(56, 1, false),
+            IoKind::Flush,
+            write(64, 200, false),
+            write(1664, 100, false), // would pass 1 MiB
+            IoKind::Read {
+                sector: 0,
+                len: 4096,
+            },
+        ];
+        let mut q: VecDeque<Flight> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| flight(&events, i as u64, k))
+            .collect();
+        let mut sizes = Vec::new();
+        while let Some(e) = take_run(&mut q) {
+            sizes.push(match &e {
+                Entry::One(_) => 1,
+                Entry::Run(run, _) => run.len(),
+            });
+            let flights = match e {
+                Entry::One(f) => vec![f],
+                Entry::Run(run, _) => run,
+            };
+            for f in flights {
+                f.done.complete(Ok(IoDone::Write));
+            }
+        }
+        assert_eq!(sizes, [3, 1, 1, 1, 1, 1, 1, 1]);
+    }
 
     /// A kernel-side failure (a write on a descriptor open for reading: EBADF in the CQE)
     /// completes the operation with the error the pool would report, and the ring, not the

@@ -203,7 +203,12 @@ fn layout_command(file: &Path, bytes: u64, zero: bool) -> Command {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    Wbcache { plog: bool, buffered: bool },
+    /// `threads`: `--io-engine threads` (the thread pool instead of io_uring).
+    Wbcache {
+        plog: bool,
+        buffered: bool,
+        threads: bool,
+    },
     Nbdkit,
     QemuNbd,
 }
@@ -221,12 +226,15 @@ const QEMU: &str = "qemu-nbd";
 const BUFFERED: &str = "wbcache --buffered";
 const TYPE1: &str = "wbcache type 1";
 
-const SERVERS: [Server; 5] = [
+const THREADS: &str = "wbcache --io-engine threads";
+
+const SERVERS: [Server; 6] = [
     Server {
         label: WBCACHE,
         kind: Kind::Wbcache {
             plog: false,
             buffered: false,
+            threads: false,
         },
         full_only: false,
     },
@@ -245,6 +253,7 @@ const SERVERS: [Server; 5] = [
         kind: Kind::Wbcache {
             plog: false,
             buffered: true,
+            threads: false,
         },
         full_only: false,
     },
@@ -253,8 +262,18 @@ const SERVERS: [Server; 5] = [
         kind: Kind::Wbcache {
             plog: true,
             buffered: false,
+            threads: false,
         },
         full_only: true,
+    },
+    Server {
+        label: THREADS,
+        kind: Kind::Wbcache {
+            plog: false,
+            buffered: false,
+            threads: true,
+        },
+        full_only: false,
     },
 ];
 
@@ -390,6 +409,7 @@ fn run_server(
         Kind::Wbcache {
             plog: with_plog,
             buffered,
+            threads,
         } => {
             server::run_tool(
                 &mut layout_command(&cache, p.backing / CACHE_DIVISOR, true),
@@ -415,6 +435,9 @@ fn run_server(
             cmd.arg("--socket").arg(&socket);
             if buffered {
                 cmd.arg("--buffered");
+            }
+            if threads {
+                cmd.args(["--io-engine", "threads"]);
             }
         }
         Kind::Nbdkit => {
@@ -923,7 +946,9 @@ impl Section for NbdFio {
              buffers, `allow_writeback 0`; cache file {} MiB = ¼ of the backing file, formatted \
              with `wbcache format --cache cache.img`); **nbdkit file** ({}; page cache, \
              FLUSH = fdatasync); **qemu-nbd** ({}; `cache=writeback`, `aio=threads`). \
-             Diagnostic rows: **wbcache --buffered** (page cache instead of O_DIRECT){}.\n\n",
+             Diagnostic rows: **wbcache --buffered** (page cache instead of O_DIRECT), \
+             **wbcache --io-engine threads** (each device's I/O on a pool of 16 threads instead \
+             of io_uring, the default where the kernel allows it){}.\n\n",
             p.backing / CACHE_DIVISOR / MIB,
             version("nbdkit"),
             version("qemu-nbd"),
