@@ -215,6 +215,9 @@ impl<M: Machine> Thread<'_, M> {
                 self.exec.submit(op);
                 moved = true;
             }
+            if moved {
+                self.exec.kick();
+            }
             while let Some(r) = self.m.poll_reply() {
                 moved = true;
                 self.replied = true;

@@ -29,6 +29,10 @@ pub trait AsyncDevice: Send + Sync {
     /// Starts `op`; `done` is completed exactly once, on any thread, possibly before `submit`
     /// returns.
     fn submit(&self, op: IoOp, done: Done);
+    /// The engine handed out everything it had for now: a device that batches may start what
+    /// `submit` queued (io_uring enters the kernel once for the lot, with back-to-back writes
+    /// gathered). A device must not depend on it for progress beyond a short delay.
+    fn kick(&self) {}
     /// Nanoseconds spent performing operations since the device started (the writeback
     /// modulator's load estimate).
     fn busy_ns(&self) -> u64 {
@@ -119,6 +123,15 @@ impl Executor {
     pub fn submit(&self, op: IoOp) {
         let done = Done::new(self.events.clone(), op.id, op.role);
         self.device(op.role).submit(op, done);
+    }
+
+    /// Lets every device start what it queued (see [`AsyncDevice::kick`]).
+    pub fn kick(&self) {
+        self.cache.kick();
+        self.backing.kick();
+        if let Some(p) = &self.plog {
+            p.kick();
+        }
     }
 
     pub fn backing_busy_ns(&self) -> u64 {

@@ -44,6 +44,8 @@ struct Rig {
     dev: FileDevice,
     events: Arc<Events>,
     next: u64,
+    /// Submissions are not kicked one by one (see `batch`).
+    batching: bool,
 }
 
 impl Rig {
@@ -59,6 +61,7 @@ impl Rig {
             dev,
             events: Arc::new(Events::new(8)),
             next: 0,
+            batching: false,
         }
     }
 
@@ -72,7 +75,19 @@ impl Rig {
             kind,
         };
         self.exec.as_ref().expect("not dropped").submit(op, done);
+        if !self.batching {
+            self.exec.as_ref().expect("not dropped").kick();
+        }
         id
+    }
+
+    /// Submits what `f` submits as one batch, kicked once at the end (as the engine thread
+    /// does after handing out all it has).
+    fn batch(&mut self, f: impl FnOnce(&mut Rig)) {
+        self.batching = true;
+        f(self);
+        self.batching = false;
+        self.exec.as_ref().expect("not dropped").kick();
     }
 
     fn write(&mut self, sector: u64, data: Vec<u8>, fua: bool) -> OpId {
@@ -183,9 +198,11 @@ fn fua_writes_and_flushes_complete() {
 fn back_to_back_writes_queued_together_land_in_place() {
     each_rig(|rig| {
         let blocks = BYTES / 4096;
-        for b in 0..blocks {
-            rig.write(b * 8, pattern(1000 + b, 4096), b == blocks / 2);
-        }
+        rig.batch(|rig| {
+            for b in 0..blocks {
+                rig.write(b * 8, pattern(1000 + b, 4096), b == blocks / 2);
+            }
+        });
         let n = rig.next as usize;
         assert!(rig.wait(n).values().all(|r| r.is_ok()), "all succeed");
         for chunk in 0..BYTES / (1 << 20) {

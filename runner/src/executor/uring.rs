@@ -555,7 +555,14 @@ impl AsyncDevice for Uring {
             s.recycle(f.mem);
             return s.fallback.submit(f.op, f.done);
         }
+        // Queued only: `kick` (once the engine handed out all it had) enters the kernel for
+        // the lot, and the reaper's next look (within REAP_TIMEOUT) if nobody kicks.
         st.waiting.push_back(f);
+    }
+
+    fn kick(&self) {
+        let s = &*self.shared;
+        let mut st = s.state();
         s.pump(&mut st);
     }
 
@@ -686,6 +693,7 @@ mod tests {
             },
         };
         ring.submit(op, Done::new(events.clone(), OpId(7), DeviceRole::Cache));
+        ring.kick();
         let Event::Done(OpId(7), Err(e)) = events.pop_timeout(Duration::from_secs(10)) else {
             panic!("the write did not fail");
         };
