@@ -469,3 +469,41 @@ fn fingerprint_of_agrees_with_the_images() {
         "{distinct_total} distinct images of {checked} choices: the fingerprint is blind"
     );
 }
+
+/// A panic in recovery (the `replay-assert` quirk: an assertion fires when replay applies a
+/// segment above id 1) is a finding of kind `Panic` of that crash state: counted, kept with a
+/// replay case that reproduces it, and the exploration goes on to the other states.
+#[test]
+fn a_panic_in_recovery_is_a_finding_and_the_run_goes_on() {
+    let case = "o=4,n=3,b=4,p=1,k=1,u=1,s=125,q=replay-assert;W0+8.F.W8+8.F.W16+8.F";
+    let (w, _) = parse_case(case).unwrap();
+    let r = explore_workload(&w, &ExploreOpts::default());
+    let panics: Vec<&Violation> = r
+        .violations
+        .iter()
+        .filter(|v| v.finding.kind == Kind::Panic)
+        .collect();
+    assert!(!panics.is_empty(), "{}", describe(&r));
+    assert!(
+        panics[0].finding.detail.contains("replay-assert quirk"),
+        "{}",
+        panics[0].finding.detail
+    );
+    assert!(
+        r.states > r.violation_count,
+        "states without the panic were checked too: {}",
+        describe(&r)
+    );
+    let (findings, _) = replay_case(&panics[0].case(), OracleSel::Both).unwrap();
+    assert!(
+        findings.iter().any(|f| f.kind == Kind::Panic),
+        "the replay reproduces the panic: {findings:?}"
+    );
+    // Without the quirk the same workload is clean.
+    let mut clean = w.clone();
+    clean.config.quirks.clear();
+    assert_eq!(
+        explore_workload(&clean, &ExploreOpts::default()).violation_count,
+        0
+    );
+}

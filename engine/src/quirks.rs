@@ -63,10 +63,14 @@ pub enum Quirk {
     /// H5's completion-order form: the record is written once the log writes it needs were
     /// submitted, not once they are durable.
     RecordBeforeLog,
+    /// Not a seed hazard: an assertion that fires in replay (when it applies a segment above
+    /// id 1), so the zoo shows a panic in recovery is a finding with a replay command, not the
+    /// end of the run.
+    ReplayAssert,
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 20] = [
+    pub const ALL: [Quirk; 21] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -87,6 +91,7 @@ impl Quirk {
         Quirk::FlushAckInflight,
         Quirk::WbFlushEarly,
         Quirk::RecordBeforeLog,
+        Quirk::ReplayAssert,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +116,7 @@ impl Quirk {
             Quirk::FlushAckInflight => "flush-ack-inflight",
             Quirk::WbFlushEarly => "wb-flush-early",
             Quirk::RecordBeforeLog => "record-before-log",
+            Quirk::ReplayAssert => "replay-assert",
         }
     }
 

@@ -219,13 +219,7 @@ fn offline_writeback_drains_a_wbcache_image() {
     }
     drop(c);
     assert!(srv.stop().0.success());
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("wrote back 50 dirty block(s)"),
@@ -245,13 +239,7 @@ fn offline_writeback_drains_a_wbcache_image() {
         );
     }
     // Clean now: a second writeback has nothing to do.
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(
         stdout(&o).contains("wrote back 0 dirty block(s)"),
         "{}",
@@ -280,13 +268,7 @@ fn a_cache_of_whole_sectors_but_not_whole_blocks_is_used_up_to_its_last_segment(
         stdout(&check),
         stderr(&check)
     );
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(o.status.success(), "{}", stderr(&o));
     let backing = std::fs::read(&d.backing).unwrap();
     for i in 0..40usize {
@@ -305,13 +287,7 @@ fn a_cache_of_whole_sectors_but_not_whole_blocks_is_used_up_to_its_last_segment(
         .unwrap()
         .set_len(8 * MIB + 512)
         .unwrap();
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(
         !o.status.success() && stderr(&o).contains("not a whole number of 4096-byte blocks"),
         "{}",
@@ -355,13 +331,7 @@ fn offline_writeback_drains_an_upstream_dm_writeboost_image() {
         img[at..at + seg.len()].copy_from_slice(seg);
     }
     std::fs::write(&d.cache, &img).unwrap();
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("upstream dm-writeboost image"),

@@ -644,13 +644,7 @@ fn nbdcopy_round_trips_a_64_mib_image_through_a_16_mib_cache() {
     // Clean stop, offline writeback: the backing device itself now holds the image.
     let (es, log) = srv.stop();
     assert!(es.success(), "{log}");
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(o.status.success(), "writeback: {}", stderr(&o));
     cmp_files(&src, &d.backing);
 }
@@ -1094,13 +1088,7 @@ fn kill9_crash_test(plog: bool) {
     c.disconnect();
     let (es, log) = srv.stop();
     assert!(es.success(), "{log}");
-    let mut wb = vec![
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ];
+    let mut wb = d.writeback_args().to_vec();
     if plog {
         wb.extend(["--plog", plog_path.to_str().unwrap()]);
     }

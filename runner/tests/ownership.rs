@@ -131,13 +131,7 @@ fn writeback_and_format_force_are_refused_while_a_server_holds_the_cache() {
     let d = Devices::formatted(8 * MIB, 4 * MIB, 6);
     let srv = Server::start(&d, &[]);
     write_flushed(&srv, 100, 12);
-    let o = wbcache_exits(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = wbcache_exits(&d.writeback_args());
     assert_in_use(&o, 1, &d.cache, "cache", &srv);
     let o = wbcache_exits(&["format", "--cache", d.cache_str(), "--force"]);
     assert_in_use(&o, 1, &d.cache, "cache", &srv);
@@ -153,13 +147,7 @@ fn writeback_and_format_force_are_refused_while_a_server_holds_the_cache() {
     assert!(srv.stop().0.success());
     assert_blocks(&d, 100, 12);
     // Once the server is gone the same commands work.
-    let o = wbcache(&[
-        "writeback",
-        "--backing",
-        d.backing_str(),
-        "--cache",
-        d.cache_str(),
-    ]);
+    let o = d.writeback();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 

@@ -124,6 +124,7 @@ fn headline(v: &Violation) -> String {
              of the engine)"
                 .to_string()
         }
+        Kind::Panic => "violation (a panic: an engine, recovery or oracle assertion fired)".into(),
         kind => format!("violation ({} oracle)", kind.name()),
     }
 }
@@ -498,6 +499,10 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             println!("  {ops}");
         }
         println!("  replay: {}", replay_command(&small, args.oracle));
+        println!(
+            "  keep it (once fixed, `cargo test` replays it): echo '{}' >> crashsim/regressions/found.cases",
+            small.case()
+        );
         shown.push(small);
     }
     if nviolations as usize > shown.len() {

@@ -41,6 +41,9 @@ pub enum Kind {
     /// The tester itself could not build or check a crash state (a bug of the tester, not
     /// of the engine). Counted and reported like a violation, so no state is skipped silently.
     Harness,
+    /// The engine, recovery or an oracle panicked (a broken invariant) while the workload ran
+    /// or the state was checked.
+    Panic,
 }
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Invariant => "invariant",
             Kind::Stability => "stability",
             Kind::Harness => "harness",
+            Kind::Panic => "panic",
         }
     }
 }
@@ -90,8 +94,26 @@ pub fn read_all<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, S
 }
 
 /// Recovers from `images` and checks the result. Returns the findings (empty = the state is
-/// good) and, when recovery worked, the recovered engine for further work.
+/// good) and, when recovery worked, the recovered engine for further work. A panic in
+/// recovery, the engine or the oracles is a finding of kind `Panic`.
 pub fn check_images(
+    images: CrashImages,
+    config: Config,
+    oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
+    sel: OracleSel,
+) -> (Vec<Finding>, Option<Recovered>) {
+    super::panics::guarded(|| check_images_unguarded(images, config, oracles, sel)).unwrap_or_else(
+        |why| {
+            let finding = Finding {
+                kind: Kind::Panic,
+                detail: format!("panicked while recovering or checking: {why}"),
+            };
+            (vec![finding], None)
+        },
+    )
+}
+
+fn check_images_unguarded(
     mut images: CrashImages,
     config: Config,
     oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),

@@ -466,7 +466,7 @@ fn explore_scheduled(
         ctx.report(
             &[],
             vec![Finding {
-                kind: Kind::Run,
+                kind: if f.panicked { Kind::Panic } else { Kind::Run },
                 detail: format!("{at}{}", f.detail),
             }],
         );
@@ -748,7 +748,7 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
     if let Some(f) = &rec.failure {
         return Ok((
             vec![Finding {
-                kind: Kind::Run,
+                kind: if f.panicked { Kind::Panic } else { Kind::Run },
                 detail: f.detail.clone(),
             }],
             rec.world.borrow().format_log(),

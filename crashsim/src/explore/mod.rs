@@ -7,6 +7,7 @@ mod bounded;
 mod check;
 #[allow(clippy::module_inception)]
 mod explore;
+mod panics;
 mod run;
 mod scenarios;
 mod shrink;
@@ -18,6 +19,7 @@ pub use explore::{
     choices_for, explore_orders, explore_workload, next_order, parse_case, replay_case,
     ExploreOpts, Level, OrderCoverage, PathStep, Violation, WorkloadResult,
 };
+pub use panics::guarded;
 pub use run::{
     drive, engine_config, initial_backing, new_world, open_on, record, recovery_config,
     sector_data, Recording, RunFailure,

@@ -159,6 +159,8 @@ pub fn new_world(
 pub struct RunFailure {
     pub op_index: Option<usize>,
     pub detail: String,
+    /// The engine panicked (a broken invariant) rather than failing an operation.
+    pub panicked: bool,
 }
 
 /// Why one operation of a drive did not go through.
@@ -195,6 +197,7 @@ pub fn drive(
                 return Err(RunFailure {
                     op_index: Some(i),
                     detail,
+                    panicked: false,
                 })
             }
         }
@@ -395,20 +398,34 @@ pub fn record(config: &WlConfig, ops: &[WlOp]) -> Result<Recording, String> {
         Err(e) => Some(RunFailure {
             op_index: None,
             detail: format!("open of a blank cache failed: {e}"),
+            panicked: false,
         }),
         Ok((engine, _)) => {
             let mut engine = Some(engine);
-            let r = drive(
-                &mut engine,
-                engine_config(config)?,
-                &world,
-                &mut history,
-                &mut model,
-                ops,
-                0,
-                config.faults.errors_expected(),
-            )
-            .err();
+            let cfg = engine_config(config)?;
+            let errors_expected = config.faults.errors_expected();
+            let run = super::panics::guarded(|| {
+                drive(
+                    &mut engine,
+                    cfg,
+                    &world,
+                    &mut history,
+                    &mut model,
+                    ops,
+                    0,
+                    errors_expected,
+                )
+                .err()
+            });
+            // A panic mid-run is the run's failure; the crash states recorded up to it are
+            // still explored.
+            let r = run.unwrap_or_else(|why| {
+                Some(RunFailure {
+                    op_index: None,
+                    detail: format!("the engine panicked: {why}"),
+                    panicked: true,
+                })
+            });
             if let Some(e) = &engine {
                 schedule = e.schedule_made().to_vec();
             }

@@ -62,6 +62,9 @@ impl Engine {
     /// Applies one intact segment's metablocks to the index: newest copy wins; a clean entry
     /// (upstream's read cache) drops an older copy, the backing device has the block.
     pub(crate) fn apply_segment(&mut self, id: u64, slot: u64, metablocks: &[Metablock]) {
+        if crate::cache::quirk!(self, ReplayAssert) {
+            assert!(id < 2, "replay-assert quirk: applying segment {id}");
+        }
         self.slots[slot as usize] = SlotInfo {
             id,
             len: metablocks.len(),

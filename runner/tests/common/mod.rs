@@ -73,6 +73,20 @@ impl Devices {
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("nbd.sock")
     }
+    /// The arguments of `wbcache writeback` for these devices.
+    pub fn writeback_args(&self) -> [&str; 5] {
+        [
+            "writeback",
+            "--backing",
+            self.backing_str(),
+            "--cache",
+            self.cache_str(),
+        ]
+    }
+    /// Runs `wbcache writeback` on these devices (whatever its outcome).
+    pub fn writeback(&self) -> Output {
+        wbcache(&self.writeback_args())
+    }
 }
 
 /// A running `wbcache serve`.
