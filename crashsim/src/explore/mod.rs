@@ -14,7 +14,7 @@ mod shrink;
 mod workload;
 
 pub use bounded::{bounded_workloads, BoundedParams};
-pub use check::{check_images, read_all, Finding, Kind, OracleSel, Recovered};
+pub use check::{check_images, read_all, read_all_together, Finding, Kind, OracleSel, Recovered};
 pub use explore::{
     choices_for, explore_orders, explore_workload, next_order, parse_case, replay_case,
     ExploreOpts, Level, OrderCoverage, PathStep, Violation, WorkloadResult,

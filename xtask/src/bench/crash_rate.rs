@@ -26,8 +26,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crashsim::explore::{
-    choices_for, explore_workload, generate, read_all, record, recovery_config, shrink,
-    ExploreOpts, Finding, GenParams, Kind, Level, PathStep, Violation, Workload,
+    choices_for, explore_workload, generate, read_all, read_all_together, record, recovery_config,
+    shrink, ExploreOpts, Finding, GenParams, Kind, Level, PathStep, Violation, Workload,
 };
 use crashsim::{Dedup, ImageDevice, PointSelection};
 use engine::format::SECTOR_SIZE;
@@ -374,8 +374,8 @@ fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String>
                 let t = Instant::now();
                 let observed =
                     read_all(&mut engine).map_err(|e| fail(path.clone(), Kind::Read, e))?;
-                let again =
-                    read_all(&mut engine).map_err(|e| fail(path.clone(), Kind::Stability, e))?;
+                let again = read_all_together(&mut engine)
+                    .map_err(|e| fail(path.clone(), Kind::Stability, e))?;
                 p.read += secs(t);
                 if again != observed {
                     return Err(fail(path, Kind::Stability, "a second read differs".into()));
