@@ -9,7 +9,7 @@ use clap::Args;
 use crashsim::explore::{
     bounded_workloads, explore_orders, explore_workload, generate, replay_case, scenario_workloads,
     shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, OrderCoverage,
-    Violation, WlOp, Workload, SCENARIOS,
+    PointTally, Violation, WlOp, Workload, SCENARIOS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -114,6 +114,10 @@ pub struct Outcome {
     pub shown: Vec<Violation>,
     /// No violation, and (zoo) every quirk caught.
     pub passed: bool,
+    /// How the top-level crash points were enumerated, summed over the workloads.
+    pub points: PointTally,
+    /// Bounded mode: whether the run was exhaustive for its space (see the summary line).
+    pub bounded_exhaustive: Option<bool>,
 }
 
 /// The first words of a finding's report: what kind of failure it is.
@@ -320,6 +324,7 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         .max(1);
 
     // The workload source: bounded-exhaustive or seeded.
+    let mut bounded_space = None;
     let workloads: Box<dyn Iterator<Item = Workload> + Send> = match args.bounded {
         Some(len) => {
             if !(2..=3).contains(&args.bounded_blocks) || !(2..=4).contains(&args.bounded_slots) {
@@ -334,6 +339,17 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
                 quirks: args.quirks.clone(),
             };
             let all: Vec<Workload> = bounded_workloads(&p).collect();
+            let ops: Vec<String> = crashsim::explore::alphabet(p.blocks)
+                .iter()
+                .map(|op| op.to_string())
+                .collect();
+            let geometry = all.first().map(|w| w.to_string()).unwrap_or_default();
+            let geometry = geometry.split(';').next().unwrap_or_default().to_string();
+            bounded_space = Some(format!(
+                "every workload of up to {len} operations over the alphabet {{{}}} on the \
+                 geometry {geometry}",
+                ops.join(" ")
+            ));
             eprintln!(
                 "crash-test: bounded mode, {} workloads of up to {len} operations",
                 all.len()
@@ -415,6 +431,9 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
     let mut nviolations = 0u64;
     let mut last_line = Instant::now();
     let mut orders = orders::OrderTally::default();
+    let mut points = PointTally::default();
+    let mut sampled_workloads = 0u64;
+    let mut bounded_exhaustive = None;
     let (bounded, max_orders) = (args.bounded.is_some(), args.orders);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -441,6 +460,8 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         for (r, cov) in rx {
             done += 1;
             orders.add(cov);
+            points.add(r.points);
+            sampled_workloads += (r.points.sampled > 0) as u64;
             states += r.states;
             nviolations += r.violation_count;
             if max_violations.is_some_and(|m| nviolations >= m) {
@@ -520,7 +541,36 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             println!("bounded: L = {len} NOT reached ({done} of {total} workloads), {states} states in {elapsed:.1}s");
         }
         println!("bounded: {}", orders.describe(max_orders));
+        let space = bounded_space.as_deref().unwrap_or("the bounded workloads");
+        let exhaustive = done == total && orders.capped == 0 && points.sampled == 0;
+        bounded_exhaustive = Some(exhaustive);
+        if exhaustive {
+            println!(
+                "bounded: exhaustive for {space}: every completion order, and every subset of \
+                 the pending writes at every crash point (tears: the single-unit tears of cache \
+                 and plog writes, all of them for writes of up to 32 units; combinations of \
+                 tears are sampled)"
+            );
+        } else {
+            println!(
+                "bounded: NOT exhaustive for {space}: {} workload(s) not explored, {} cut short \
+                 in completion order, {sampled_workloads} with sampled crash points",
+                total - done,
+                orders.capped
+            );
+        }
     }
+    println!(
+        "coverage: {} top-level crash points had every subset of their pending writes tried, \
+         {} were sampled (more than {} pending: subsets of up to {}, at most 1200), {} repeated \
+         an earlier state (random choices only); {} of {done} workloads had no sampled point",
+        points.all_subsets,
+        points.sampled,
+        opts.exhaustive_bound,
+        opts.k,
+        points.repeated,
+        done - sampled_workloads
+    );
     println!(
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
         states as f64 / elapsed.max(1e-9)
@@ -541,9 +591,13 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             })
             .collect();
         println!(
-            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"shown\":[{}]}}",
+            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"points\":{{\"all_subsets\":{},\"sampled\":{},\"repeated\":{},\"workloads_without_sampled_points\":{}}},\"shown\":[{}]}}",
             stopped_early.as_deref().map_or_else(|| "null".to_string(), json_str),
             if bounded { orders.json() } else { "null".to_string() },
+            points.all_subsets,
+            points.sampled,
+            points.repeated,
+            done - sampled_workloads,
             vs.join(",")
         );
     }
@@ -566,6 +620,8 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         stopped_early,
         shown,
         passed: nviolations == 0,
+        points,
+        bounded_exhaustive,
     })
 }
 

@@ -181,6 +181,28 @@ pub struct WorkloadResult {
     pub violation_count: u64,
     /// The first violations, in full.
     pub violations: Vec<Violation>,
+    /// How the top-level crash points were enumerated.
+    pub points: PointTally,
+}
+
+/// How the top-level crash points of a run were enumerated: the honest bound of what it saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PointTally {
+    /// Every subset of the pending writes was tried (at most `exhaustive_bound` pending).
+    pub all_subsets: u64,
+    /// Too many pending writes: only the subsets of up to `k` of them (capped), a sample.
+    pub sampled: u64,
+    /// The same crash state as an earlier point (its subsets were tried there): only random
+    /// choices here.
+    pub repeated: u64,
+}
+
+impl PointTally {
+    pub fn add(&mut self, o: PointTally) {
+        self.all_subsets += o.all_subsets;
+        self.sampled += o.sampled;
+        self.repeated += o.repeated;
+    }
 }
 
 struct Ctx<'a> {
@@ -407,6 +429,7 @@ pub fn explore_orders(
         cov.explored += 1;
         total.states += r.states;
         total.violation_count += r.violation_count;
+        total.points.add(r.points);
         let room = opts.keep_violations.saturating_sub(total.violations.len());
         total.violations.extend(r.violations.into_iter().take(room));
     }
@@ -437,6 +460,7 @@ fn explore_scheduled(
                             detail: e,
                         },
                     }],
+                    points: PointTally::default(),
                 },
                 Vec::new(),
             )
@@ -575,7 +599,16 @@ fn explore_world(
         // of writes nothing of it changes), so only its random ones, seeded by the point, are
         // tried: no fingerprint is computed twice for nothing.
         let random_seed = mix64(seed ^ point.before);
-        let choices = match dedup.insert_fingerprint(state.state_key() ^ cut_key ^ POINT_DOMAIN) {
+        let fresh = dedup.insert_fingerprint(state.state_key() ^ cut_key ^ POINT_DOMAIN);
+        if level == Level::Top {
+            let tally = &mut ctx.result.points;
+            match (fresh, state.all_subsets(opts.exhaustive_bound).is_ok()) {
+                (false, _) => tally.repeated += 1,
+                (true, true) => tally.all_subsets += 1,
+                (true, false) => tally.sampled += 1,
+            }
+        }
+        let choices = match fresh {
             true => choices_for(&state, &opts, random_seed),
             false => state.random_choices(random_seed, opts.random).collect(),
         };

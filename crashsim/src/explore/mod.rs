@@ -13,11 +13,11 @@ mod scenarios;
 mod shrink;
 mod workload;
 
-pub use bounded::{bounded_workloads, BoundedParams};
+pub use bounded::{alphabet, bounded_workloads, BoundedParams};
 pub use check::{check_images, read_all, read_all_together, Finding, Kind, OracleSel, Recovered};
 pub use explore::{
     choices_for, explore_orders, explore_workload, next_order, parse_case, replay_case,
-    ExploreOpts, Level, OrderCoverage, PathStep, Violation, WorkloadResult,
+    ExploreOpts, Level, OrderCoverage, PathStep, PointTally, Violation, WorkloadResult,
 };
 pub use panics::guarded;
 pub use run::{

@@ -81,3 +81,17 @@ fn a_violation_through_a_continuation_prints_the_continuations_operations() {
     };
     assert!(continuation_text(&plain).is_none());
 }
+
+/// A bounded run says what it covered: exhaustive for its space when every completion order
+/// and every subset of the pending writes at every crash point were tried.
+#[test]
+fn a_bounded_run_states_its_bound() {
+    let o = run_with(&["--bounded", "2", "--threads", "2"]);
+    assert!(o.passed, "{o:?}");
+    assert_eq!(o.bounded_exhaustive, Some(true), "{o:?}");
+    assert_eq!(o.points.sampled, 0, "{o:?}");
+    assert!(o.points.all_subsets > 0, "{o:?}");
+    // Capping the completion orders makes it not exhaustive, and it says so.
+    let o = run_with(&["--bounded", "2", "--orders", "1", "--threads", "2"]);
+    assert_eq!(o.bounded_exhaustive, Some(false), "{o:?}");
+}
