@@ -114,9 +114,12 @@ pub struct Outcome {
     pub shown: Vec<Violation>,
     /// No violation, and (zoo) every quirk caught.
     pub passed: bool,
-    /// How the top-level crash points were enumerated, summed over the workloads.
+    /// How the top-level crash points were enumerated, summed over the workloads (printed as
+    /// the `coverage:` line; the tests read it from here).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub points: PointTally,
     /// Bounded mode: whether the run was exhaustive for its space (see the summary line).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub bounded_exhaustive: Option<bool>,
 }
 
