@@ -68,8 +68,10 @@ pub struct Config {
     /// engine has no randomness, so the driver picks it.
     pub generation: u64,
     /// Start writeback a batch before the ring is full (rule R12), so a client write rarely
-    /// waits for a forced batch. Off, writeback waits until a slot is needed, as upstream's
-    /// does: only a tool that must build an all-dirty ring (the replay bench) turns it off.
+    /// waits for a forced batch. Off by default: writeback then waits until a slot is needed,
+    /// as upstream's does. On, the ring keeps written-back segments behind the record, and
+    /// dm-writeboost 2.2.17 replaying such a ring wrote an older copy of a block back over a
+    /// newer one (kernel-interop `wbcache-sigterm`); until that is understood it is opt-in.
     pub write_back_ahead: bool,
     /// Seed hazards switched back on (test builds only).
     #[cfg(feature = "quirks")]
@@ -84,7 +86,7 @@ impl Default for Config {
             tunables: None,
             format: FormatPolicy::IfBlank,
             generation: 0,
-            write_back_ahead: true,
+            write_back_ahead: false,
             #[cfg(feature = "quirks")]
             quirks: crate::quirks::Quirks::none(),
         }
