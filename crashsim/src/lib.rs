@@ -29,6 +29,7 @@ mod faults;
 mod image;
 mod log;
 mod media;
+pub mod peer;
 mod points;
 pub mod rng;
 mod world;

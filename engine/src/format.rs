@@ -361,6 +361,13 @@ pub fn build_segment(id: u64, blocks: &[(Metablock, [u8; BLOCK_SIZE])]) -> Vec<u
     seg
 }
 
+/// A metablock's dirty bits say the block is dirty in some sectors only. dm-writeboost's replay
+/// treats such a copy specially: applying it over an older dirty copy of the same block writes
+/// the older copy's dirty sectors to the backing device first.
+pub fn partly_dirty(dirty_bits: u8) -> bool {
+    dirty_bits != 0 && dirty_bits != 0xFF
+}
+
 /// Whether a segment image (header + `length` data blocks) carries a checksum that matches.
 pub fn segment_checksum_ok(segment: &[u8]) -> bool {
     let h = decode_segment_header(segment);

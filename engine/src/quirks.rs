@@ -67,10 +67,15 @@ pub enum Quirk {
     /// id 1), so the zoo shows a panic in recovery is a finding with a replay command, not the
     /// end of the run.
     ReplayAssert,
+    /// Rules R13 and R14 off: a copy is logged partly dirty, and the record passes its segment
+    /// while an older slot still holds a copy of the block; dm-writeboost's replay then writes
+    /// that older copy over the newer one on the backing device (only the peer-replay check
+    /// can see it: our own replay starts after the record).
+    PartialCopies,
 }
 
 impl Quirk {
-    pub const ALL: [Quirk; 21] = [
+    pub const ALL: [Quirk; 22] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -92,6 +97,7 @@ impl Quirk {
         Quirk::WbFlushEarly,
         Quirk::RecordBeforeLog,
         Quirk::ReplayAssert,
+        Quirk::PartialCopies,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +123,7 @@ impl Quirk {
             Quirk::WbFlushEarly => "wb-flush-early",
             Quirk::RecordBeforeLog => "record-before-log",
             Quirk::ReplayAssert => "replay-assert",
+            Quirk::PartialCopies => "partial-copies",
         }
     }
 

@@ -360,3 +360,157 @@ fn replay_writebacks_are_explained_and_backing_size_is_checked() {
     .unwrap_err();
     assert!(matches!(err, Error::SegmentOutOfRange { .. }), "{err}");
 }
+
+// ----- what dm-writeboost's replay needs of a ring we leave (docs/DESIGN.md, "The peer's
+// replay"): it applies every valid slot, and a partly dirty copy over an older dirty one
+// writes the older copy's sectors back first -----
+
+/// `sectors` 512-byte sectors, sector `s` filled with `s as u8 ^ 0xA5`.
+fn patterned(sectors: u64) -> MemDevice {
+    let bytes = (0..sectors * SECTOR_SIZE as u64)
+        .map(|i| (i / SECTOR_SIZE as u64) as u8 ^ 0xA5)
+        .collect();
+    MemDevice::from_bytes(bytes)
+}
+
+fn sector_fill(block: &[u8], s: usize) -> u8 {
+    let sector = &block[s * SECTOR_SIZE..(s + 1) * SECTOR_SIZE];
+    assert!(
+        sector.iter().all(|&b| b == sector[0]),
+        "sector {s} is uniform"
+    );
+    sector[0]
+}
+
+#[test]
+fn a_partial_write_is_logged_whole_with_the_backing_data_around_it() {
+    let img = Image::ours(4);
+    let (mut e, _) = SyncEngine::open(
+        MemDevice::from_bytes(img.bytes.clone()),
+        patterned(BACKING_BLOCKS * 8),
+        cfg(),
+    )
+    .unwrap();
+    // Sectors 2..4 of block 7 (backing sectors 58, 59).
+    e.write(7 * 8 + 2, &[0x77; 2 * SECTOR_SIZE], false).unwrap();
+    e.flush().unwrap();
+    let (cache, _) = e.into_devices();
+    let seg = &cache.bytes()[img.geo.slot_sector(0) as usize * SECTOR_SIZE..];
+    assert_eq!(format::decode_segment_header(seg).id, 1);
+    let mb = format::decode_metablock(seg, 0);
+    assert_eq!(
+        (mb.sector, mb.dirty_bits),
+        (56, 0xFF),
+        "rule R14: a whole copy"
+    );
+    let data = &seg[BLOCK_SIZE..2 * BLOCK_SIZE];
+    let fills: Vec<u8> = (0..8).map(|s| sector_fill(data, s)).collect();
+    let backing = |s: u64| s as u8 ^ 0xA5;
+    assert_eq!(
+        fills,
+        [
+            backing(56),
+            backing(57),
+            0x77,
+            0x77,
+            backing(60),
+            backing(61),
+            backing(62),
+            backing(63)
+        ]
+    );
+}
+
+#[test]
+fn a_partial_write_over_an_upstream_partial_copy_is_completed_from_both() {
+    let mut img = Image::upstream(4);
+    img.segment(1, &[(5, 0xF0, 0x11)], false);
+    let (mut e, _) = SyncEngine::open(
+        MemDevice::from_bytes(img.bytes.clone()),
+        patterned(BACKING_BLOCKS * 8),
+        cfg(),
+    )
+    .unwrap();
+    e.write(5 * 8, &[0x22; SECTOR_SIZE], false).unwrap();
+    let mut got = [0u8; BLOCK_SIZE];
+    e.read(5 * 8, &mut got).unwrap();
+    let backing = |s: u64| (40 + s) as u8 ^ 0xA5;
+    let want = [
+        0x22,
+        backing(1),
+        backing(2),
+        backing(3),
+        0x11,
+        0x11,
+        0x11,
+        0x11,
+    ];
+    assert_eq!(
+        (0..8).map(|s| sector_fill(&got, s)).collect::<Vec<_>>(),
+        want
+    );
+    e.flush().unwrap();
+    let (cache, _) = e.into_devices();
+    let seg = &cache.bytes()[img.geo.slot_sector(1) as usize * SECTOR_SIZE..];
+    assert_eq!(format::decode_segment_header(seg).id, 2);
+    assert_eq!(format::decode_metablock(seg, 0).dirty_bits, 0xFF);
+    assert_eq!(&seg[BLOCK_SIZE..2 * BLOCK_SIZE], &got[..]);
+}
+
+#[test]
+fn the_record_passes_an_upstream_partial_copy_only_once_older_slots_are_reused() {
+    let mut img = Image::upstream(4);
+    img.segment(1, &[(5, 0x0F, 0x11)], false)
+        .segment(2, &[(5, 0x3F, 0x22)], false);
+    let (mut e, rep) = open(&img).unwrap();
+    assert_eq!(rep.last_applied, 2);
+    e.drain().unwrap();
+    let st = e.status();
+    assert_eq!(st.last_writeback_id, 2, "{st:?}");
+    // Rule R13: segment 1 needs segment 4 durable, segment 2 needs segment 5.
+    assert_eq!(st.durable_record_id, 0, "{st:?}");
+    assert_eq!(st.nr_dirty_cache_blocks, 0);
+    // Three more segments: every slot older than segments 1 and 2 is reused.
+    for b in 10..13u64 {
+        e.write(b * 8, &filled(b as u8), false).unwrap();
+        e.flush().unwrap();
+    }
+    e.drain().unwrap();
+    let st = e.status();
+    assert_eq!(
+        (st.last_writeback_id, st.durable_record_id),
+        (5, 5),
+        "{st:?}"
+    );
+    let want = [0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0, 0];
+    let got = read_blocks(&mut e, &[5])[0];
+    assert_eq!(
+        (0..8).map(|s| sector_fill(&got, s)).collect::<Vec<_>>(),
+        want
+    );
+}
+
+#[test]
+fn a_record_only_the_backup_holds_is_written_to_the_primary_too() {
+    let mut img = Image::ours(4);
+    img.segment(1, &[(1, 0xFF, 0x11)], true)
+        .segment(2, &[(2, 0xFF, 0x22)], true);
+    let rec = format::RecordExt {
+        last_writeback_id: 2,
+        flags: 0,
+        generation: 7,
+    };
+    img.put(
+        format::BACKUP_RECORD_BLOCK_SECTOR,
+        &format::encode_record_block(&rec),
+    );
+    let (e, rep) = open(&img).unwrap();
+    assert_eq!((rep.record, rep.segments_applied), (2, 0), "{rep:?}");
+    let (cache, _) = e.into_devices();
+    let primary = &cache.bytes()[format::RECORD_SECTOR as usize * SECTOR_SIZE..];
+    assert_eq!(
+        format::decode_record(primary),
+        2,
+        "the primary the peer reads"
+    );
+}

@@ -575,6 +575,12 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         done - sampled_workloads
     );
     println!(
+        "peer: {} crash states were also judged by what dm-writeboost 2.2.17's replay would show \
+         (orderly type-0 rings; in the rest a torn or stale slot lies where its replay goes wrong by design, \
+         seed hazards H1 and H2: wbcache must open those first)",
+        points.peer_judged
+    );
+    println!(
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
         states as f64 / elapsed.max(1e-9)
     );

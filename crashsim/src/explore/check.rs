@@ -44,6 +44,9 @@ pub enum Kind {
     /// The engine, recovery or an oracle panicked (a broken invariant) while the workload ran
     /// or the state was checked.
     Panic,
+    /// What the peer (dm-writeboost's replay, `crate::peer`) would show on the crashed images
+    /// breaks an oracle.
+    Peer,
 }
 
 impl Kind {
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Stability => "stability",
             Kind::Harness => "harness",
             Kind::Panic => "panic",
+            Kind::Peer => "peer",
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Recovered {
     pub engine: SyncEngine<ImageDevice>,
     pub report: RecoveryReport,
     pub observed: Vec<u8>,
+    /// The peer-replay check judged these images (`crate::peer`).
+    pub peer_judged: bool,
 }
 
 /// Reads the whole exported device.
@@ -129,6 +135,48 @@ pub fn read_all_together<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<V
     Ok(out)
 }
 
+/// Judges what the peer would show on the crashed images, where the model judges them (an
+/// orderly type-0 ring, `crate::peer`): the same oracles must accept it. Says whether it
+/// judged them.
+fn peer_findings(
+    images: &CrashImages,
+    config: &Config,
+    oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
+    sel: OracleSel,
+) -> (Vec<Finding>, bool) {
+    let (Some(cache), Some(backing)) = (
+        images.get(DeviceRole::Cache),
+        images.get(DeviceRole::Backing),
+    ) else {
+        return (Vec::new(), false);
+    };
+    if images.get(DeviceRole::Plog).is_some() {
+        return (Vec::new(), false);
+    }
+    let Some(view) = crate::peer::peer_view(cache, backing, config.segment_size_order) else {
+        return (Vec::new(), false);
+    };
+    let verdicts = [
+        (
+            sel.block(),
+            oracles.0.check(&view).err().map(|v| v.to_string()),
+        ),
+        (
+            sel.prefix(),
+            oracles.1.check(&view).err().map(|v| v.to_string()),
+        ),
+    ];
+    let findings = verdicts
+        .into_iter()
+        .filter_map(|(asked, v)| v.filter(|_| asked))
+        .map(|v| Finding {
+            kind: Kind::Peer,
+            detail: format!("dm-writeboost's replay of these images would show: {v}"),
+        })
+        .collect();
+    (findings, true)
+}
+
 /// Recovers from `images` and checks the result. Returns the findings (empty = the state is
 /// good) and, when recovery worked, the recovered engine for further work. A panic in
 /// recovery, the engine or the oracles is a finding of kind `Panic`.
@@ -155,33 +203,33 @@ fn check_images_unguarded(
     oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
     sel: OracleSel,
 ) -> (Vec<Finding>, Option<Recovered>) {
+    // Judged first (recovery takes the images), reported after recovery's own findings.
+    let (peer, peer_judged) = peer_findings(&images, &config, oracles, sel);
+    let mut findings = Vec::new();
     let take = |images: &mut CrashImages, role| images.take(role).map(ImageDevice::new);
     let (Some(cache), Some(backing)) = (
         take(&mut images, DeviceRole::Cache),
         take(&mut images, DeviceRole::Backing),
     ) else {
-        return (
-            vec![Finding {
-                kind: Kind::Recovery,
-                detail: "crash images lack a device".into(),
-            }],
-            None,
-        );
+        findings.push(Finding {
+            kind: Kind::Recovery,
+            detail: "crash images lack a device".into(),
+        });
+        findings.extend(peer);
+        return (findings, None);
     };
     let plog = take(&mut images, DeviceRole::Plog);
     let (mut engine, report) = match SyncEngine::open_with_plog(cache, backing, plog, config) {
         Ok(x) => x,
         Err(e) => {
-            return (
-                vec![Finding {
-                    kind: Kind::Recovery,
-                    detail: format!("recovery failed: {e}"),
-                }],
-                None,
-            )
+            findings.push(Finding {
+                kind: Kind::Recovery,
+                detail: format!("recovery failed: {e}"),
+            });
+            findings.extend(peer);
+            return (findings, None);
         }
     };
-    let mut findings = Vec::new();
     if let Err(e) = engine.check_invariants() {
         findings.push(Finding {
             kind: Kind::Invariant,
@@ -195,6 +243,7 @@ fn check_images_unguarded(
                 kind: Kind::Read,
                 detail: e,
             });
+            findings.extend(peer);
             return (findings, None);
         }
     };
@@ -233,12 +282,14 @@ fn check_images_unguarded(
             detail: format!("second read: {e}"),
         }),
     }
+    findings.extend(peer);
     (
         findings,
         Some(Recovered {
             engine,
             report,
             observed,
+            peer_judged,
         }),
     )
 }

@@ -195,6 +195,9 @@ pub struct PointTally {
     /// The same crash state as an earlier point (its subsets were tried there): only random
     /// choices here.
     pub repeated: u64,
+    /// Crash states (at any level) whose images were also judged by what dm-writeboost's
+    /// replay would show (`crate::peer`: orderly type-0 rings).
+    pub peer_judged: u64,
 }
 
 impl PointTally {
@@ -202,6 +205,7 @@ impl PointTally {
         self.all_subsets += o.all_subsets;
         self.sampled += o.sampled;
         self.repeated += o.repeated;
+        self.peer_judged += o.peer_judged;
     }
 }
 
@@ -658,6 +662,8 @@ fn explore_world(
                 ctx.opts.oracle,
             );
             let bad = !findings.is_empty();
+            ctx.result.points.peer_judged +=
+                recovered.as_ref().is_some_and(|r| r.peer_judged) as u64;
             ctx.report(&path, findings);
             let Some(recovered) = recovered else { continue };
             if bad || level != Level::Top {

@@ -5,7 +5,7 @@
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 21] = [
+pub const SCENARIOS: [(&str, &str, &str); 22] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -111,6 +111,12 @@ pub const SCENARIOS: [(&str, &str, &str); 21] = [
         "record-before-log",
         "a record written while the log holding a newer copy of a skipped block is in flight",
         "o=4,n=4,b=4,p=2,k=1,u=1,s=124;W0+8.F.W0+8.B.R",
+    ),
+    // The peer: what dm-writeboost's replay would make of the ring (crate::peer).
+    (
+        "partial-copies",
+        "a block written in part in two segments, both written back and recorded",
+        "o=4,n=4,b=4,p=1,k=1,u=1,s=125;W0+2.F.W1+2.F.B.R.W8+8.F",
     ),
 ];
 

@@ -19,6 +19,7 @@
 //! queue and how a piece is placed), `reads`, `writeback` (the writeback and record jobs),
 //! `schedule` (background steps, sync, drop_caches, shutdown), `plog` (type 1).
 
+mod fill;
 mod plog;
 mod reads;
 mod schedule;
@@ -69,9 +70,7 @@ pub struct Config {
     pub generation: u64,
     /// Start writeback a batch before the ring is full (rule R12), so a client write rarely
     /// waits for a forced batch. Off by default: writeback then waits until a slot is needed,
-    /// as upstream's does. On, the ring keeps written-back segments behind the record, and
-    /// dm-writeboost 2.2.17 replaying such a ring wrote an older copy of a block back over a
-    /// newer one (kernel-interop `wbcache-sigterm`); until that is understood it is opt-in.
+    /// as upstream's does.
     pub write_back_ahead: bool,
     /// Seed hazards switched back on (test builds only).
     #[cfg(feature = "quirks")]
@@ -154,6 +153,9 @@ pub struct Reply {
 pub(crate) struct SlotInfo {
     pub id: u64,
     pub len: usize,
+    /// Some block of the segment is partly dirty (bits neither 0 nor 255): rule R13 holds the
+    /// record back behind it.
+    pub partial: bool,
 }
 
 /// Why an operation is in flight: where its completion goes.
@@ -176,6 +178,8 @@ pub(crate) enum Purpose {
     },
     /// The older copy of the head write's block, for a partial overwrite.
     MergeRead,
+    /// The backing data of the head write's block, to make its copy whole (R14).
+    FillRead,
     /// Quirk H12: the older copy's dirty sectors written to the backing device in the
     /// foreground; quirk H14: a discard that goes to the backing device only.
     ForegroundBacking,
@@ -593,6 +597,7 @@ impl Engine {
             Purpose::PlogFlush => self.plog_flush_done(op),
             Purpose::Read { req, part } => self.read_part_done(req, part, data),
             Purpose::MergeRead => self.merge_read_done(data),
+            Purpose::FillRead => self.fill_read_done(op, data),
             Purpose::ForegroundBacking => self.writes.foreground_done(),
             Purpose::WritebackRead { id } => self.writeback_read_done(id, data),
             Purpose::WritebackWrite => self.writeback_write_done(),

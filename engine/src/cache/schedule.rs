@@ -173,7 +173,7 @@ impl Engine {
         {
             return Some(Step::Writeback);
         }
-        if self.durable_record < self.last_writeback
+        if !self.record_settled()
             && self.record.is_none()
             && (self.sched.draining
                 || self.interval_due(
@@ -283,7 +283,7 @@ impl Engine {
         if self.sched.draining
             && self.segs.open_len() == 0
             && self.last_writeback == self.segs.last_sealed
-            && self.durable_record == self.last_writeback
+            && self.record_settled()
         {
             self.sched.draining = false;
             for id in std::mem::take(&mut self.sched.drains) {
@@ -416,7 +416,7 @@ impl Engine {
             if !self.sched.waiting(WaitFor::Shutdown) {
                 self.wait_cache(self.segs.last_sealed, WaitFor::Shutdown);
             }
-        } else if self.durable_record < self.last_writeback && self.writeback.is_none() {
+        } else if !self.record_settled() && self.writeback.is_none() {
             self.start_record();
         }
     }
@@ -453,7 +453,7 @@ impl Engine {
             && self.record.is_none()
             && self.segs.open_len() == 0
             && self.segs.last_durable == self.segs.last_sealed
-            && self.durable_record == self.last_writeback
+            && self.record_settled()
             && self.clocks.plog.durable_prefix() == self.clocks.plog.issued()
     }
 }

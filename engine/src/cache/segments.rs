@@ -198,6 +198,7 @@ impl Engine {
             return;
         }
         let slot = self.geo.slot_of(seg.id);
+        let mut partial = false;
         for j in 0..seg.len {
             let idx = self.index.idx(slot, j);
             let data = &seg.buf[(1 + j) * BLOCK_SIZE..(2 + j) * BLOCK_SIZE];
@@ -210,7 +211,9 @@ impl Engine {
                 block_crc: Some(crc),
             };
             format::encode_metablock(&mut seg.buf, j, &meta);
+            partial |= format::partly_dirty(meta.dirty_bits);
         }
+        self.slots[slot as usize].partial = partial;
         format::seal_segment(&mut seg.buf, seg.id, seg.len);
         if seg.len < self.n {
             self.stats.partial_flushed += 1;
@@ -392,7 +395,11 @@ impl Engine {
             0,
             "slot {slot} reused while it holds live data"
         );
-        self.slots[slot as usize] = SlotInfo { id, len: 0 };
+        self.slots[slot as usize] = SlotInfo {
+            id,
+            len: 0,
+            partial: false,
+        };
         self.segs.open = Some(OpenSeg { id, buf, len: 0 });
         self.write_back_ahead(id);
         Ok(())

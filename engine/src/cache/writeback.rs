@@ -396,7 +396,8 @@ impl Engine {
         if self.record.is_some() {
             return true;
         }
-        if self.durable_record >= self.last_writeback {
+        let (value, log_need) = self.record_limit();
+        if value <= self.durable_record {
             return false;
         }
         self.sched.last_record_ms = self.sched.now_ms;
@@ -405,18 +406,52 @@ impl Engine {
         {
             // Newer copies of blocks the written-back segments skipped must be durable first.
             self.seal_open();
-            RecPhase::WaitLog(self.segs.last_sealed)
+            RecPhase::WaitLog(self.segs.last_sealed.max(log_need))
+        } else if log_need > self.segs.last_durable {
+            RecPhase::WaitLog(log_need)
         } else {
             RecPhase::Backup
         };
-        self.record = Some(RecordJob {
-            value: self.last_writeback,
-            phase,
-        });
+        self.record = Some(RecordJob { value, phase });
         if matches!(self.record.as_ref().expect("set").phase, RecPhase::Backup) {
             self.write_record_copy(format::BACKUP_RECORD_BLOCK_SECTOR);
         }
         true
+    }
+
+    /// Rule R13: how far the record may go now, and how far the log must be durable before it
+    /// does. dm-writeboost's replay applies every valid slot, those behind the record too, in
+    /// ring order; applying a partly dirty copy over an older dirty copy of the same block
+    /// writes the older copy's dirty sectors to the backing device; only then does it mark the
+    /// segments up to the record clean. A recorded segment with a partly dirty block whose
+    /// older copy still sits in a valid slot would so have its newer sectors overwritten for
+    /// good. So the record passes such a segment only once every older slot was reused,
+    /// durably: once segment `id + n - 1` is durable.
+    pub(crate) fn record_limit(&self) -> (u64, u64) {
+        let n = self.geo.nr_segments;
+        assert!(
+            self.last_writeback - self.durable_record <= n,
+            "ring overrun"
+        );
+        let mut log_need = 0;
+        for id in self.durable_record + 1..=self.last_writeback {
+            let info = self.slots[self.geo.slot_of(id) as usize];
+            assert_eq!(info.id, id, "a segment not recorded keeps its slot");
+            if !info.partial || quirk!(self, PartialCopies) {
+                continue;
+            }
+            let reused = id + n - 1;
+            if reused > self.segs.last_sealed {
+                return (id - 1, log_need);
+            }
+            log_need = log_need.max(reused);
+        }
+        (self.last_writeback, log_need)
+    }
+
+    /// The record says all it may say now (R13 may keep it behind `last_writeback`).
+    pub(crate) fn record_settled(&self) -> bool {
+        self.record_limit().0 <= self.durable_record
     }
 
     pub(crate) fn record_durability_need(&self) -> Option<u64> {

@@ -8,7 +8,8 @@
 //!   in flight);
 //! - type 1: the plog region of the new segment (its previous segment durable);
 //! - the older copy of a block being partially overwritten, when it is on the cache device
-//!   (a read of it).
+//!   (a read of it);
+//! - the rest of a block a piece leaves partly dirty, from the backing device (`fill`, R14).
 //!
 //! A write is acknowledged once all its pieces are placed (in RAM), a FUA write or a FLUSH once
 //! what it covers is durable (`schedule`'s waiters).
@@ -38,6 +39,8 @@ pub(crate) enum Blocked {
     Region,
     /// The older copy of a block, read from the cache device.
     OldCopy,
+    /// The rest of a partly written block, read from the backing device (rule R14).
+    Fill,
     /// Foreground backing writes (seed quirks H12, H14).
     Foreground,
 }
@@ -96,6 +99,7 @@ pub(crate) struct WriteQueue {
     /// Type 1: the segment whose durability the next region waits for.
     pub region_need: Option<u64>,
     merge: Option<Merge>,
+    pub fill: Option<super::fill::Fill>,
     foreground_pending: usize,
     /// Recovery: the segment being read back, its buffer, and whether the read completed.
     loading: Option<(u64, Vec<u8>, bool)>,
@@ -178,6 +182,7 @@ impl WriteQueue {
     /// The ids of every request still queued (the cache died).
     pub fn drain_ids(&mut self) -> Vec<ReqId> {
         self.merge = None;
+        self.fill = None;
         self.blocked = None;
         self.queue.drain(..).filter_map(|q| q.id).collect()
     }
@@ -304,6 +309,7 @@ impl Engine {
                     self.index.get_mut(idx).dirty |= bits;
                     self.stats.count(true, true, true, full);
                     self.writes.merge = None;
+                    self.writes.fill = None;
                     return Ok(id);
                 }
             }
@@ -313,28 +319,39 @@ impl Engine {
         self.open_room()?;
         let mut block_buf = [0u8; BLOCK_SIZE];
         let mut dirty = bits;
-        let mut hit = false;
         let mut on_buffer = false;
-        if let Some(old) = self.index.lookup(block) {
-            hit = true;
-            if !full {
-                let (old_data, in_ram) = self.older_copy(old)?;
-                if quirk!(self, H12UnflushedOneShotWriteback) && !in_ram {
-                    // The seed wrote the old dirty sectors back in the foreground, unflushed,
-                    // and the new copy carried only its own sectors.
-                    self.one_shot_writeback(block, old, &old_data)?;
-                } else {
-                    // Keep the old copy's dirty sectors: the new copy must be a superset, so
-                    // replay of the newest copy alone is right and no foreground writeback is
-                    // needed.
-                    block_buf = *old_data;
-                    dirty |= self.index.get(old).dirty;
-                    on_buffer = in_ram;
-                }
+        let mut one_shot = false;
+        let old = self.index.lookup(block);
+        if let Some(old) = old.filter(|_| !full) {
+            let (old_data, in_ram) = self.older_copy(old)?;
+            if quirk!(self, H12UnflushedOneShotWriteback) && !in_ram {
+                // The seed wrote the old dirty sectors back in the foreground, unflushed,
+                // and the new copy carried only its own sectors.
+                self.one_shot_writeback(block, old, &old_data)?;
+                one_shot = true;
+            } else {
+                // Keep the old copy's dirty sectors: the new copy must be a superset, so
+                // replay of the newest copy alone is right and no foreground writeback is
+                // needed.
+                block_buf = *old_data;
+                dirty |= self.index.get(old).dirty;
+                on_buffer = in_ram;
             }
+        }
+        let whole = self.whole_block_mask(block);
+        if dirty != whole && !one_shot && !quirk!(self, PartialCopies) {
+            // Rule R14: the rest of the block from the backing device; the copy is whole.
+            let mut filled = self.backing_fill(block, old)?;
+            super::fill::overlay_sectors(&mut filled, &block_buf, dirty);
+            block_buf = *filled;
+            dirty = whole;
+        }
+        let hit = old.is_some();
+        if let Some(old) = old {
             self.index.remove(old);
         }
         self.writes.merge = None;
+        self.writes.fill = None;
         block_buf[byte_off..byte_off + data.len()].copy_from_slice(data);
         let open = self.segs.open.as_mut().expect("open_room opened a segment");
         let (open_id, pos) = (open.id, open.len);

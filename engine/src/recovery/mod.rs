@@ -68,6 +68,9 @@ impl Engine {
         self.slots[slot as usize] = SlotInfo {
             id,
             len: metablocks.len(),
+            partial: metablocks
+                .iter()
+                .any(|m| crate::format::partly_dirty(m.dirty_bits)),
         };
         for (j, m) in metablocks.iter().enumerate() {
             let block = m.sector / SECTORS_PER_BLOCK;

@@ -599,8 +599,14 @@ impl Opening {
     /// (before the slots, so a recovery cut short plans the same), invalidated slots, a flush.
     fn start_apply(&mut self, mut stages: Vec<Stage>) -> Result<()> {
         let walk = self.found.walk.clone().expect("planned");
-        let generation = self.found.recover.expect("decided").generation();
-        if walk.written_back > walk.record {
+        let recover = self.found.recover.expect("decided");
+        let generation = recover.generation();
+        // Also when only the backup copy holds the record (a record update cut short): the
+        // primary is the copy dm-writeboost reads, and slots the record frees get reused from
+        // now on; its replay marks a torn reused slot's predecessors clean only if the primary
+        // covers them.
+        let primary_lags = recover.record.source == plan::RecordSource::Backup;
+        if walk.written_back > walk.record || primary_lags {
             stages.extend(formatting::record_stages(&format::RecordExt {
                 last_writeback_id: walk.written_back,
                 flags: 0,
