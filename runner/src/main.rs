@@ -241,12 +241,12 @@ struct ServeArgs {
         default_value_t = IoEngine::Auto
     )]
     io_engine: IoEngine,
-    /// Start writeback a batch (`nr_max_batched_writeback` segments, at most a quarter of the
-    /// ring) before the ring is full, whatever `allow_writeback` says, so a client write rarely
-    /// waits for a forced writeback. Off by default (writeback when a slot is needed, as
-    /// dm-writeboost does): the real dm-writeboost module mis-replayed a ring left this way.
-    #[arg(long = "write-back-ahead")]
-    write_back_ahead: bool,
+    /// Do not start writeback before the ring is full: wait until a slot is needed, as
+    /// dm-writeboost does (by default writeback starts a batch, `nr_max_batched_writeback`
+    /// segments or a quarter of the ring, before the ring is full, whatever `allow_writeback`
+    /// says, so a client write rarely waits for a forced batch).
+    #[arg(long = "no-write-back-ahead")]
+    no_write_back_ahead: bool,
     #[command(flatten)]
     tunables: TunableArgs,
 }
@@ -420,7 +420,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             IoMode::DirectIfSupported
         },
         io_engine: a.io_engine,
-        write_back_ahead: a.write_back_ahead,
+        write_back_ahead: !a.no_write_back_ahead,
     })
 }
 

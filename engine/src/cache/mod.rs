@@ -69,7 +69,7 @@ pub struct Config {
     /// engine has no randomness, so the driver picks it.
     pub generation: u64,
     /// Start writeback a batch before the ring is full (rule R12), so a client write rarely
-    /// waits for a forced batch. Off by default: writeback then waits until a slot is needed,
+    /// waits for a forced batch. On by default; off, writeback waits until a slot is needed,
     /// as upstream's does.
     pub write_back_ahead: bool,
     /// Seed hazards switched back on (test builds only).
@@ -85,7 +85,7 @@ impl Default for Config {
             tunables: None,
             format: FormatPolicy::IfBlank,
             generation: 0,
-            write_back_ahead: false,
+            write_back_ahead: true,
             #[cfg(feature = "quirks")]
             quirks: crate::quirks::Quirks::none(),
         }
