@@ -80,6 +80,39 @@ pub enum IoKind {
     Flush,
 }
 
+impl IoKind {
+    /// The first sector and the bytes it covers (a flush covers none).
+    pub fn extent(&self) -> (u64, usize) {
+        match self {
+            IoKind::Read { sector, len } => (*sector, *len),
+            IoKind::Write { sector, data, .. } => (*sector, data.len()),
+            IoKind::Flush => (0, 0),
+        }
+    }
+
+    /// What kind of access it is, as device errors name it.
+    pub fn access(&self) -> crate::device::Access {
+        use crate::device::Access;
+        match self {
+            IoKind::Read { .. } => Access::Read,
+            IoKind::Write { .. } => Access::Write,
+            IoKind::Flush => Access::Flush,
+        }
+    }
+
+    /// Where a plain (not FUA) write starts and ends, in sectors; `None` for anything else.
+    pub fn plain_write_span(&self) -> Option<(u64, u64)> {
+        match self {
+            IoKind::Write {
+                sector,
+                data,
+                fua: false,
+            } => Some((*sector, sector + (data.len() / 512) as u64)),
+            _ => None,
+        }
+    }
+}
+
 /// One device operation.
 #[derive(Clone, Debug)]
 pub struct IoOp {

@@ -113,11 +113,11 @@ impl<D: BlockDevice> Devices<D> {
 
 /// The sectors an operation touches.
 fn extent(op: &IoOp) -> Option<(u64, u64)> {
-    match &op.kind {
-        IoKind::Read { sector, len } => Some((*sector, *sector + (*len / 512) as u64)),
-        IoKind::Write { sector, data, .. } => Some((*sector, *sector + (data.len() / 512) as u64)),
-        IoKind::Flush => None,
+    if matches!(op.kind, IoKind::Flush) {
+        return None;
     }
+    let (sector, bytes) = op.kind.extent();
+    Some((sector, sector + (bytes / 512) as u64))
 }
 
 /// Whether `b` may join a batch holding `run`: same device, same kind, no flush, and no

@@ -23,6 +23,35 @@ use engine::{Access, DeviceRole, IoError, IoOp, IoResult, OpId};
 use crate::events::Events;
 use crate::sync::Arc;
 
+/// `first`, with the plain writes at the front of `queue` that continue it on the device
+/// (each starting where the one before ends), at most `max_items` of them and
+/// `pool::MAX_RUN_BYTES` in all: one transfer then carries them. Both backends gather this way.
+pub(crate) fn gather_write_run<T>(
+    first: T,
+    queue: &mut std::collections::VecDeque<T>,
+    kind: impl Fn(&T) -> &engine::IoKind,
+    max_items: usize,
+) -> Vec<T> {
+    let Some((_, mut end)) = kind(&first).plain_write_span() else {
+        return vec![first];
+    };
+    let mut bytes = kind(&first).extent().1;
+    let mut run = vec![first];
+    // Bounded by the queue.
+    while let Some(next) = queue.front() {
+        let Some((start, next_end)) = kind(next).plain_write_span() else {
+            break;
+        };
+        let len = kind(next).extent().1;
+        if start != end || run.len() == max_items || bytes + len > pool::MAX_RUN_BYTES {
+            break;
+        }
+        (end, bytes) = (next_end, bytes + len);
+        run.push(queue.pop_front().expect("just looked"));
+    }
+    run
+}
+
 /// A device that performs operations concurrently and completes each exactly once.
 pub trait AsyncDevice: Send + Sync {
     fn size_sectors(&self) -> u64;

@@ -37,18 +37,6 @@ impl Perform for crate::filedev::handle::FileHandle {
 /// faster per byte past this, and each I/O thread's bounce buffer grows to it at most.
 pub const MAX_RUN_BYTES: usize = 1 << 20;
 
-/// Where a plain (not FUA) write ends, or `None` for anything else.
-fn plain_write_end(kind: &IoKind) -> Option<(u64, u64, usize)> {
-    match kind {
-        IoKind::Write {
-            sector,
-            data,
-            fua: false,
-        } => Some((*sector, sector + (data.len() / 512) as u64, data.len())),
-        _ => None,
-    }
-}
-
 struct Queue {
     work: VecDeque<(IoOp, Done)>,
     closed: bool,
@@ -156,21 +144,11 @@ fn add_busy(s: &Shared, since: Instant) {
 /// it on the device (a writeback batch is handed out sorted by address): one transfer then
 /// carries them all. Taken from the front of the queue only, so the FIFO order stays.
 fn take_write_run(first: (IoOp, Done), s: &Shared) -> Vec<(IoOp, Done)> {
-    let Some((_, mut end, mut bytes)) = plain_write_end(&first.0.kind) else {
+    if first.0.kind.plain_write_span().is_none() {
         return vec![first];
-    };
-    let mut run = vec![first];
-    let mut q = lock(&s.queue);
-    while let Some((start, next_end, len)) =
-        q.work.front().and_then(|(op, _)| plain_write_end(&op.kind))
-    {
-        if start != end || bytes + len > MAX_RUN_BYTES {
-            break;
-        }
-        run.push(q.work.pop_front().expect("a front"));
-        (end, bytes) = (next_end, bytes + len);
     }
-    run
+    let mut q = lock(&s.queue);
+    super::gather_write_run(first, &mut q.work, |(op, _)| &op.kind, usize::MAX)
 }
 
 impl AsyncDevice for Pooled {
