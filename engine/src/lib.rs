@@ -15,6 +15,7 @@ pub mod index;
 pub mod inspect;
 mod invariants;
 pub mod io;
+pub mod probes;
 #[cfg(feature = "quirks")]
 pub mod quirks;
 pub mod recovery;

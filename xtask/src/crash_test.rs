@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use crashsim::explore::{
-    bounded_workloads, explore_orders, explore_workload, generate, replay_case, scenario_workloads,
-    shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level, OracleSel, OrderCoverage,
-    PointTally, Violation, WlOp, Workload, SCENARIOS,
+    bounded_workloads, coverage, explore_orders, explore_workload, generate, replay_case,
+    scenario_workloads, shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level,
+    OracleSel, OrderCoverage, PointTally, Violation, WlOp, Workload, SCENARIOS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -97,6 +97,45 @@ pub struct CrashTestArgs {
     /// count them all.
     #[arg(long)]
     keep_going: bool,
+    /// Leave one kind of operation out of every workload (repeatable): discard, fua,
+    /// partial (writes of part of a block), background (steps left running). Shows what the
+    /// coverage check does when a workload feature goes missing.
+    #[arg(long = "without", value_parser = ["discard", "fua", "partial", "background"])]
+    without: Vec<String>,
+}
+
+impl CrashTestArgs {
+    /// The default seeded type-0 run (`cargo xtask crash-test`, perhaps with `--without`): the
+    /// one that must reach every required probe.
+    fn is_default_run(&self) -> bool {
+        self.quirks.is_empty()
+            && self.faults.is_empty()
+            && self.cache_type == 0
+            && self.bounded.is_none()
+            && self.scenario.is_none()
+            && self.shard.is_none()
+            && self.replay.is_none()
+            && self.order.is_none()
+            && self.unit.is_none()
+            && self.time.is_none()
+            && self.seeds >= 30
+    }
+}
+
+/// Whether `--without` leaves `op` out.
+fn left_out(without: &[String], op: &WlOp) -> bool {
+    without.iter().any(|w| match (w.as_str(), op) {
+        ("discard", WlOp::Discard { .. }) => true,
+        ("fua", WlOp::Write { fua: true, .. }) => true,
+        (
+            "partial",
+            WlOp::Write {
+                sector, sectors, ..
+            },
+        ) => sector % 8 != 0 || sectors % 8 != 0,
+        ("background", WlOp::Background(_)) => true,
+        _ => false,
+    })
 }
 
 /// What a crash-test run found.
@@ -411,10 +450,14 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             )
         }
     };
+    let without = args.without.clone();
     let workloads: Vec<Workload> = workloads
         .enumerate()
         .filter(|(i, _)| shard.is_none_or(|(si, n)| *i as u64 % n == si))
-        .map(|(_, w)| w)
+        .map(|(_, mut w)| {
+            w.ops.retain(|op| !left_out(&without, op));
+            w
+        })
         .collect();
 
     let total = workloads.len() as u64;
@@ -584,6 +627,16 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
         states as f64 / elapsed.max(1e-9)
     );
+    print_probes(&points);
+    let unreached = coverage::unreached_required(&points.probes, &points.sim);
+    let blind = args.is_default_run() && stopped_early.is_none() && !unreached.is_empty();
+    if blind {
+        println!(
+            "coverage: FAILED: required probe(s) never fired: {} (crashsim/src/explore/coverage.rs \
+             says why each is required; the run no longer reaches those paths)",
+            unreached.join(", ")
+        );
+    }
     if args.json {
         let vs: Vec<String> = shown
             .iter()
@@ -600,13 +653,18 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             })
             .collect();
         println!(
-            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"points\":{{\"all_subsets\":{},\"sampled\":{},\"repeated\":{},\"workloads_without_sampled_points\":{}}},\"shown\":[{}]}}",
+            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"points\":{{\"all_subsets\":{},\"sampled\":{},\"repeated\":{},\"workloads_without_sampled_points\":{}}},\"probes\":{{{}}},\"shown\":[{}]}}",
             stopped_early.as_deref().map_or_else(|| "null".to_string(), json_str),
             if bounded { orders.json() } else { "null".to_string() },
             points.all_subsets,
             points.sampled,
             points.repeated,
             done - sampled_workloads,
+            coverage::rows(&points.probes, &points.sim)
+                .iter()
+                .map(|(n, c)| format!("{}:{c}", json_str(n)))
+                .collect::<Vec<_>>()
+                .join(","),
             vs.join(",")
         );
     }
@@ -614,11 +672,16 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         println!("{why}");
     }
     println!(
-        "crash-test: {states} states, {done} workloads, {nviolations} violations{}",
+        "crash-test: {states} states, {done} workloads, {nviolations} violations{}{}",
         if stopped_early.is_some() {
             " (stopped early)"
         } else {
             ""
+        },
+        if blind {
+            format!(", coverage FAILED ({} never fired)", unreached.join(", "))
+        } else {
+            String::new()
         }
     );
     Ok(Outcome {
@@ -628,10 +691,34 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         violations: nviolations,
         stopped_early,
         shown,
-        passed: nviolations == 0,
+        passed: nviolations == 0 && !blind,
         points,
         bounded_exhaustive,
     })
+}
+
+/// The coverage table: every probe with its count, then those that never fired.
+fn print_probes(points: &PointTally) {
+    let rows = coverage::rows(&points.probes, &points.sim);
+    let line: Vec<String> = rows
+        .iter()
+        .filter(|(_, c)| *c > 0)
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    println!("probes: {}", line.join(", "));
+    let never: Vec<&str> = rows
+        .iter()
+        .filter(|(_, c)| *c == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    println!(
+        "probes never fired: {}",
+        if never.is_empty() {
+            "none".to_string()
+        } else {
+            never.join(", ")
+        }
+    );
 }
 
 fn ops_text(ops: &[WlOp]) -> String {

@@ -9,6 +9,7 @@ use engine::{Config, DeviceRole};
 use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
 use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
+use super::coverage::{SimCounts, SimProbe};
 use super::run::{drive, new_world, open_on, record, recovery_config};
 use super::workload::{continuation, Completion, WlConfig, WlOp, Workload};
 use crate::rng::mix64;
@@ -198,6 +199,10 @@ pub struct PointTally {
     /// Crash states (at any level) whose images were also judged by what dm-writeboost's
     /// replay would show (`crate::peer`: orderly type-0 rings).
     pub peer_judged: u64,
+    /// How often each engine probe fired (`engine::probes`), in runs and recoveries alike.
+    pub probes: engine::probes::Counts,
+    /// How often each simulator probe fired (`super::coverage`).
+    pub sim: super::coverage::SimCounts,
 }
 
 impl PointTally {
@@ -206,6 +211,8 @@ impl PointTally {
         self.sampled += o.sampled;
         self.repeated += o.repeated;
         self.peer_judged += o.peer_judged;
+        self.probes.add(&o.probes);
+        self.sim.add(&o.sim);
     }
 }
 
@@ -448,6 +455,8 @@ fn explore_scheduled(
     opts: &ExploreOpts,
     dedup: &mut Dedup,
 ) -> (WorkloadResult, Vec<(u32, u32)>) {
+    // Counts of whatever ran on this thread before belong to no workload.
+    let _ = engine::probes::take();
     // Every open after a crash (recovery, continuation) uses this configuration.
     let config = match recovery_config(&workload.config) {
         Ok(c) => c,
@@ -513,7 +522,33 @@ fn explore_scheduled(
         dedup,
     );
     drop(world);
+    if rec.schedule.iter().any(|&(choice, _)| choice != 0) {
+        ctx.result.points.sim.hit(SimProbe::OutOfOrder);
+    }
+    ctx.result.points.probes.add(&engine::probes::take());
     (ctx.result, rec.schedule)
+}
+
+/// The simulator probes of one checked crash state.
+fn probe_state(sim: &mut SimCounts, level: &Level, choice: &Choice, pending: usize, peer: bool) {
+    sim.hit(match level {
+        Level::Top => SimProbe::CrashInRun,
+        Level::Recovery => SimProbe::CrashInRecovery,
+        Level::Continuation => SimProbe::CrashInContinuation,
+    });
+    if choice
+        .persisted
+        .iter()
+        .any(|p| matches!(p.units, crate::Units::Mask(_)))
+    {
+        sim.hit(SimProbe::TornWrite);
+    }
+    if !choice.persisted.is_empty() && choice.persisted.len() < pending {
+        sim.hit(SimProbe::PartlyPersisted);
+    }
+    if peer {
+        sim.hit(SimProbe::PeerJudged);
+    }
 }
 
 /// Keeps crash-point keys apart from crash-state fingerprints in one [`Dedup`].
@@ -662,8 +697,15 @@ fn explore_world(
                 ctx.opts.oracle,
             );
             let bad = !findings.is_empty();
-            ctx.result.points.peer_judged +=
-                recovered.as_ref().is_some_and(|r| r.peer_judged) as u64;
+            let peer = recovered.as_ref().is_some_and(|r| r.peer_judged);
+            ctx.result.points.peer_judged += peer as u64;
+            probe_state(
+                &mut ctx.result.points.sim,
+                &level,
+                &choice,
+                state.pending_count(),
+                peer,
+            );
             ctx.report(&path, findings);
             let Some(recovered) = recovered else { continue };
             if bad || level != Level::Top {

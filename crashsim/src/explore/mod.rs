@@ -5,6 +5,7 @@
 
 mod bounded;
 mod check;
+pub mod coverage;
 #[allow(clippy::module_inception)]
 mod explore;
 mod panics;

@@ -626,6 +626,11 @@ impl Engine {
 
     /// Marks the cache dead (the first cause wins) and fails everything waiting.
     pub(crate) fn die(&mut self, err: Error) {
+        match err {
+            Error::Io { .. } => crate::probe!(DeadIo),
+            Error::Corrupt { .. } => crate::probe!(DeadCorrupt),
+            _ => {}
+        }
         if self.dead.is_none() {
             self.dead = Some(err.to_string());
             self.dead_error = Some(err.clone());

@@ -40,6 +40,10 @@ pub(crate) struct ReadJob {
 impl Engine {
     /// Plans a read and issues its device reads; answers at once when nothing needs a device.
     pub(crate) fn start_read(&mut self, id: ReqId, sector: u64, len: usize) {
+        if !self.reads.is_empty() {
+            // Several reads planned and in flight together, as the runner serves a queue.
+            crate::probe!(ReadMany);
+        }
         let mut job = ReadJob {
             buf: vec![0u8; len],
             pending: 0,
@@ -85,9 +89,11 @@ impl Engine {
                     let mut b = Box::new([0u8; BLOCK_SIZE]);
                     b.copy_from_slice(&img[(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE]);
                     overlay.data = Some(b);
+                    crate::probe!(ReadRam);
                     true
                 }
                 None => {
+                    crate::probe!(ReadCache);
                     cache_reads.push((job.overlays.len(), self.geo.block_sector(slot, pos), slot));
                     false
                 }
@@ -97,6 +103,9 @@ impl Engine {
         }
         runs.extend(run);
         let backing_parts = runs.len();
+        if backing_parts > 0 {
+            crate::probe!(ReadBacking);
+        }
         for (part, &(s, off, bytes)) in runs.iter().enumerate() {
             job.backing.push(off);
             self.issue(

@@ -217,6 +217,9 @@ impl Engine {
         format::seal_segment(&mut seg.buf, seg.id, seg.len);
         if seg.len < self.n {
             self.stats.partial_flushed += 1;
+            crate::probe!(SealPartial);
+        } else {
+            crate::probe!(SealFull);
         }
         assert_eq!(
             seg.id,
@@ -379,6 +382,7 @@ impl Engine {
         if need > self.durable_record {
             // Rule R9: the slot's old segment is not recorded as written back yet. The ring is
             // full: forced writeback and a record, whatever allow_writeback says.
+            crate::probe!(WritebackForced);
             self.force_room(need);
             return Err(Blocked::Slot);
         }
@@ -401,7 +405,7 @@ impl Engine {
             partial: false,
         };
         self.segs.open = Some(OpenSeg { id, buf, len: 0 });
-        self.write_back_ahead(id);
+        self.start_writeback_ahead(id);
         Ok(())
     }
 
@@ -409,13 +413,14 @@ impl Engine {
     /// a segment that is not written back, start that writeback now, so the write that will
     /// need the slot finds it free instead of waiting for a whole forced batch. A batch, or a
     /// quarter of the ring when that is less: a ring of two or three segments waits for need.
-    fn write_back_ahead(&mut self, id: u64) {
+    fn start_writeback_ahead(&mut self, id: u64) {
         if !self.write_back_ahead {
             return;
         }
         let ahead = (self.tunables.nr_max_batched_writeback as u64).min(self.geo.nr_segments / 4);
         let need = (id + ahead).saturating_sub(self.geo.nr_segments);
         if need > self.last_writeback {
+            crate::probe!(WritebackAhead);
             self.start_writeback();
         }
     }

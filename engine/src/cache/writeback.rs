@@ -376,6 +376,7 @@ impl Engine {
             (self.index.live_in_slot(slot) as usize) < self.slots[slot as usize].len
         });
         if superseded {
+            crate::probe!(WritebackSkipsSuperseded);
             self.record_needs_log_for = job.target;
         }
         for &(block, idx) in &job.items {
@@ -405,6 +406,7 @@ impl Engine {
             && !quirk!(self, H5RecordAheadOfLog)
         {
             // Newer copies of blocks the written-back segments skipped must be durable first.
+            crate::probe!(RecordWaitsLog);
             self.seal_open();
             RecPhase::WaitLog(self.segs.last_sealed.max(log_need))
         } else if log_need > self.segs.last_durable {
@@ -442,6 +444,7 @@ impl Engine {
             }
             let reused = id + n - 1;
             if reused > self.segs.last_sealed {
+                crate::probe!(RecordHeldPartial);
                 return (id - 1, log_need);
             }
             log_need = log_need.max(reused);
@@ -482,6 +485,7 @@ impl Engine {
     }
 
     fn write_record_copy(&mut self, sector: u64) {
+        crate::probe!(RecordWrite);
         let value = self.record.as_ref().expect("a job").value;
         let block = format::encode_record_block(&format::RecordExt {
             last_writeback_id: value,

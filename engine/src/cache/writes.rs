@@ -218,6 +218,11 @@ impl Engine {
             match self.advance(&mut head) {
                 Advance::Done => self.finish(head),
                 Advance::Blocked(b) => {
+                    match b {
+                        Blocked::Slot => crate::probe!(WriteWaitsSlot),
+                        Blocked::Buffer => crate::probe!(WriteWaitsBuffer),
+                        _ => {}
+                    }
                     self.writes.blocked = Some(b);
                     self.writes.queue.push_front(head);
                     return;
@@ -273,9 +278,20 @@ impl Engine {
                 self.start_drain(id);
                 return;
             }
-            QKind::Flush => true,
-            QKind::Write { fua, .. } => fua && !quirk!(self, WcIgnoresFua),
-            QKind::Zeroes { fua } => fua,
+            QKind::Flush => {
+                crate::probe!(Flush);
+                true
+            }
+            QKind::Write { fua, .. } => {
+                if fua {
+                    crate::probe!(WriteFua);
+                }
+                fua && !quirk!(self, WcIgnoresFua)
+            }
+            QKind::Zeroes { fua } => {
+                crate::probe!(WriteZeroes);
+                fua
+            }
             QKind::BackingDiscard => false,
             QKind::Rebuild { .. } | QKind::LoadSegment { .. } => false,
         };
@@ -310,6 +326,7 @@ impl Engine {
                     self.stats.count(true, true, true, full);
                     self.writes.merge = None;
                     self.writes.fill = None;
+                    crate::probe!(WriteInPlace);
                     return Ok(id);
                 }
             }
@@ -336,12 +353,18 @@ impl Engine {
                 block_buf = *old_data;
                 dirty |= self.index.get(old).dirty;
                 on_buffer = in_ram;
+                if in_ram {
+                    crate::probe!(WriteMergeRam);
+                } else {
+                    crate::probe!(WriteMergeCache);
+                }
             }
         }
         let whole = self.whole_block_mask(block);
         if dirty != whole && !one_shot && !quirk!(self, PartialCopies) {
             // Rule R14: the rest of the block from the backing device; the copy is whole.
             let mut filled = self.backing_fill(block, old)?;
+            crate::probe!(WriteFillBacking);
             super::fill::overlay_sectors(&mut filled, &block_buf, dirty);
             block_buf = *filled;
             dirty = whole;

@@ -190,6 +190,7 @@ impl Opening {
         engine.stats = crate::status::Stats::default();
         self.report.dirty_blocks = engine.index.live_total();
         self.report.plog_epoch = engine.plog.as_ref().map_or(0, |p| p.sb.epoch);
+        probe_report(&self.report);
         Ok((engine, self.report))
     }
 
@@ -606,6 +607,12 @@ impl Opening {
         // now on; its replay marks a torn reused slot's predecessors clean only if the primary
         // covers them.
         let primary_lags = recover.record.source == plan::RecordSource::Backup;
+        if primary_lags {
+            crate::probe!(RecoveryRecordFromBackup);
+        }
+        if walk.written_back > walk.record {
+            crate::probe!(RecoveryRecordRaised);
+        }
         if walk.written_back > walk.record || primary_lags {
             stages.extend(formatting::record_stages(&format::RecordExt {
                 last_writeback_id: walk.written_back,
@@ -765,5 +772,46 @@ impl Opening {
             stages.extend(formatting::plog_superblock_stages(&sb));
         }
         self.next_stage(stages.into(), Phase::Finish, |_| Ok(()))
+    }
+}
+
+/// The coverage probes of a finished recovery, from what it reports.
+fn probe_report(r: &RecoveryReport) {
+    let fired = [
+        (r.formatted, crate::probes::Probe::RecoveryFormat),
+        (
+            r.upstream_image,
+            crate::probes::Probe::RecoveryUpstreamImage,
+        ),
+        (
+            r.stop_reason.is_some(),
+            crate::probes::Probe::RecoveryWalkStopped,
+        ),
+        (
+            r.stale_invalidated > 0,
+            crate::probes::Probe::RecoveryStaleInvalidated,
+        ),
+        (
+            r.replay_writebacks > 0,
+            crate::probes::Probe::RecoveryReplayWriteback,
+        ),
+        (
+            r.segments_applied > 0,
+            crate::probes::Probe::RecoverySegmentsApplied,
+        ),
+        (
+            r.plog_segments_rebuilt > 0,
+            crate::probes::Probe::RecoveryPlogRebuild,
+        ),
+        (
+            r.plog_regions_voided > 0,
+            crate::probes::Probe::RecoveryPlogVoided,
+        ),
+    ];
+    for (on, _p) in fired {
+        if on {
+            #[cfg(feature = "probes")]
+            crate::probes::hit(_p);
+        }
     }
 }

@@ -95,3 +95,14 @@ fn a_bounded_run_states_its_bound() {
     let o = run_with(&["--bounded", "2", "--orders", "1", "--threads", "2"]);
     assert_eq!(o.bounded_exhaustive, Some(false), "{o:?}");
 }
+
+/// The default run reaches every required probe; leaving discards out of every workload makes
+/// it fail, naming the probe of the path it no longer reaches.
+#[test]
+fn a_default_run_that_stops_reaching_a_path_fails_naming_its_probe() {
+    let o = run_with(&["--without", "discard"]);
+    assert_eq!(o.violations, 0, "{o:?}");
+    assert!(!o.passed, "a blind run must fail");
+    let unreached = coverage::unreached_required(&o.points.probes, &o.points.sim);
+    assert_eq!(unreached, ["write-zeroes"], "{o:?}");
+}
