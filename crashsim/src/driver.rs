@@ -278,6 +278,36 @@ impl SimEngine {
         }
     }
 
+    /// Submits several requests together and completes operations until every one has its
+    /// reply (the runner serves a client's queue this way); one result per request, in order.
+    pub fn requests(&mut self, reqs: Vec<Request>) -> Vec<engine::Result<Option<Vec<u8>>>> {
+        let first = self.next_req;
+        let n = reqs.len();
+        for req in reqs {
+            self.engine.submit(ReqId(self.next_req), req);
+            self.next_req += 1;
+        }
+        let mut out: Vec<Option<engine::Result<Option<Vec<u8>>>>> = (0..n).map(|_| None).collect();
+        // Bounded: every step completes an operation, and the engine replies once all of a
+        // request's operations completed.
+        loop {
+            while let Some(r) = self.engine.poll_reply() {
+                if let Some(i) = r.id.0.checked_sub(first).filter(|&i| i < n as u64) {
+                    out[i as usize] = Some(r.result);
+                }
+            }
+            if out.iter().all(Option::is_some) {
+                return out.into_iter().map(|r| r.expect("all replied")).collect();
+            }
+            if !self.step() {
+                panic!(
+                    "requests got no reply and nothing is in flight: {}",
+                    self.engine.shutdown_state()
+                );
+            }
+        }
+    }
+
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> engine::Result<()> {
         let data = self.request(Request::Read {
             sector,

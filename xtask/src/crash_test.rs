@@ -97,10 +97,11 @@ pub struct CrashTestArgs {
     /// count them all.
     #[arg(long)]
     keep_going: bool,
-    /// Leave one kind of operation out of every workload (repeatable): discard, fua,
-    /// partial (writes of part of a block), background (steps left running). Shows what the
-    /// coverage check does when a workload feature goes missing.
-    #[arg(long = "without", value_parser = ["discard", "fua", "partial", "background"])]
+    /// Leave one kind of operation out of every workload (repeatable): zeroes (discards and
+    /// write-zeroes), fua, partial (writes of part of a block), background (steps left
+    /// running), reads (reads in flight together). Shows what the coverage check does when a
+    /// workload feature goes missing.
+    #[arg(long = "without", value_parser = ["zeroes", "fua", "partial", "background", "reads"])]
     without: Vec<String>,
 }
 
@@ -125,7 +126,8 @@ impl CrashTestArgs {
 /// Whether `--without` leaves `op` out.
 fn left_out(without: &[String], op: &WlOp) -> bool {
     without.iter().any(|w| match (w.as_str(), op) {
-        ("discard", WlOp::Discard { .. }) => true,
+        ("zeroes", WlOp::Discard { .. } | WlOp::Zeroes { .. }) => true,
+        ("reads", WlOp::ReadMany { .. }) => true,
         ("fua", WlOp::Write { fua: true, .. }) => true,
         (
             "partial",

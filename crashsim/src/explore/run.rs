@@ -2,7 +2,7 @@
 //! client operation; the crash states are generated from that record afterwards.
 
 use engine::format::SECTOR_SIZE;
-use engine::{Config, DeviceRole, FormatPolicy, Tunables};
+use engine::{Config, DeviceRole, FormatPolicy, Request, Tunables};
 use models::{History, ModelDisk, OpId};
 
 use super::workload::{WlConfig, WlOp};
@@ -271,6 +271,35 @@ fn drive_one(
                 .map_err(|e| wrong(e.to_string()))?;
             read_back(engine, model, sector, sectors as u64)?;
         }
+        WlOp::Zeroes {
+            sector,
+            sectors,
+            fua,
+        } => {
+            let id = history
+                .begin_write_zeroes(sector, sectors as u64, fua)
+                .map_err(|e| wrong(e.to_string()))?;
+            let what = ClientOp::Write {
+                sector,
+                sectors: sectors as u64,
+                fua,
+            };
+            let req = Request::WriteZeroes {
+                sector,
+                sectors: sectors as u64,
+                fua,
+            };
+            if let Err(e) = client(world, id, what, || engine.request(req).map(drop)) {
+                history.fail(id).map_err(|e| wrong(e.to_string()))?;
+                return Err(OpError::Device(format!("write-zeroes {op} failed: {e}")));
+            }
+            history.complete(id).map_err(|e| wrong(e.to_string()))?;
+            model
+                .write_zeroes(sector, sectors as u64)
+                .map_err(|e| wrong(e.to_string()))?;
+            read_back(engine, model, sector, sectors as u64)?;
+        }
+        WlOp::ReadMany { sector, sectors } => read_many(engine, model, sector, sectors as u64)?,
         WlOp::Flush => {
             let id = history.begin_flush().map_err(|e| wrong(e.to_string()))?;
             if let Err(e) = client(world, id, ClientOp::Flush, || engine.flush()) {
@@ -341,6 +370,47 @@ fn client<T>(
 
 /// Reads a range back and compares it with the model: a failed read is a device error (allowed
 /// under error faults), different data is a lie (never allowed).
+/// Reads `sector..+sectors` in pieces of varied lengths (within a sector, across block
+/// boundaries), all submitted together, and checks each against the model.
+fn read_many(
+    engine: &mut SimEngine,
+    model: &ModelDisk,
+    sector: u64,
+    sectors: u64,
+) -> Result<(), OpError> {
+    const PIECES: [u64; 5] = [1, 7, 3, 9, 12];
+    let mut pieces = Vec::new();
+    let (mut s, mut k) = (sector, 0);
+    // Bounded by the extent: every piece is at least one sector.
+    while s < sector + sectors {
+        let n = PIECES[k % PIECES.len()].min(sector + sectors - s);
+        pieces.push((s, n));
+        (s, k) = (s + n, k + 1);
+    }
+    let reqs = pieces
+        .iter()
+        .map(|&(s, n)| Request::Read {
+            sector: s,
+            len: n as usize * SECTOR_SIZE,
+        })
+        .collect();
+    for ((s, n), r) in pieces.iter().zip(engine.requests(reqs)) {
+        let got = r
+            .map_err(|e| OpError::Device(format!("read of {s}+{n} (with others) failed: {e}")))?
+            .unwrap_or_default();
+        let want = model
+            .read_vec(*s, *n)
+            .map_err(|e| OpError::Wrong(e.to_string()))?;
+        if got != want {
+            return Err(OpError::Wrong(format!(
+                "a read of {s}+{n}, in flight with {} others, differs from the last write",
+                pieces.len() - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn read_back(
     engine: &mut SimEngine,
     model: &ModelDisk,

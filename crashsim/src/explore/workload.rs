@@ -21,6 +21,15 @@ pub enum WlOp {
     },
     /// Client discard (reads as zeros afterwards).
     Discard { sector: u64, sectors: u32 },
+    /// Client write-zeroes (NBD `WRITE_ZEROES`), FUA if `fua`.
+    Zeroes {
+        sector: u64,
+        sectors: u32,
+        fua: bool,
+    },
+    /// Client reads of the extent, in pieces of varied lengths all submitted together (as the
+    /// runner serves a client's queue), each checked against the model.
+    ReadMany { sector: u64, sectors: u32 },
     /// Client FLUSH.
     Flush,
     /// One explicit background step, run until everything in flight completed.
@@ -201,6 +210,12 @@ impl fmt::Display for WlOp {
                 write!(f, "{}{sector}+{sectors}", if *fua { 'U' } else { 'W' })
             }
             WlOp::Discard { sector, sectors } => write!(f, "Z{sector}+{sectors}"),
+            WlOp::Zeroes {
+                sector,
+                sectors,
+                fua,
+            } => write!(f, "{}{sector}+{sectors}", if *fua { 'O' } else { 'N' }),
+            WlOp::ReadMany { sector, sectors } => write!(f, "M{sector}+{sectors}"),
             WlOp::Flush => f.write_str("F"),
             WlOp::Step(s) => write!(f, "{}", step_letter(*s)),
             WlOp::Background(s) => write!(f, "{}", background_letter(*s)),
@@ -232,6 +247,18 @@ impl FromStr for WlOp {
             'Z' => {
                 let (sector, sectors) = extent(rest)?;
                 WlOp::Discard { sector, sectors }
+            }
+            'N' | 'O' => {
+                let (sector, sectors) = extent(rest)?;
+                WlOp::Zeroes {
+                    sector,
+                    sectors,
+                    fua: first == 'O',
+                }
+            }
+            'M' => {
+                let (sector, sectors) = extent(rest)?;
+                WlOp::ReadMany { sector, sectors }
             }
             'F' if rest.is_empty() => WlOp::Flush,
             'S' if rest.is_empty() => WlOp::Step(Step::Seal),
@@ -380,7 +407,11 @@ impl Workload {
             if let WlOp::Write {
                 sector, sectors, ..
             }
-            | WlOp::Discard { sector, sectors } = *op
+            | WlOp::Discard { sector, sectors }
+            | WlOp::Zeroes {
+                sector, sectors, ..
+            }
+            | WlOp::ReadMany { sector, sectors } = *op
             {
                 if sectors == 0 || sector + sectors as u64 > size {
                     return Err(format!("op {op} outside the {size}-sector device"));
@@ -462,7 +493,22 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
             rng.below(backing_blocks)
         };
         let r = rng.below(100);
-        let op = if rng.chance(1, flush_every) {
+        let op = if rng.chance(1, 10) {
+            // Reads of a few blocks around a hot one, all in flight together, racing the
+            // background work left running.
+            let sector = (block * 8).saturating_sub(rng.below(9)).min(size - 1);
+            let max = (size - sector).min(8 * 4);
+            WlOp::ReadMany {
+                sector,
+                sectors: 1 + rng.below(max) as u32,
+            }
+        } else if rng.chance(1, 30) {
+            WlOp::Zeroes {
+                sector: block * 8 + rng.below(4),
+                sectors: 1 + rng.below(12).min(size - block * 8 - 4) as u32,
+                fua: rng.chance(1, 3),
+            }
+        } else if rng.chance(1, flush_every) {
             WlOp::Flush
         } else if r < 45 {
             WlOp::Write {

@@ -96,11 +96,11 @@ fn a_bounded_run_states_its_bound() {
     assert_eq!(o.bounded_exhaustive, Some(false), "{o:?}");
 }
 
-/// The default run reaches every required probe; leaving discards out of every workload makes
-/// it fail, naming the probe of the path it no longer reaches.
+/// The default run reaches every required probe; leaving discards and write-zeroes out of
+/// every workload makes it fail, naming the probe of the path it no longer reaches.
 #[test]
 fn a_default_run_that_stops_reaching_a_path_fails_naming_its_probe() {
-    let o = run_with(&["--without", "discard"]);
+    let o = run_with(&["--without", "zeroes"]);
     assert_eq!(o.violations, 0, "{o:?}");
     assert!(!o.passed, "a blind run must fail");
     let unreached = coverage::unreached_required(&o.points.probes, &o.points.sim);
