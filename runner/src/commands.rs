@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use engine::format::{self, Geometry, Superblock, SECTOR_SIZE};
-use engine::BlockDevice;
+use engine::{BlockDevice, DeviceRole};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::control;
-use crate::filedev::{FileDevice, IoMode};
+use crate::device::{Device, DeviceSpec};
+use crate::filedev::IoMode;
 use crate::server::{describe_recovery, open_engine};
 
 /// `wbcache check` exit status: the devices are sound.
@@ -46,7 +47,7 @@ pub fn new_generation() -> u64 {
 }
 
 /// What a device already holds, if anything: `None` when the first MiB is all zero.
-pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> {
+pub fn existing_content(dev: &mut impl BlockDevice) -> anyhow::Result<Option<String>> {
     let len = INSPECT_BYTES.min(dev.size_sectors() as usize * SECTOR_SIZE);
     let mut buf = vec![0u8; len];
     dev.read(0, &mut buf)?;
@@ -71,51 +72,36 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
         .map(|at| format!("data (first non-zero byte at offset {at})")))
 }
 
-/// Whether two paths name the same file or device.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
-}
-
 /// Refuses a device that holds anything, unless `force`.
-fn refuse_content(dev: &mut FileDevice, path: &Path, force: bool) -> anyhow::Result<()> {
+fn refuse_content(dev: &mut Device, spec: &DeviceSpec, force: bool) -> anyhow::Result<()> {
     if let Some(what) = existing_content(dev)? {
         if !force {
-            bail!(
-                "{} holds {what}; refusing to format it (use --force to overwrite)",
-                path.display()
-            );
+            bail!("{spec} holds {what}; refusing to format it (use --force to overwrite)");
         }
-        eprintln!("wbcache: {}: overwriting {what} (--force)", path.display());
+        eprintln!("wbcache: {spec}: overwriting {what} (--force)");
     }
     Ok(())
 }
 
 /// Formats a cache device: type 0, or type 1 with the plog device `plog`.
 pub fn format_cache(
-    cache: &Path,
-    plog: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     order: u8,
     force: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = FileDevice::open(cache, IoMode::DirectIfSupported, 0)?;
+    let mut dev = Device::open(cache, DeviceRole::Cache, IoMode::DirectIfSupported, 0)?;
     // The geometry checks first: a device too small is refused before anything is written.
-    let geo = Geometry::new(order, dev.size_sectors())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    let geo =
+        Geometry::new(order, dev.size_sectors()).map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     let mut plog_dev = match plog {
         Some(p) => {
-            let mut pd = FileDevice::open(p, IoMode::DirectIfSupported, 0)?;
+            let mut pd = Device::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, 0)?;
             let pgeo =
                 format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            if same_file(p, cache) {
-                bail!(
-                    "{}: the plog device must be another device than the cache",
-                    p.display()
-                );
+                    .map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+            if p.same_device(cache) {
+                bail!("{p}: the plog device must be another device than the cache");
             }
             refuse_content(&mut pd, p, force)?;
             Some((pd, pgeo))
@@ -135,26 +121,23 @@ pub fn format_cache(
                 ..
             },
             Some(p),
-        ) => anyhow::anyhow!("{}: {e}", p.display()),
-        _ => anyhow::anyhow!("{}: {e}", cache.display()),
+        ) => anyhow::anyhow!("{p}: {e}"),
+        _ => anyhow::anyhow!("{cache}: {e}"),
     })?;
     dev.flush()?;
     if let Some((pd, _)) = plog_dev.as_mut() {
         pd.flush()?;
     }
     println!(
-        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation:#x}",
-        cache.display(),
+        "formatted {cache}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation:#x}",
         geo.segment_bytes() / 1024,
         geo.nr_segments,
         geo.blocks_per_segment()
     );
     if let (Some(p), Some((_, pgeo))) = (plog, &plog_dev) {
         println!(
-            "type 1: plog {}: {} regions of {} sectors",
-            p.display(),
-            pgeo.nr_regions,
-            pgeo.region_sectors
+            "type 1: plog {p}: {} regions of {} sectors",
+            pgeo.nr_regions, pgeo.region_sectors
         );
     }
     Ok(())
@@ -173,7 +156,11 @@ fn dirty_bar(total: u64) -> ProgressBar {
 }
 
 /// Offline writeback: recover, drain every dirty block to the backing device, shut down.
-pub fn writeback(backing: &Path, cache: &Path, plog: Option<&Path>) -> anyhow::Result<()> {
+pub fn writeback(
+    backing: &DeviceSpec,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+) -> anyhow::Result<()> {
     let (mut engine, report) = open_engine(backing, cache, plog, IoMode::DirectIfSupported, 8)?;
     let geo = engine.geometry();
     for line in describe_recovery(&report, geo.order, geo.nr_segments) {
@@ -277,26 +264,30 @@ pub fn message(control_path: &Path, words: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn open_for_inspection(path: &Path) -> anyhow::Result<FileDevice> {
-    Ok(FileDevice::open_read_only(path, IoMode::DirectIfSupported)?)
+fn open_for_inspection(spec: &DeviceSpec, role: DeviceRole) -> anyhow::Result<Device> {
+    Ok(Device::open_read_only(
+        spec,
+        role,
+        IoMode::DirectIfSupported,
+    )?)
 }
 
 /// `wbcache check`: prints `engine::inspect`'s report and returns the exit status
 /// ([`CHECK_SOUND`], [`CHECK_UNSOUND`]); `Err` is a usage or I/O error ([`CHECK_ERROR`]).
 pub fn check(
-    cache: &Path,
-    plog: Option<&Path>,
-    backing: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+    backing: Option<&DeviceSpec>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let backing_sectors = match backing {
-        Some(b) => Some(open_for_inspection(b)?.size_sectors()),
+        Some(b) => Some(open_for_inspection(b, DeviceRole::Backing)?.size_sectors()),
         None => None,
     };
     let report = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::check_with_plog(&mut dev, &mut pd, backing_sectors)
         }
         None => match backing_sectors {
@@ -304,7 +295,7 @@ pub fn check(
             None => engine::check(&mut dev),
         },
     }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    .map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -314,14 +305,12 @@ pub fn check(
     // device is not judged without the right set of devices.
     for p in &report.problems {
         match p.kind {
-            engine::inspect::ProblemKind::PlogMissing => bail!(
-                "{} is a type-1 cache: check it with its plog device (--plog P)",
-                cache.display()
-            ),
-            engine::inspect::ProblemKind::PlogUnexpected => bail!(
-                "{} is a type-0 cache (no persistent log): check it without --plog",
-                cache.display()
-            ),
+            engine::inspect::ProblemKind::PlogMissing => {
+                bail!("{cache} is a type-1 cache: check it with its plog device (--plog P)")
+            }
+            engine::inspect::ProblemKind::PlogUnexpected => {
+                bail!("{cache} is a type-0 cache (no persistent log): check it without --plog")
+            }
             _ => {}
         }
     }
@@ -335,20 +324,20 @@ pub fn check(
 /// `wbcache dump`: prints `engine::inspect::dump` (with the plog's superblocks and regions
 /// when given). `Err` when the requested segment is not on the device.
 pub fn dump(
-    cache: &Path,
-    plog: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     segment: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut dev = open_for_inspection(cache)?;
+    let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
     let d = match plog {
         Some(p) => {
-            let mut pd = open_for_inspection(p)?;
+            let mut pd = open_for_inspection(p, DeviceRole::Plog)?;
             engine::dump_with_plog(&mut dev, &mut pd, segment)
         }
         None => engine::dump(&mut dev, segment),
     }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    .map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     if json {
         println!("{}", d.to_json());
     } else {

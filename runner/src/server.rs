@@ -16,11 +16,12 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{bail, Context};
-use engine::{Config, Engine, FormatPolicy, RecoveryReport};
+use engine::{Config, DeviceRole, Engine, FormatPolicy, RecoveryReport};
 
 use crate::core::EngineCore;
+use crate::device::{Device, DeviceSpec};
 use crate::engine_thread::{self, Job, MonotonicClock, JOB_QUEUE_CAPACITY};
-use crate::filedev::{FileDevice, IoMode};
+use crate::filedev::IoMode;
 use crate::nbd::conn::{self, ConnEnd, Stream};
 use crate::nbd::proto::Export;
 use crate::queue::BoundedQueue;
@@ -41,10 +42,10 @@ pub enum Listen {
 }
 
 pub struct ServeOptions {
-    pub backing: PathBuf,
-    pub cache: PathBuf,
+    pub backing: DeviceSpec,
+    pub cache: DeviceSpec,
     /// The persistent-log device of a type-1 cache.
-    pub plog: Option<PathBuf>,
+    pub plog: Option<DeviceSpec>,
     pub listen: Listen,
     pub control: PathBuf,
     /// Tunables given on the command line, already range-checked.
@@ -127,8 +128,12 @@ pub fn describe_recovery(r: &RecoveryReport, order: u8, nr_segments: u64) -> Vec
 }
 
 /// An engine error on open, in the operator's words: what is wrong and which flag fixes it.
-pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -> anyhow::Error {
-    let c = cache.display();
+pub fn explain_open_error(
+    e: engine::Error,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+) -> anyhow::Error {
+    let c = cache;
     match (&e, plog) {
         (engine::Error::Unformatted, _) => {
             anyhow::anyhow!("{c}: {e}; run `wbcache format --cache {c}` first")
@@ -138,8 +143,7 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
              with --plog P"
         ),
         (engine::Error::PlogUnexpected, Some(p)) => anyhow::anyhow!(
-            "{c}: {e}; drop --plog {} (or format the cache with --plog to make it type 1)",
-            p.display()
+            "{c}: {e}; drop --plog {p} (or format the cache with --plog to make it type 1)"
         ),
         (
             engine::Error::PlogMismatch { .. }
@@ -154,23 +158,24 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
                 ..
             },
             Some(p),
-        ) => anyhow::anyhow!("{}: {e}", p.display()),
+        ) => anyhow::anyhow!("{p}: {e}"),
         _ => anyhow::anyhow!("{c}: {e}"),
     }
 }
 
-/// Opens the devices (with the plog of a type-1 cache) and recovers the cache (never formats).
+/// Opens the devices (files or NBD exports; with the plog of a type-1 cache) and recovers the
+/// cache (never formats).
 pub fn open_engine(
-    backing: &Path,
-    cache: &Path,
-    plog: Option<&Path>,
+    backing: &DeviceSpec,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     io_mode: IoMode,
     nr_rambuf_pool: usize,
-) -> anyhow::Result<(Engine<FileDevice>, RecoveryReport)> {
-    let cache_dev = FileDevice::open(cache, io_mode, 0)?;
-    let backing_dev = FileDevice::open(backing, io_mode, 0)?;
+) -> anyhow::Result<(Engine<Device>, RecoveryReport)> {
+    let cache_dev = Device::open(cache, DeviceRole::Cache, io_mode, 0)?;
+    let backing_dev = Device::open(backing, DeviceRole::Backing, io_mode, 0)?;
     let plog_dev = match plog {
-        Some(p) => Some(FileDevice::open(p, io_mode, 0)?),
+        Some(p) => Some(Device::open(p, DeviceRole::Plog, io_mode, 0)?),
         None => None,
     };
     let cfg = Config {
@@ -240,7 +245,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let opened = open_engine(
         &opts.backing,
         &opts.cache,
-        opts.plog.as_deref(),
+        opts.plog.as_ref(),
         opts.io_mode,
         opts.nr_rambuf_pool,
     );
@@ -266,15 +271,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         engine.plog_device().map(|d| (d, "plog")),
     ];
     for (dev, name) in devices.into_iter().flatten() {
-        log_line(&format!(
-            "{name} device {}: {}",
-            dev.path().display(),
-            if dev.is_direct() {
-                format!("O_DIRECT, {}-byte alignment", dev.alignment())
-            } else {
-                "buffered I/O".to_string()
-            }
-        ));
+        log_line(&format!("{name} device {}", dev.describe()));
     }
     let export = Export {
         size_bytes: engine.size_sectors() * 512,
