@@ -95,7 +95,7 @@ fn handshake_reports_size_flags_and_block_sizes() {
         matches!(
             &e,
             NbdClientError::Handshake {
-                source: HandshakeError::UnknownExport { .. },
+                error: HandshakeError::UnknownExport { .. },
                 ..
             }
         ),

@@ -158,10 +158,11 @@ impl ExportInfo {
 pub enum NbdClientError {
     #[error(transparent)]
     Uri(#[from] UriError),
-    #[error("{uri}: cannot connect: {source}")]
-    Connect { uri: String, source: io::Error },
-    #[error("{uri}: NBD handshake failed: {source}")]
-    Handshake { uri: String, source: HandshakeError },
+    // The causes are fields, not `source`s: the message already says them, once.
+    #[error("{uri}: cannot connect: {error}")]
+    Connect { uri: String, error: io::Error },
+    #[error("{uri}: NBD handshake failed: {error}")]
+    Handshake { uri: String, error: HandshakeError },
     #[error("{uri}: export size {size} bytes is not a non-zero multiple of {DEVICE_GRAIN} bytes")]
     Size { uri: String, size: u64 },
     #[error(
@@ -208,7 +209,7 @@ impl NbdDevice {
         let sock = Sock::connect(&uri.addr, HANDSHAKE_TIMEOUT).map_err(|source| {
             NbdClientError::Connect {
                 uri: uri.to_string(),
-                source,
+                error: source,
             }
         })?;
         Self::start(sock, &uri.to_string(), &uri.export, role, opts)
@@ -233,14 +234,14 @@ impl NbdDevice {
         role: DeviceRole,
         opts: &NbdOptions,
     ) -> Result<NbdDevice, NbdClientError> {
-        let io_err = |source| NbdClientError::Handshake {
+        let io_err = |e| NbdClientError::Handshake {
             uri: uri.to_string(),
-            source: HandshakeError::Io(source),
+            error: HandshakeError::Io(e),
         };
         sock.set_timeouts(Some(HANDSHAKE_TIMEOUT)).map_err(io_err)?;
-        let n = handshake::run(&mut sock, export).map_err(|source| NbdClientError::Handshake {
+        let n = handshake::run(&mut sock, export).map_err(|e| NbdClientError::Handshake {
             uri: uri.to_string(),
-            source: match source {
+            error: match e {
                 HandshakeError::Io(e)
                     if matches!(
                         e.kind(),
