@@ -439,6 +439,19 @@ fn requests_above_the_servers_maximum_are_split() {
     )
     .unwrap();
     assert_eq!(read(&d, 3, a.len()), vec![0u8; a.len()]);
+
+    // The blocksize filter splits on the server side and so advertises no limit: the client
+    // then keeps to its own 32 MiB.
+    let kit = NbdServer::nbdkit(
+        dir.path(),
+        "splitter",
+        &["--filter=blocksize", "memory", "size=8M", "maxdata=65536"],
+    );
+    let d = connect(&kit.uri(""), DeviceRole::Cache);
+    assert_eq!(d.max_request_bytes(), 32 << 20);
+    let a = pattern(10, 4 << 20);
+    write(&d, 0, a.clone(), true);
+    assert_eq!(read(&d, 0, a.len()), a);
 }
 
 #[test]

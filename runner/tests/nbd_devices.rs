@@ -64,28 +64,31 @@ fn format_serve_check_and_writeback_on_nbd_devices() {
     let d = dir.path();
     let backing = sparse_file(d, "backing.img", 64 * MIB);
     let cache = sparse_file(d, "cache.img", 16 * MIB);
+    let plog = sparse_file(d, "plog.img", 4 * MIB);
     let qemu = NbdServer::qemu_nbd(d, "backing", &backing, &["--cache=none", "--shared=4"]);
     let kit = NbdServer::nbdkit(d, "cache", &["file", cache.to_str().unwrap()]);
-    let (b, c) = (qemu.uri(""), kit.uri(""));
+    let pkit = NbdServer::nbdkit(d, "plog", &["file", plog.to_str().unwrap()]);
+    let (b, c, p) = (qemu.uri(""), kit.uri(""), pkit.uri(""));
 
-    let o = wbcache(&["format", "--cache", &c, "--order", "6"]);
+    // Type 1: cache and plog both on NBD.
+    let o = wbcache(&["format", "--cache", &c, "--plog", &p, "--order", "6"]);
     assert!(o.status.success(), "format: {}", stderr(&o));
-    assert!(
-        stdout(&o).contains(&format!("formatted {c}")),
-        "{}",
-        stdout(&o)
-    );
+    let out = stdout(&o);
+    assert!(out.contains(&format!("formatted {c}")), "{out}");
+    assert!(out.contains(&format!("type 1: plog {p}")), "{out}");
     // A second format of the same export is refused: it reads what the export holds.
     let o = wbcache(&["format", "--cache", &c]);
     assert!(!o.status.success() && stderr(&o).contains("refusing to format"));
 
-    let srv = Server::start_with(d, &b, &c, &["--allow_writeback", "0"]);
+    let srv = Server::start_with(d, &b, &c, &["--plog", &p, "--allow_writeback", "0"]);
     let log = srv.log_text();
+    let size = 64 * MIB;
     assert!(
-        log.contains(&format!("backing device {b}: NBD, {} bytes", 64 * MIB)),
+        log.contains(&format!("backing device {b}: NBD, {size} bytes")),
         "{log}"
     );
     assert!(log.contains(&format!("cache device {c}: NBD")), "{log}");
+    assert!(log.contains(&format!("plog device {p}: NBD")), "{log}");
     let u = client_uri(&srv);
     qemu_io(
         &u,
@@ -101,8 +104,8 @@ fn format_serve_check_and_writeback_on_nbd_devices() {
     let (st, log) = srv.stop();
     assert!(st.success(), "{log}");
 
-    // The cache device is sound, as seen through NBD (read-only).
-    let o = wbcache(&["check", &c, "--backing", &b]);
+    // The devices are sound, as seen through NBD (read-only).
+    let o = wbcache(&["check", &c, "--plog", &p, "--backing", &b]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -111,7 +114,7 @@ fn format_serve_check_and_writeback_on_nbd_devices() {
         stderr(&o)
     );
 
-    let srv = Server::start_with(d, &b, &c, &[]);
+    let srv = Server::start_with(d, &b, &c, &["--plog", &p]);
     qemu_io(
         &client_uri(&srv),
         &[
@@ -124,19 +127,15 @@ fn format_serve_check_and_writeback_on_nbd_devices() {
     let (st, log) = srv.stop();
     assert!(st.success(), "{log}");
 
-    // Offline writeback through both URIs; then the backing file itself holds the data.
-    let o = wbcache(&["writeback", "--backing", &b, "--cache", &c]);
+    // Offline writeback through the URIs; then the backing file itself holds the data.
+    let o = wbcache(&["writeback", "--backing", &b, "--cache", &c, "--plog", &p]);
     assert!(o.status.success(), "writeback: {}", stderr(&o));
-    drop(qemu);
-    drop(kit);
+    drop((qemu, kit, pkit));
     let img = std::fs::read(&backing).unwrap();
-    assert!(img[..MIB as usize].iter().all(|&x| x == 0xab));
-    assert!(img[4 * MIB as usize..4 * MIB as usize + 65536]
-        .iter()
-        .all(|&x| x == 0xcd));
-    assert!(img[63 * MIB as usize..63 * MIB as usize + 512]
-        .iter()
-        .all(|&x| x == 0x11));
+    let at = |off: u64, len: usize| &img[off as usize..off as usize + len];
+    assert!(at(0, MIB as usize).iter().all(|&x| x == 0xab));
+    assert!(at(4 * MIB, 65536).iter().all(|&x| x == 0xcd));
+    assert!(at(63 * MIB, 512).iter().all(|&x| x == 0x11));
 }
 
 /// Offsets (64 KiB apart, from 8 MiB) of the writes qemu-io reports as done ("wrote …").

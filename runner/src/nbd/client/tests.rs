@@ -75,6 +75,12 @@ fn xorshift(x: &mut u64) -> u64 {
 }
 
 #[test]
+fn the_device_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<NbdDevice>();
+}
+
+#[test]
 fn memory_server_round_trip_and_a_clean_disconnect() {
     let (tx, rx) = mpsc::channel();
     let (d, t) = pair(NbdOptions::default(), move |s| memory_server(s, tx));
