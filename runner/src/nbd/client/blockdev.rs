@@ -18,8 +18,7 @@ impl NbdDevice {
                 let _ = tx.send(r);
             }),
         );
-        let r = rx.recv().expect("submit calls done exactly once");
-        r
+        rx.recv().expect("submit calls done exactly once")
     }
 
     /// Submits every request of a batch, then waits for all; the error reported is the
