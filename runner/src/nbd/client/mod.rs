@@ -511,4 +511,6 @@ impl std::fmt::Debug for NbdDevice {
 }
 
 #[cfg(all(test, not(loom)))]
+mod asyncdev_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -15,7 +15,7 @@ use crate::nbd::proto::{self, Export, REQUEST_LEN};
 const SIZE: u64 = 1 << 20;
 
 /// A device on one end of a socket pair; the other end goes to `server`.
-fn pair(
+pub(super) fn pair(
     opts: NbdOptions,
     server: impl FnOnce(UnixStream) + Send + 'static,
 ) -> (Result<NbdDevice, NbdClientError>, thread::JoinHandle<()>) {
@@ -26,14 +26,14 @@ fn pair(
 }
 
 /// The runner's server handshake for an export of `SIZE` bytes.
-fn handshake(s: &mut UnixStream) {
+pub(super) fn handshake(s: &mut UnixStream) {
     let export = Export { size_bytes: SIZE };
     conn::handshake(s, &export).expect("client completes the handshake");
 }
 
 /// Serves READ/WRITE/FLUSH/TRIM from memory until DISC or end-of-file, then sends the command
 /// kinds it saw through `seen`.
-fn memory_server(mut s: UnixStream, seen: mpsc::Sender<Vec<u16>>) {
+pub(super) fn memory_server(mut s: UnixStream, seen: mpsc::Sender<Vec<u16>>) {
     handshake(&mut s);
     let mut mem = vec![0u8; SIZE as usize];
     let mut kinds = Vec::new();
