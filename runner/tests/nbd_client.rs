@@ -277,10 +277,19 @@ fn servers_without_flush_or_writes_are_refused_with_reasons() {
     let kit = NbdServer::nbdkit(dir.path(), "ro", &["-r", "memory", "size=1M"]);
     let e = connect_err(&kit.uri(""), DeviceRole::Cache, false);
     assert!(matches!(e, NbdClientError::ReadOnly { .. }), "{e}");
-    // Not a multiple of 4 KiB: refused like such a file.
+    // Not whole sectors: refused like such a file.
     let kit = NbdServer::nbdkit(dir.path(), "odd", &["memory", "size=1000000"]);
     let e = connect_err(&kit.uri(""), DeviceRole::Cache, false);
     assert!(matches!(e, NbdClientError::Size { .. }), "{e}");
+    // Whole sectors but not whole 4 KiB blocks: a cache (or plog) device, not a backing one,
+    // as for files.
+    let kit = NbdServer::nbdkit(dir.path(), "sectors", &["memory", "size=1000448"]);
+    let u: NbdUri = kit.uri("").parse().unwrap();
+    let d = NbdDevice::connect(&u, DeviceRole::Cache).unwrap();
+    assert_eq!(d.size_sectors(), 1000448 / 512);
+    drop(d);
+    let e = connect_err(&kit.uri(""), DeviceRole::Backing, false);
+    assert!(matches!(e, NbdClientError::BackingSize { .. }), "{e}");
 }
 
 #[test]
