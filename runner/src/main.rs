@@ -248,7 +248,8 @@ struct ServeArgs {
     /// How operations reach the devices: `auto` uses io_uring (up to 128 operations in
     /// flight per device, completions reaped by one thread) if the kernel allows it and
     /// otherwise the thread pool; `uring` refuses to start, saying why, where io_uring is
-    /// unavailable; `threads` always uses the pool (16 I/O threads per device).
+    /// unavailable; `threads` always uses the pool (16 I/O threads per device). Files and
+    /// block devices only: an NBD export's operations go through its own connection.
     #[arg(
         long = "io-engine",
         alias = "io_engine",
