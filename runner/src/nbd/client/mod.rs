@@ -11,8 +11,12 @@
 //!   (a FLUSH covers the writes the server replied to before it). TRIM is a hint: sent where
 //!   the server offers it, otherwise a success that does nothing.
 //! - Bounds: at most `window` pieces (64) and `WINDOW_BYTES` of payload in flight; at most
-//!   `window` more queued before `submit` blocks (back-pressure); read replies are exactly the
-//!   length asked for; option replies and their number are bounded (`wire`, `handshake`).
+//!   `window` more queued before `submit` blocks (back-pressure); `submit_nowait`, the
+//!   executor's path (`asyncdev`), never blocks and leaves the bound to its caller; read
+//!   replies are exactly the length asked for; option replies and their number are bounded
+//!   (`wire`, `handshake`).
+//! - Two faces: `asyncdev`, the executor's `AsyncDevice` (what `serve` runs on), and
+//!   `blockdev`, the synchronous `engine::BlockDevice` (recovery and the offline tools).
 //! - Failure: an error reply fails its request (the device lives on); a transport error, a
 //!   protocol violation (a reply for a handle not in flight, a bad magic, …) or no reply for
 //!   `reply_timeout` with requests outstanding makes the device dead: every pending and later
