@@ -12,7 +12,8 @@ use engine::{BlockDevice, DeviceRole};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::control;
-use crate::filedev::{DeviceError, FileDevice, IoMode};
+use crate::device::{Device, DeviceSpec, OpenError};
+use crate::filedev::{DeviceError, IoMode};
 use crate::server::{describe_recovery, open_engine, refuse_shared_devices};
 
 /// `wbcache check` exit status: the devices are sound.
@@ -46,7 +47,7 @@ pub fn new_generation() -> u64 {
 }
 
 /// What a device already holds, if anything: `None` when the first MiB is all zero.
-pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> {
+pub fn existing_content(dev: &mut impl BlockDevice) -> anyhow::Result<Option<String>> {
     let len = INSPECT_BYTES.min(dev.size_sectors() as usize * SECTOR_SIZE);
     let mut buf = vec![0u8; len];
     dev.read(0, &mut buf)?;
@@ -72,23 +73,20 @@ pub fn existing_content(dev: &mut FileDevice) -> anyhow::Result<Option<String>> 
 }
 
 /// Refuses a device that holds anything, unless `force`.
-fn refuse_content(dev: &mut FileDevice, path: &Path, force: bool) -> anyhow::Result<()> {
+fn refuse_content(dev: &mut Device, spec: &DeviceSpec, force: bool) -> anyhow::Result<()> {
     if let Some(what) = existing_content(dev)? {
         if !force {
-            bail!(
-                "{} holds {what}; refusing to format it (use --force to overwrite)",
-                path.display()
-            );
+            bail!("{spec} holds {what}; refusing to format it (use --force to overwrite)");
         }
-        eprintln!("wbcache: {}: overwriting {what} (--force)", path.display());
+        eprintln!("wbcache: {spec}: overwriting {what} (--force)");
     }
     Ok(())
 }
 
 /// Formats a cache device: type 0, or type 1 with the plog device `plog`.
 pub fn format_cache(
-    cache: &Path,
-    plog: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     order: u8,
     force: bool,
 ) -> anyhow::Result<()> {
@@ -98,37 +96,41 @@ pub fn format_cache(
     let segment_sectors = 1u64 << order;
     let blocks = (segment_sectors / format::SECTORS_PER_BLOCK - 1) as usize;
     let cache_min = (format::SUPERBLOCK_SECTORS + 2 * segment_sectors) * SECTOR_SIZE as u64;
-    let mut dev = FileDevice::open(
+    let mut dev = Device::open(
         cache,
         DeviceRole::Cache,
         IoMode::DirectIfSupported,
         cache_min,
     )
     .map_err(|e| match e {
-        DeviceError::TooSmall { .. } => anyhow::anyhow!(
-            "{e} for segment order {order} (the 1 MiB superblock region and 2 segments of \
+        OpenError::File(DeviceError::TooSmall { .. }) | OpenError::TooSmall { .. } => {
+            anyhow::anyhow!(
+                "{e} for segment order {order} (the 1 MiB superblock region and 2 segments of \
                  {} KiB)",
-            segment_sectors / 2
-        ),
+                segment_sectors / 2
+            )
+        }
         e => e.into(),
     })?;
-    let geo = Geometry::new(order, dev.size_sectors())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    let geo =
+        Geometry::new(order, dev.size_sectors()).map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     let mut plog_dev = match plog {
         Some(p) => {
             let plog_min = (format::plog::PLOG_FIRST_REGION_SECTOR
                 + 2 * format::plog::region_sectors_for(blocks) as u64)
                 * SECTOR_SIZE as u64;
-            let mut pd = FileDevice::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, plog_min)
+            let mut pd = Device::open(p, DeviceRole::Plog, IoMode::DirectIfSupported, plog_min)
                 .map_err(|e| match e {
-                    DeviceError::TooSmall { .. } => anyhow::anyhow!(
-                        "{e} for segment order {order} (2 superblock blocks and 2 regions)"
-                    ),
+                    OpenError::File(DeviceError::TooSmall { .. }) | OpenError::TooSmall { .. } => {
+                        anyhow::anyhow!(
+                            "{e} for segment order {order} (2 superblock blocks and 2 regions)"
+                        )
+                    }
                     e => e.into(),
                 })?;
             let pgeo =
                 format::plog::PlogGeometry::for_device(pd.size_sectors(), geo.blocks_per_segment())
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                    .map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
             refuse_content(&mut pd, p, force)?;
             Some((pd, pgeo))
         }
@@ -147,26 +149,23 @@ pub fn format_cache(
                 ..
             },
             Some(p),
-        ) => anyhow::anyhow!("{}: {e}", p.display()),
-        _ => anyhow::anyhow!("{}: {e}", cache.display()),
+        ) => anyhow::anyhow!("{p}: {e}"),
+        _ => anyhow::anyhow!("{cache}: {e}"),
     })?;
     dev.flush()?;
     if let Some((pd, _)) = plog_dev.as_mut() {
         pd.flush()?;
     }
     println!(
-        "formatted {}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation}",
-        cache.display(),
+        "formatted {cache}: segment order {order} ({} KiB segments), {} segments of {} blocks, generation {generation}",
         geo.segment_bytes() / 1024,
         geo.nr_segments,
         geo.blocks_per_segment()
     );
     if let (Some(p), Some((_, pgeo))) = (plog, &plog_dev) {
         println!(
-            "type 1: plog {}: {} regions of {} sectors",
-            p.display(),
-            pgeo.nr_regions,
-            pgeo.region_sectors
+            "type 1: plog {p}: {} regions of {} sectors",
+            pgeo.nr_regions, pgeo.region_sectors
         );
     }
     Ok(())
@@ -185,7 +184,11 @@ fn dirty_bar(total: u64) -> ProgressBar {
 }
 
 /// Offline writeback: recover, drain every dirty block to the backing device, shut down.
-pub fn writeback(backing: &Path, cache: &Path, plog: Option<&Path>) -> anyhow::Result<()> {
+pub fn writeback(
+    backing: &DeviceSpec,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+) -> anyhow::Result<()> {
     let (mut engine, report) = open_engine(backing, cache, plog, IoMode::DirectIfSupported, 8)?;
     let geo = engine.geometry();
     for line in describe_recovery(&report, geo.order, geo.nr_segments) {
@@ -298,10 +301,11 @@ pub fn drop_caches(control_path: &Path, poll: Duration, progress: bool) -> anyho
     }
 }
 
-/// Opens a device read-only with a shared claim: refused while another process writes it.
-fn open_for_inspection(path: &Path, role: DeviceRole) -> anyhow::Result<FileDevice> {
-    Ok(FileDevice::open_read_only(
-        path,
+/// Opens a device read-only (a file with a shared claim: refused while another process
+/// writes it; an NBD export on a read-only connection).
+fn open_for_inspection(spec: &DeviceSpec, role: DeviceRole) -> anyhow::Result<Device> {
+    Ok(Device::open_read_only(
+        spec,
         role,
         IoMode::DirectIfSupported,
     )?)
@@ -310,9 +314,9 @@ fn open_for_inspection(path: &Path, role: DeviceRole) -> anyhow::Result<FileDevi
 /// `wbcache check`: prints `engine::inspect`'s report and returns the exit status
 /// ([`CHECK_SOUND`], [`CHECK_UNSOUND`]); `Err` is a usage or I/O error ([`CHECK_ERROR`]).
 pub fn check(
-    cache: &Path,
-    plog: Option<&Path>,
-    backing: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+    backing: Option<&DeviceSpec>,
     json: bool,
 ) -> anyhow::Result<u8> {
     let mut dev = open_for_inspection(cache, DeviceRole::Cache)?;
@@ -330,7 +334,7 @@ pub fn check(
             None => engine::check(&mut dev),
         },
     }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    .map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -340,14 +344,12 @@ pub fn check(
     // device is not judged without the right set of devices.
     for p in &report.problems {
         match p.kind {
-            engine::inspect::ProblemKind::PlogMissing => bail!(
-                "{} is a type-1 cache: check it with its plog device (--plog P)",
-                cache.display()
-            ),
-            engine::inspect::ProblemKind::PlogUnexpected => bail!(
-                "{} is a type-0 cache (no persistent log): check it without --plog",
-                cache.display()
-            ),
+            engine::inspect::ProblemKind::PlogMissing => {
+                bail!("{cache} is a type-1 cache: check it with its plog device (--plog P)")
+            }
+            engine::inspect::ProblemKind::PlogUnexpected => {
+                bail!("{cache} is a type-0 cache (no persistent log): check it without --plog")
+            }
             _ => {}
         }
     }
@@ -361,8 +363,8 @@ pub fn check(
 /// `wbcache dump`: prints `engine::inspect::dump` (with the plog's superblocks and regions
 /// when given). `Err` when the requested segment is not on the device.
 pub fn dump(
-    cache: &Path,
-    plog: Option<&Path>,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     segment: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -374,7 +376,7 @@ pub fn dump(
         }
         None => engine::dump(&mut dev, segment),
     }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    .map_err(|e| anyhow::anyhow!("{cache}: {e}"))?;
     if json {
         println!("{}", d.to_json());
     } else {
@@ -382,9 +384,8 @@ pub fn dump(
     }
     if let Some(why) = &d.unreadable {
         bail!(
-            "{}: no segments to decode: {why} (not a wbcache or dm-writeboost cache device, or \
-             not one this build can read)",
-            cache.display()
+            "{cache}: no segments to decode: {why} (not a wbcache or dm-writeboost cache device, \
+             or not one this build can read)"
         );
     }
     if let Some(m) = d.missing {

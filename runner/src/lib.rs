@@ -1,5 +1,6 @@
-//! The production runner: the `wbcache` binary's pieces. A thin shell around `engine`: device
-//! files (`filedev`), the NBD protocol and connections (`nbd`), the engine thread that owns the
+//! The production runner: the `wbcache` binary's pieces. A thin shell around `engine`: devices
+//! (`device`: a file or block device, `filedev`, or an NBD export, `nbd::client`), the NBD
+//! protocol and connections (`nbd`), the engine thread that owns the
 //! cache and the request handoff to it (`engine_thread`, `queue`, `core`), the control socket
 //! (`control`), and the subcommands (`commands`). No cache logic lives here.
 //! docs/DESIGN.md, "Runner", explains threads, ordering and shutdown.
@@ -7,6 +8,7 @@
 pub mod commands;
 pub mod control;
 pub mod core;
+pub mod device;
 pub mod engine_thread;
 pub mod events;
 pub mod executor;

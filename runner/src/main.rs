@@ -8,6 +8,7 @@ use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
 use engine::tunables::{Tunables, TUNABLE_RANGES};
 
 use runner::commands;
+use runner::device::DeviceSpec;
 use runner::executor::select::IoEngine;
 use runner::filedev::IoMode;
 use runner::server::{self, Listen, ServeOptions};
@@ -35,7 +36,15 @@ fn long_version() -> &'static str {
 device (type 0, or type 1 with a persistent-log device given by --plog), `serve` puts it in front \
 of a backing device and exports the result over NBD, `status` and `message` talk to a running \
 server, `writeback` drains a cache offline, `check` says whether recovery would accept the \
-devices and what it would replay, `dump` decodes their metadata."
+devices and what it would replay, `dump` decodes their metadata.
+
+Devices (--backing, --cache, --plog, and the devices of `check` and `dump`) are files, block \
+devices, or NBD exports named by URI: nbd://HOST[:PORT]/EXPORT (TCP, port 10809 by default) or \
+nbd+unix:///EXPORT?socket=PATH (a Unix socket); the export name may be empty. An NBD server \
+must support FLUSH (every role needs its writes made durable); FUA and TRIM are used where \
+offered; no TLS (nbds:// is refused). If an NBD server dies, the cache goes dead (clients get \
+EIO) and a restart recovers. NBD exports are not locked against a second user (NBD has no way \
+to claim an export): keep other clients off them. --buffered applies to files only."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,15 +56,16 @@ enum Cmd {
     /// Format a cache device (refuses one that holds anything, unless --force).
     Format {
         /// Cache device: a regular file or a block device of any whole number of 512-byte
-        /// sectors (whole segments after the 1 MiB superblock area are used, the rest is left).
+        /// sectors (whole segments after the 1 MiB superblock area are used, the rest is left),
+        /// or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).
         #[arg(long, value_name = "C")]
-        cache: PathBuf,
+        cache: DeviceSpec,
         /// Persistent-log device: formats a type-1 cache, whose FLUSH and FUA need only this
         /// log durable. Needs 8 KiB of superblocks and room for 2 regions of 18 sectors per
         /// block of a segment (about 2.25 MiB at order 10); uses at most 64 regions. Refused if
-        /// it holds anything, unless --force.
+        /// it holds anything, unless --force. A path or an NBD URI.
         #[arg(long, value_name = "P")]
-        plog: Option<PathBuf>,
+        plog: Option<DeviceSpec>,
         /// Segment size order: segments of 2^N sectors (4..=10; 10 = 512 KiB, as upstream).
         #[arg(
             long,
@@ -94,15 +104,16 @@ block back; shows progress until the cache is clean), `clear_stat` (zero the cou
     },
     /// Offline: recover the cache and write every dirty block back to the backing device.
     Writeback {
-        /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks.
+        /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks;
+        /// a path or an NBD URI.
         #[arg(long, value_name = "B")]
-        backing: PathBuf,
-        /// Cache device (wbcache or upstream dm-writeboost format).
+        backing: DeviceSpec,
+        /// Cache device (wbcache or upstream dm-writeboost format): a path or an NBD URI.
         #[arg(long, value_name = "C")]
-        cache: PathBuf,
+        cache: DeviceSpec,
         /// Persistent-log device of a type-1 cache (required for one, refused for type 0).
         #[arg(long, value_name = "P")]
-        plog: Option<PathBuf>,
+        plog: Option<DeviceSpec>,
     },
     /// Offline fsck: would recovery accept the devices, and what would it replay? Reads only.
     #[command(
@@ -122,10 +133,10 @@ I/O error (including a type-1 cache without --plog or a type-0 cache with one)."
         cache: CacheArg,
         /// Persistent-log device of a type-1 cache.
         #[arg(long, value_name = "P")]
-        plog: Option<PathBuf>,
+        plog: Option<DeviceSpec>,
         /// Backing device: also check that every replayed block fits in it.
         #[arg(long, value_name = "B")]
-        backing: Option<PathBuf>,
+        backing: Option<DeviceSpec>,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -149,7 +160,7 @@ dm-writeboost superblock, or a geometry that does not fit the device), or on an 
         segment: Option<u64>,
         /// Persistent-log device of a type-1 cache: also its superblocks and regions.
         #[arg(long, value_name = "P")]
-        plog: Option<PathBuf>,
+        plog: Option<DeviceSpec>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -160,16 +171,17 @@ dm-writeboost superblock, or a geometry that does not fit the device), or on an 
 #[derive(Args)]
 #[group(required = true, multiple = false)]
 struct CacheArg {
-    /// Cache device (file or block device; wbcache or upstream dm-writeboost format).
+    /// Cache device (file, block device or NBD URI, opened read-only; wbcache or upstream
+    /// dm-writeboost format).
     #[arg(value_name = "C")]
-    path: Option<PathBuf>,
+    path: Option<DeviceSpec>,
     /// The same, as a flag (as `format`, `serve` and `writeback` take it).
     #[arg(long = "cache", value_name = "C")]
-    flag: Option<PathBuf>,
+    flag: Option<DeviceSpec>,
 }
 
 impl CacheArg {
-    fn path(self) -> PathBuf {
+    fn spec(self) -> DeviceSpec {
         self.path
             .or(self.flag)
             .expect("clap requires C or --cache C")
@@ -189,16 +201,19 @@ struct ControlArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks.
+    /// Backing device (the slow one that holds the data): a whole number of 4 KiB blocks; a
+    /// file, a block device, or an NBD export, nbd://HOST[:PORT]/EXPORT or
+    /// nbd+unix:///EXPORT?socket=PATH (the server must support FLUSH; if it dies, the cache
+    /// goes dead and a restart recovers).
     #[arg(long, value_name = "B")]
-    backing: PathBuf,
-    /// Cache device, formatted with `wbcache format`.
+    backing: DeviceSpec,
+    /// Cache device, formatted with `wbcache format`: a path or an NBD URI.
     #[arg(long, value_name = "C")]
-    cache: PathBuf,
+    cache: DeviceSpec,
     /// Persistent-log device of a type-1 cache (`wbcache format --plog`): required for one,
-    /// refused for a type-0 cache.
+    /// refused for a type-0 cache. A path or an NBD URI.
     #[arg(long, value_name = "P")]
-    plog: Option<PathBuf>,
+    plog: Option<DeviceSpec>,
     /// Serve NBD on this Unix socket (e.g. for `nbd+unix:///?socket=PATH`).
     #[arg(
         long,
@@ -226,13 +241,15 @@ struct ServeArgs {
         default_value_t = 8
     )]
     nr_rambuf_pool: usize,
-    /// Open the devices without O_DIRECT (through the page cache).
+    /// Open the device files without O_DIRECT (through the page cache); no effect on NBD
+    /// devices.
     #[arg(long)]
     buffered: bool,
     /// How operations reach the devices: `auto` uses io_uring (up to 128 operations in
     /// flight per device, completions reaped by one thread) if the kernel allows it and
     /// otherwise the thread pool; `uring` refuses to start, saying why, where io_uring is
-    /// unavailable; `threads` always uses the pool (16 I/O threads per device).
+    /// unavailable; `threads` always uses the pool (16 I/O threads per device). Files and
+    /// block devices only: an NBD export's operations go through its own connection.
     #[arg(
         long = "io-engine",
         alias = "io_engine",
@@ -432,7 +449,7 @@ fn main() -> ExitCode {
             plog,
             order,
             force,
-        } => commands::format_cache(&cache, plog.as_deref(), order, force),
+        } => commands::format_cache(&cache, plog.as_ref(), order, force),
         Cmd::Serve(a) => serve(*a),
         Cmd::Status { json, control } => commands::status(&control_path(&control), json),
         Cmd::Message { words, control } => commands::message(&control_path(&control), &words),
@@ -440,14 +457,14 @@ fn main() -> ExitCode {
             backing,
             cache,
             plog,
-        } => commands::writeback(&backing, &cache, plog.as_deref()),
+        } => commands::writeback(&backing, &cache, plog.as_ref()),
         Cmd::Check {
             cache,
             plog,
             backing,
             json,
         } => {
-            return match commands::check(&cache.path(), plog.as_deref(), backing.as_deref(), json) {
+            return match commands::check(&cache.spec(), plog.as_ref(), backing.as_ref(), json) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("wbcache: error: {e:#}");
@@ -460,7 +477,7 @@ fn main() -> ExitCode {
             segment,
             plog,
             json,
-        } => commands::dump(&cache.path(), plog.as_deref(), segment, json),
+        } => commands::dump(&cache.spec(), plog.as_ref(), segment, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

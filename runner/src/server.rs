@@ -18,11 +18,12 @@ use std::thread::{self, JoinHandle};
 use anyhow::{bail, Context};
 use engine::{Config, DeviceRole, FormatPolicy, RecoveryReport, SyncEngine};
 
+use crate::device::{Device, DeviceSpec};
 use crate::engine_thread::{self, MonotonicClock, JOB_QUEUE_CAPACITY};
 use crate::events::Events;
 use crate::executor::select::{self, Backend, IoEngine};
 use crate::executor::{AsyncDevice, Executor};
-use crate::filedev::{same_device, FileDevice, IoMode};
+use crate::filedev::{FileDevice, IoMode};
 use crate::nbd::conn::{self, ConnEnd, Stream};
 use crate::nbd::proto::Export;
 // The request path's Arc (loom's under `--cfg loom`); the rest of this file is plain std.
@@ -46,10 +47,10 @@ pub enum Listen {
 }
 
 pub struct ServeOptions {
-    pub backing: PathBuf,
-    pub cache: PathBuf,
+    pub backing: DeviceSpec,
+    pub cache: DeviceSpec,
     /// The persistent-log device of a type-1 cache.
-    pub plog: Option<PathBuf>,
+    pub plog: Option<DeviceSpec>,
     pub listen: Listen,
     pub control: PathBuf,
     /// Tunables given on the command line, already range-checked.
@@ -135,8 +136,12 @@ pub fn describe_recovery(r: &RecoveryReport, order: u8, nr_segments: u64) -> Vec
 }
 
 /// An engine error on open, in the operator's words: what is wrong and which flag fixes it.
-pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -> anyhow::Error {
-    let c = cache.display();
+pub fn explain_open_error(
+    e: engine::Error,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
+) -> anyhow::Error {
+    let c = cache;
     match (&e, plog) {
         (engine::Error::Unformatted, _) => {
             anyhow::anyhow!("{c}: {e}; run `wbcache format --cache {c}` first")
@@ -150,8 +155,7 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
              with --plog P"
         ),
         (engine::Error::PlogUnexpected, Some(p)) => anyhow::anyhow!(
-            "{c}: {e}; drop --plog {} (or format the cache with --plog to make it type 1)",
-            p.display()
+            "{c}: {e}; drop --plog {p} (or format the cache with --plog to make it type 1)"
         ),
         (
             engine::Error::PlogMismatch { .. }
@@ -166,34 +170,35 @@ pub fn explain_open_error(e: engine::Error, cache: &Path, plog: Option<&Path>) -
                 ..
             },
             Some(p),
-        ) => anyhow::anyhow!("{}: {e}", p.display()),
+        ) => anyhow::anyhow!("{p}: {e}"),
         _ => anyhow::anyhow!("{c}: {e}"),
     }
 }
 
-/// The devices of a set, opened and claimed for this process (`filedev::ownership`), not yet
-/// recovered.
+/// The devices of a set, opened (files claimed for this process, `filedev::ownership`; NBD
+/// exports connected), not yet recovered.
 pub struct DeviceSet {
-    pub cache: FileDevice,
-    pub backing: FileDevice,
-    pub plog: Option<FileDevice>,
+    pub cache: Device,
+    pub backing: Device,
+    pub plog: Option<Device>,
+    /// As named on the command line, for messages.
+    pub cache_spec: DeviceSpec,
+    pub plog_spec: Option<DeviceSpec>,
 }
 
 /// Refuses two flags that name one device: each device of a set is claimed once, and a
 /// cache that is also its own backing device (or plog) would overwrite itself.
-pub fn refuse_shared_devices(devices: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
-    let given: Vec<(&str, &Path)> = devices
+pub fn refuse_shared_devices(devices: &[(&str, Option<&DeviceSpec>)]) -> anyhow::Result<()> {
+    let given: Vec<(&str, &DeviceSpec)> = devices
         .iter()
         .filter_map(|&(flag, p)| p.map(|p| (flag, p)))
         .collect();
     for (i, &(flag_a, a)) in given.iter().enumerate() {
         for &(flag_b, b) in &given[i + 1..] {
-            if same_device(a, b) {
+            if a.same_device(b) {
                 bail!(
-                    "{flag_a} {} and {flag_b} {} are the same device; each role needs a \
-                     device of its own",
-                    a.display(),
-                    b.display()
+                    "{flag_a} {a} and {flag_b} {b} are the same device; each role needs a \
+                     device of its own"
                 );
             }
         }
@@ -201,12 +206,13 @@ pub fn refuse_shared_devices(devices: &[(&str, Option<&Path>)]) -> anyhow::Resul
     Ok(())
 }
 
-/// Opens and claims the devices of a set for reading and writing: another process that holds
-/// any of them is an error naming it, and nothing is read or written then.
+/// Opens the devices of a set for reading and writing: files are claimed, so another process
+/// that holds any of them is an error naming it, and nothing is read or written then; NBD
+/// exports are connected (NBD cannot claim an export).
 pub fn open_devices(
-    backing: &Path,
-    cache: &Path,
-    plog: Option<&Path>,
+    backing: &DeviceSpec,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     io_mode: IoMode,
 ) -> anyhow::Result<DeviceSet> {
     refuse_shared_devices(&[
@@ -214,16 +220,18 @@ pub fn open_devices(
         ("--backing", Some(backing)),
         ("--plog", plog),
     ])?;
-    let cache_dev = FileDevice::open(cache, DeviceRole::Cache, io_mode, 0)?;
-    let backing_dev = FileDevice::open(backing, DeviceRole::Backing, io_mode, 0)?;
+    let cache_dev = Device::open(cache, DeviceRole::Cache, io_mode, 0)?;
+    let backing_dev = Device::open(backing, DeviceRole::Backing, io_mode, 0)?;
     let plog_dev = match plog {
-        Some(p) => Some(FileDevice::open(p, DeviceRole::Plog, io_mode, 0)?),
+        Some(p) => Some(Device::open(p, DeviceRole::Plog, io_mode, 0)?),
         None => None,
     };
     Ok(DeviceSet {
         cache: cache_dev,
         backing: backing_dev,
         plog: plog_dev,
+        cache_spec: cache.clone(),
+        plog_spec: plog.cloned(),
     })
 }
 
@@ -232,27 +240,27 @@ pub fn recover(
     devices: DeviceSet,
     nr_rambuf_pool: usize,
     write_back_ahead: bool,
-) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
+) -> anyhow::Result<(SyncEngine<Device>, RecoveryReport)> {
     let cfg = Config {
         nr_rambuf_pool,
         format: FormatPolicy::Never,
         write_back_ahead,
         ..Config::default()
     };
-    let cache = devices.cache.path().to_path_buf();
-    let plog = devices.plog.as_ref().map(|p| p.path().to_path_buf());
+    let (cache, plog) = (devices.cache_spec, devices.plog_spec);
     SyncEngine::open_with_plog(devices.cache, devices.backing, devices.plog, cfg)
-        .map_err(|e| explain_open_error(e, &cache, plog.as_deref()))
+        .map_err(|e| explain_open_error(e, &cache, plog.as_ref()))
 }
 
-/// Opens the devices (with the plog of a type-1 cache) and recovers the cache (never formats).
+/// Opens the devices (files or NBD exports; with the plog of a type-1 cache) and recovers the
+/// cache (never formats).
 pub fn open_engine(
-    backing: &Path,
-    cache: &Path,
-    plog: Option<&Path>,
+    backing: &DeviceSpec,
+    cache: &DeviceSpec,
+    plog: Option<&DeviceSpec>,
     io_mode: IoMode,
     nr_rambuf_pool: usize,
-) -> anyhow::Result<(SyncEngine<FileDevice>, RecoveryReport)> {
+) -> anyhow::Result<(SyncEngine<Device>, RecoveryReport)> {
     recover(
         open_devices(backing, cache, plog, io_mode)?,
         nr_rambuf_pool,
@@ -260,13 +268,26 @@ pub fn open_engine(
     )
 }
 
-/// A device's operations on the backend chosen for the server; the log says which.
+/// A device's operations as an [`AsyncDevice`]: a file on the backend chosen for the server
+/// (the log says which), an NBD export through its own connection (`nbd::client::asyncdev`).
+/// A file comes back too: it must stay open while its I/O threads or ring use it (its
+/// handles share its open file, so the ownership lock holds as long as it lives).
 fn start_device(
-    dev: &FileDevice,
+    dev: Device,
     name: &str,
     backend: Backend,
-) -> anyhow::Result<Box<dyn AsyncDevice>> {
-    let started = select::start(dev, name, backend).with_context(|| {
+) -> anyhow::Result<(Box<dyn AsyncDevice>, Option<FileDevice>)> {
+    let dev = match dev {
+        Device::File(f) => f,
+        Device::Nbd(n) => {
+            log_line(&format!(
+                "{name} device {}: I/O through its NBD connection",
+                n.uri()
+            ));
+            return Ok((Box::new(n), None));
+        }
+    };
+    let started = select::start(&dev, name, backend).with_context(|| {
         format!(
             "{name} device {}: starting its {backend} executor",
             dev.path().display()
@@ -280,7 +301,7 @@ fn start_device(
             Backend::Threads => "a pool of I/O threads",
         }
     ));
-    Ok(started)
+    Ok((started, Some(dev)))
 }
 
 enum Listener {
@@ -338,12 +359,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     };
     // The devices are claimed first: a second server on a device in use stops here, before it
     // touches a socket or reads a byte.
-    let devices = open_devices(
-        &opts.backing,
-        &opts.cache,
-        opts.plog.as_deref(),
-        opts.io_mode,
-    )?;
+    let devices = open_devices(&opts.backing, &opts.cache, opts.plog.as_ref(), opts.io_mode)?;
     let listener = match &opts.listen {
         Listen::Unix(p) => Listener::Unix(bind_unix(p)?),
         Listen::Tcp { given, addrs } => Listener::Tcp(
@@ -393,15 +409,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         engine.plog_device().map(|d| (d, "plog")),
     ];
     for (dev, name) in devices.into_iter().flatten() {
-        log_line(&format!(
-            "{name} device {}: {}",
-            dev.path().display(),
-            if dev.is_direct() {
-                format!("O_DIRECT, {}-byte alignment", dev.alignment())
-            } else {
-                "buffered I/O".to_string()
-            }
-        ));
+        log_line(&format!("{name} device {}", dev.describe()));
     }
     let export = Export {
         size_bytes: engine.size_sectors() * 512,
@@ -412,22 +420,24 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // as long as the devices live).
     let (engine, cache_dev, backing_dev, plog_dev) = engine.into_parts();
     let jobs = Arc::new(Events::new(JOB_QUEUE_CAPACITY));
-    let exec = Executor::new(
-        jobs.clone(),
-        start_device(&cache_dev, "cache", backend)?,
-        start_device(&backing_dev, "backing", backend)?,
-        plog_dev
-            .as_ref()
-            .map(|d| start_device(d, "plog", backend))
-            .transpose()?,
-    );
+    let (cache_io, cache_dev) = start_device(cache_dev, "cache", backend)?;
+    let (backing_io, backing_dev) = start_device(backing_dev, "backing", backend)?;
+    let (plog_io, plog_dev) = match plog_dev {
+        Some(d) => {
+            let (io, file) = start_device(d, "plog", backend)?;
+            (Some(io), file)
+        }
+        None => (None, None),
+    };
+    let exec = Executor::new(jobs.clone(), cache_io, backing_io, plog_io);
     let engine_thread = {
         let jobs = jobs.clone();
         thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
                 let r = engine_thread::run(engine, &exec, &jobs, &MonotonicClock::new(), &log_line);
-                // The I/O threads finish and stop before the devices close.
+                // The I/O threads finish and stop (an NBD device finishes what is outstanding
+                // and disconnects) before the device files close.
                 drop(exec);
                 drop((cache_dev, backing_dev, plog_dev));
                 r

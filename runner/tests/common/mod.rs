@@ -99,19 +99,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(d: &Devices, extra: &[&str]) -> Self {
-        let socket = d.socket();
+        Self::start_with(d.dir.path(), d.backing_str(), d.cache_str(), extra)
+    }
+
+    /// `wbcache serve` on `backing` and `cache` (paths or NBD URIs), socket and log in `dir`.
+    pub fn start_with(dir: &Path, backing: &str, cache: &str, extra: &[&str]) -> Self {
+        let socket = dir.join("nbd.sock");
         let control = PathBuf::from(format!("{}.ctl", socket.display()));
-        let log = d
-            .dir
-            .path()
-            .join(format!("serve-{}.log", std::process::id()));
+        let log = dir.join(format!("serve-{}.log", std::process::id()));
         let logf = std::fs::File::create(&log).unwrap();
         let mut args = vec![
             "serve",
             "--backing",
-            d.backing_str(),
+            backing,
             "--cache",
-            d.cache_str(),
+            cache,
             "--socket",
             socket.to_str().unwrap(),
         ];
