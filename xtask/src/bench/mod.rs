@@ -14,6 +14,7 @@ mod memory;
 mod nbd_fio;
 mod replay;
 mod server;
+mod slow_backing;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these sections (repeatable; default: all). Names: ingest, crash-rate, replay,
-    /// nbd-fio, memory, flush-heavy.
+    /// nbd-fio, memory, flush-heavy, slow-backing.
     #[arg(long = "section")]
     sections: Vec<String>,
 }
@@ -53,7 +54,8 @@ pub trait Section {
     fn run(&self, mode: Mode) -> Result<String, String>;
 }
 
-/// Every section, in report order: the five of issue 8 in its order, then type 1 against type 0.
+/// Every section, in report order: the five of issue 8 in its order, type 1 against type 0,
+/// then a slow backing device (issue 17).
 fn sections() -> Vec<Box<dyn Section>> {
     vec![
         Box::new(ingest::Ingest),
@@ -62,6 +64,7 @@ fn sections() -> Vec<Box<dyn Section>> {
         Box::new(nbd_fio::NbdFio),
         Box::new(memory::Memory),
         Box::new(flush_heavy::FlushHeavy),
+        Box::new(slow_backing::SlowBacking),
     ]
 }
 

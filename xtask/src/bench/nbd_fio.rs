@@ -182,7 +182,7 @@ fn file_check_job(p: &Params) -> String {
 
 /// How a backing (or cache, or plog) file is created: written in full by fio with O_DIRECT,
 /// random data (`zero` = false) or zeros.
-fn layout_command(file: &Path, bytes: u64, zero: bool) -> Command {
+pub(super) fn layout_command(file: &Path, bytes: u64, zero: bool) -> Command {
     let mut c = Command::new("fio");
     c.args([
         "--name=layout",
