@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,29 +21,6 @@ const KIB: u64 = 1 << 10;
 // ---------------------------------------------------------------------------------------------
 // Tools and processes
 // ---------------------------------------------------------------------------------------------
-
-const INSTALL: &str = "apt-get install -y --no-install-recommends fio libnbd-bin nbdkit qemu-utils";
-
-/// The path of a client tool; panics (never skips) when it is not installed.
-fn tool(name: &str) -> PathBuf {
-    let package = match name {
-        "qemu-io" => "qemu-utils",
-        "nbdinfo" | "nbdcopy" => "libnbd-bin",
-        other => other,
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` (Debian package {package}) is not installed; the real-client tests need it. \
-         Install with `{INSTALL}`, or run `cargo xtask test`, which installs what is missing."
-    );
-}
-
 /// Kills and reaps a child process when dropped (also on panic).
 struct ChildGuard(Option<Child>);
 

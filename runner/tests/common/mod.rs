@@ -11,6 +11,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wbcache");
 
+/// How to install every real client and server the tests drive.
+pub const INSTALL: &str =
+    "apt-get install -y --no-install-recommends fio libnbd-bin nbdkit qemu-utils";
+
+/// The path of a real client or server tool; panics (never skips) when it is not installed.
+pub fn tool(name: &str) -> PathBuf {
+    let package = match name {
+        "qemu-io" | "qemu-nbd" => "qemu-utils",
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        other => other,
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` (Debian package {package}) is not installed; the tests with real clients and \
+         servers need it. Install with `{INSTALL}`, or run `cargo xtask test`, which installs \
+         what is missing."
+    );
+}
+
 pub fn wbcache(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run wbcache")
 }

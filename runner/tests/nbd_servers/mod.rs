@@ -9,26 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const INSTALL: &str = "apt-get install -y --no-install-recommends nbdkit qemu-utils";
-
-/// The path of a tool; panics (never skips) when it is not installed.
-pub fn tool(name: &str) -> PathBuf {
-    let package = match name {
-        "qemu-io" | "qemu-nbd" => "qemu-utils",
-        other => other,
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` (Debian package {package}) is not installed; the NBD client tests need it. \
-         Install with `{INSTALL}`."
-    );
-}
+pub use super::common::tool;
 
 /// A running NBD server process on a Unix socket.
 pub struct NbdServer {
