@@ -4,7 +4,8 @@
 //! durable on the cache device (R4: the record that will cover it must never run ahead of the
 //! durable log); read its segments (concurrently) and check each right after it is read; take
 //! the blocks that are still live *now* (dirtiness re-checked), sorted by backing address, and
-//! write their dirty sectors (concurrently; no two overlap); once every write completed, flush
+//! write them (concurrently; no two overlap; consecutive whole blocks as one write of up to
+//! 1 MiB, `backing_writes`); once every write completed, flush
 //! the backing device (R5); once that flush completed, drop the blocks still live from the
 //! index and advance `last_writeback`. A client write that supersedes a block meanwhile only
 //! takes it out of the index earlier; its old data landing on the backing device is harmless,
@@ -90,6 +91,49 @@ enum RecPhase {
     WaitLog(u64),
     Backup,
     Primary,
+}
+
+/// The most bytes one writeback write carries: consecutive whole blocks go out together up to
+/// this (a slow backing device pays its per-request cost once per run, not per block).
+const MAX_WRITEBACK_RUN: usize = 1 << 20;
+
+/// The backing writes of a batch: `items` (block, idx, dirty, offset in the batch's data) in
+/// block order, their data laid out in that order. Whole blocks that follow each other on the
+/// device go out as one write of up to `MAX_WRITEBACK_RUN`; a partly dirty block writes its
+/// dirty runs alone. Returns (first sector, byte range in the data).
+pub(crate) fn backing_writes(items: &[(u64, u32, u8, usize)]) -> Vec<(u64, Range<usize>)> {
+    let mut out: Vec<(u64, Range<usize>)> = Vec::new();
+    let mut open: Option<(u64, u64, Range<usize>)> = None; // first block, next block, range
+    for &(block, _, dirty, at) in items {
+        if dirty == 0xFF {
+            match &mut open {
+                Some((_, next, r))
+                    if *next == block
+                        && r.end == at
+                        && r.len() + BLOCK_SIZE <= MAX_WRITEBACK_RUN =>
+                {
+                    (*next, r.end) = (block + 1, at + BLOCK_SIZE);
+                }
+                _ => {
+                    if let Some((first, _, r)) = open.take() {
+                        out.push((first * SECTORS_PER_BLOCK, r));
+                    }
+                    open = Some((block, block + 1, at..at + BLOCK_SIZE));
+                }
+            }
+            continue;
+        }
+        if let Some((first, _, r)) = open.take() {
+            out.push((first * SECTORS_PER_BLOCK, r));
+        }
+        for (sector, r) in dirty_runs(block, dirty) {
+            out.push((sector, at + r.start..at + r.end));
+        }
+    }
+    if let Some((first, _, r)) = open {
+        out.push((first * SECTORS_PER_BLOCK, r));
+    }
+    out
 }
 
 pub(crate) struct RecordJob {
@@ -249,15 +293,13 @@ impl Engine {
     fn write_batch(&mut self) {
         let job = self.writeback.as_mut().expect("a job");
         let images = std::mem::take(&mut job.images);
-        let mut items: Vec<(u64, u32, u8, usize)> = Vec::new(); // block, idx, dirty, offset
-        let mut data = Vec::new();
+        // (block, idx, dirty, segment id, position), then laid out in block order.
+        let mut live: Vec<(u64, u32, u8, u64, usize)> = Vec::new();
         let mut superseded = Vec::new();
         for (&id, image) in &images {
             let slot = self.geo.slot_of(id);
             for (idx, mb) in self.index.live_of_slot(slot) {
-                let pos = self.index.pos_of(idx);
-                items.push((mb.block, idx, mb.dirty, data.len()));
-                data.extend_from_slice(&image[(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE]);
+                live.push((mb.block, idx, mb.dirty, id, self.index.pos_of(idx)));
             }
             if quirk!(self, H13NoDirtinessRecheck) {
                 // The seed wrote back what the segment's metablocks said, superseded or not.
@@ -271,21 +313,24 @@ impl Engine {
                 }
             }
         }
-        items.sort_unstable_by_key(|&(block, ..)| block);
+        live.sort_unstable_by_key(|&(block, ..)| block);
+        let mut data = Vec::with_capacity(live.len() * BLOCK_SIZE);
+        let mut items: Vec<(u64, u32, u8, usize)> = Vec::with_capacity(live.len());
+        for &(block, idx, dirty, id, pos) in &live {
+            items.push((block, idx, dirty, data.len()));
+            data.extend_from_slice(&images[&id][(1 + pos) * BLOCK_SIZE..(2 + pos) * BLOCK_SIZE]);
+        }
         let data = Arc::new(data);
         let mut writes = 0;
-        for &(block, _, dirty, at) in &items {
-            for (sector, r) in dirty_runs(block, dirty) {
-                let range = at + r.start..at + r.end;
-                self.issue_write(
-                    DeviceRole::Backing,
-                    sector,
-                    IoData::new(data.clone(), range),
-                    false,
-                    Purpose::WritebackWrite,
-                );
-                writes += 1;
-            }
+        for (sector, range) in backing_writes(&items) {
+            self.issue_write(
+                DeviceRole::Backing,
+                sector,
+                IoData::new(data.clone(), range),
+                false,
+                Purpose::WritebackWrite,
+            );
+            writes += 1;
         }
         let early = (writes > 0 && quirk!(self, WbFlushEarly)).then(|| self.issue_backing_flush());
         let job = self.writeback.as_mut().expect("a job");
@@ -523,5 +568,45 @@ impl Engine {
             }
             RecPhase::WaitLog(_) => unreachable!("no write is in flight while waiting for the log"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_whole_blocks_go_out_as_one_write_and_partial_ones_alone() {
+        let b = BLOCK_SIZE;
+        // Blocks 4, 5, 6 whole; 7 partly dirty (sectors 1 and 2); 8 whole; 10 whole.
+        let items = [
+            (4, 0, 0xFF, 0),
+            (5, 0, 0xFF, b),
+            (6, 0, 0xFF, 2 * b),
+            (7, 0, 0b0000_0110, 3 * b),
+            (8, 0, 0xFF, 4 * b),
+            (10, 0, 0xFF, 5 * b),
+        ];
+        assert_eq!(
+            backing_writes(&items),
+            [
+                (32, 0..3 * b),
+                (57, 3 * b + 512..3 * b + 1536),
+                (64, 4 * b..5 * b),
+                (80, 5 * b..6 * b),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_stops_at_its_byte_bound() {
+        let n = MAX_WRITEBACK_RUN / BLOCK_SIZE + 3;
+        let items: Vec<_> = (0..n as u64)
+            .map(|k| (k, 0, 0xFF, k as usize * BLOCK_SIZE))
+            .collect();
+        let w = backing_writes(&items);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0], (0, 0..MAX_WRITEBACK_RUN));
+        assert_eq!(w[1].1.len(), 3 * BLOCK_SIZE);
     }
 }

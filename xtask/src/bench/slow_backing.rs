@@ -292,12 +292,11 @@ fn report(p: &Params, figs: &[Figures]) -> String {
     ));
     if sr < 0.9 {
         out.push_str(
-            " Two causes, both known: the stream goes through the log (the sequential bypass \
-             of issue 17, which would send it to the device directly, is not built yet), and \
-             writeback sends the slow device one request per 4 KiB block (the engine issues a \
-             write per block; the file executors merge contiguous ones into runs of up to \
-             1 MiB, the NBD device does not yet), each paying the device's delay, so once the \
-             cache is full the stream runs at about one block per delay.",
+            " The stream goes through the log and, once the cache is full, runs at the pace \
+             writeback empties it: a run of consecutive blocks per request (up to 1 MiB), each \
+             paying the device's delay, on top of writing everything to the cache first. The \
+             sequential bypass of issue 17, which would send it to the device directly, is not \
+             built yet.",
         );
     }
     out.push('\n');
