@@ -122,6 +122,8 @@ fn wl_config_with(g: Geometry, quirks: &[&str]) -> WlConfig {
         quirks: quirks.iter().map(|q| q.to_string()).collect(),
         cache_type: 0,
         plog_regions: 0,
+        ahead: true,
+        allow_writeback: false,
         pool_after: 0,
         completion: Default::default(),
     }

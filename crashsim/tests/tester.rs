@@ -22,6 +22,7 @@ fn params(order: Option<u8>, unit_sectors: Option<u64>, max_ops: usize) -> GenPa
         cache_type: 0,
         min_ops: 6,
         max_ops,
+        swarm: false,
     }
 }
 

@@ -103,6 +103,10 @@ pub struct CrashTestArgs {
     /// workload feature goes missing.
     #[arg(long = "without", value_parser = ["zeroes", "fua", "partial", "background", "reads"])]
     without: Vec<String>,
+    /// Every seeded workload runs with the fixed settings (writeback ahead of need, no
+    /// `allow_writeback`, no survivable fault) instead of drawing them from its seed.
+    #[arg(long)]
+    no_swarm: bool,
 }
 
 impl CrashTestArgs {
@@ -410,6 +414,7 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
                 cache_type: args.cache_type,
                 min_ops: 6,
                 max_ops: 40,
+                swarm: args.quirks.is_empty() && args.faults.is_empty() && !args.no_swarm,
             };
             // The hand-written hazard scenarios first (with the same faults, quirks and unit),
             // then the seeded workloads.

@@ -36,6 +36,7 @@ fn workloads_for(quirk: &str) -> impl Iterator<Item = Workload> + '_ {
         cache_type: plog_quirk as u8,
         min_ops: 6,
         max_ops: 40,
+        swarm: false,
     };
     scenarios
         .into_iter()

@@ -65,6 +65,8 @@ pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + 
         quirks: p.quirks.clone(),
         cache_type: 0,
         plog_regions: 0,
+        ahead: true,
+        allow_writeback: false,
         pool_after: 0,
         completion: Default::default(),
     };

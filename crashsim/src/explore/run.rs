@@ -14,6 +14,7 @@ use crate::{AtomicUnit, ClientOp, DeviceConfig, Faults, Image, SharedWorld, Worl
 pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
     let mut tunables = Tunables::defaults(c.order);
     tunables.nr_max_batched_writeback = c.batch;
+    tunables.allow_writeback = c.allow_writeback;
     #[allow(unused_mut)]
     let mut quirks = engine::quirks::Quirks::none();
     for name in &c.quirks {
@@ -27,7 +28,7 @@ pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
         tunables: Some(tunables),
         format: FormatPolicy::IfBlank,
         generation: c.seed,
-        write_back_ahead: true,
+        write_back_ahead: c.ahead,
         quirks,
     })
 }

@@ -133,6 +133,10 @@ pub struct WlConfig {
     /// 0: RAM buffers only; 1: with a plog device of `plog_regions` regions.
     pub cache_type: u8,
     pub plog_regions: u64,
+    /// Writeback ahead of need (rule R12, the runner's default); `a=0` turns it off.
+    pub ahead: bool,
+    /// The `allow_writeback` tunable (`w=1`): the schedule writes back whenever it may.
+    pub allow_writeback: bool,
     /// RAM buffers after a crash (0: as before): recovery under another tunable (H9).
     pub pool_after: usize,
     /// In which order the simulated devices complete the operations in flight.
@@ -296,6 +300,12 @@ impl fmt::Display for Workload {
         if c.cache_type != 0 {
             write!(f, ",t={},g={}", c.cache_type, c.plog_regions)?;
         }
+        if !c.ahead {
+            f.write_str(",a=0")?;
+        }
+        if c.allow_writeback {
+            f.write_str(",w=1")?;
+        }
         if c.pool_after != 0 {
             write!(f, ",P={}", c.pool_after)?;
         }
@@ -334,6 +344,8 @@ impl FromStr for Workload {
             quirks: Vec::new(),
             cache_type: 0,
             plog_regions: 0,
+            ahead: true,
+            allow_writeback: false,
             pool_after: 0,
             completion: Completion::InOrder,
         };
@@ -362,6 +374,8 @@ impl FromStr for Workload {
                 "t" => c.cache_type = num()? as u8,
                 "g" => c.plog_regions = num()?,
                 "P" => c.pool_after = num()? as usize,
+                "a" => c.ahead = num()? != 0,
+                "w" => c.allow_writeback = num()? != 0,
                 "c" => {
                     c.completion = match v.strip_prefix('x') {
                         Some("") => Completion::Script(Vec::new()),
@@ -422,6 +436,21 @@ impl Workload {
     }
 }
 
+/// Swarm testing: the seed's own draw of the settings no fixed run varies, from a stream of its
+/// own so the operations stay those of the seed. One workload in four runs without writeback
+/// ahead of need (the runner's `--no-write-back-ahead`), one in four with `allow_writeback`,
+/// and, where the atomic unit is 4 KiB, one in four with garbage in torn units (a survivable
+/// fault; with 512-byte units every torn choice makes a new image and the states multiply
+/// beyond the default run's budget, so `--fault garbage-torn` runs cover those).
+fn swarm(c: &mut WlConfig, seed: u64) {
+    let mut sw = SplitMix64::new(crate::rng::mix64(seed ^ 0x5A4D_5741));
+    c.ahead = !sw.chance(1, 4);
+    c.allow_writeback = sw.chance(1, 4);
+    if c.faults == FaultSet::default() && c.unit_sectors == 8 {
+        c.faults.garbage_torn = sw.chance(1, 4);
+    }
+}
+
 /// Knobs of the random generator.
 #[derive(Clone, Debug)]
 pub struct GenParams {
@@ -433,6 +462,10 @@ pub struct GenParams {
     pub cache_type: u8,
     pub min_ops: usize,
     pub max_ops: usize,
+    /// Swarm testing: each seed also draws its configuration (writeback ahead of need or not,
+    /// `allow_writeback`, garbage in torn units), printed in its text and so in every replay
+    /// string. Off where a run fixes faults or quirks.
+    pub swarm: bool,
 }
 
 /// A seeded random workload biased toward the hard cases: a ring that wraps within a few dozen
@@ -469,6 +502,8 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
         } else {
             0
         },
+        ahead: true,
+        allow_writeback: false,
         pool_after: 0,
         // Three workloads in four complete their operations in a seeded order (from their
         // own stream, so the ops do not depend on it); the rest in order.
@@ -478,6 +513,10 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
             Completion::Seeded(crate::rng::mix64(seed ^ 0x0DE5))
         },
     };
+    let mut config = config;
+    if p.swarm {
+        swarm(&mut config, seed);
+    }
     let racing = config.completion != Completion::InOrder;
     let hot: Vec<u64> = (0..2 + rng.below(3))
         .map(|_| rng.below(backing_blocks))
@@ -611,6 +650,7 @@ mod tests {
             cache_type: 1,
             min_ops: 5,
             max_ops: 40,
+            swarm: false,
         };
         for seed in 0..200 {
             let w = generate(seed, &p);
@@ -630,5 +670,43 @@ mod tests {
             "o=4;X".parse::<Workload>().unwrap().ops,
             vec![WlOp::Reformat]
         );
+    }
+
+    /// Swarm runs draw each seed's settings, keep its operations, and say the settings in the
+    /// text a replay parses.
+    #[test]
+    fn swarm_seeds_draw_their_settings_and_carry_them_in_their_text() {
+        let p = |swarm| GenParams {
+            order: None,
+            unit_sectors: None,
+            faults: FaultSet::default(),
+            quirks: Vec::new(),
+            cache_type: 0,
+            min_ops: 5,
+            max_ops: 40,
+            swarm,
+        };
+        let (mut off, mut allow, mut garbage) = (0, 0, 0);
+        for seed in 0..100 {
+            let (w, plain) = (generate(seed, &p(true)), generate(seed, &p(false)));
+            assert_eq!(w.ops, plain.ops, "the same operations");
+            off += !w.config.ahead as u32;
+            allow += w.config.allow_writeback as u32;
+            garbage += w.config.faults.garbage_torn as u32;
+            assert!(!w.config.faults.garbage_torn || w.config.unit_sectors == 8);
+            let back: Workload = w.to_string().parse().unwrap();
+            assert_eq!(back, w);
+        }
+        assert!(
+            off > 10 && allow > 10 && garbage > 2,
+            "{off} {allow} {garbage}"
+        );
+        assert!(plain_text_has_no_swarm_keys(
+            &generate(1, &p(false)).to_string()
+        ));
+    }
+
+    fn plain_text_has_no_swarm_keys(text: &str) -> bool {
+        !text.contains(",a=") && !text.contains(",w=")
     }
 }

@@ -87,6 +87,7 @@ fn gen_params(order: u8, cache_type: u8) -> GenParams {
         cache_type,
         min_ops: 6,
         max_ops: 40,
+        swarm: false,
     }
 }
 
