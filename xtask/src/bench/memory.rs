@@ -1,7 +1,8 @@
 //! Section: resident memory per GiB of cache (issue 8, point 5).
 //!
 //! For each cache size: a sparse cache file formatted at order 10 and a sparse backing file of
-//! the same size, `wbcache serve` with `allow_writeback 0` (the default, stated explicitly),
+//! the same size, `wbcache serve` with `allow_writeback 0` (the default, stated explicitly) and
+//! `--no-write-back-ahead` (writeback ahead of need would keep the cache from filling),
 //! VmRSS read from /proc/PID/status once it serves, then fio (`ioengine=nbd`) writes one
 //! segment's worth of distinct blocks per slot, all slots but the last, so every cache block
 //! but one segment's is dirty, nothing is written back, and every lazily zeroed page of the
@@ -145,7 +146,8 @@ fn run_one(bin: &Path, scratch: &Scratch, size: u64, read_check_s: u64) -> Resul
             .arg(&cache)
             .arg("--socket")
             .arg(&socket)
-            .args(["--allow_writeback", "0"]),
+            // A full cache is what is measured: no writeback, not even ahead of need.
+            .args(["--allow_writeback", "0", "--no-write-back-ahead"]),
         &dir.join("server.log"),
     )?;
     proc.wait_socket(&socket, Duration::from_secs(60))?;
@@ -296,7 +298,8 @@ fn report(runs: &[Run], read_check_s: u64) -> String {
     md.push_str(&format!(
         "Per size: `wbcache format --cache cache.img` (order {ORDER}) on a sparse file, \
          `wbcache serve --backing backing.img --cache cache.img --socket nbd.sock \
-         --allow_writeback 0` (backing: a sparse file of the same size; O_DIRECT; {POOL} RAM \
+         --allow_writeback 0 --no-write-back-ahead` (backing: a sparse file of the same size; \
+         O_DIRECT; {POOL} RAM \
          buffers of {} KiB), then `fio --ioengine=nbd --rw=write --bs={}k --iodepth={FILL_QD} \
          --end_fsync=1 --verify=crc32c --verify_interval=4k --do_verify=0` over all segments \
          but one, so every cache block but one segment's is dirty and none is written back \
