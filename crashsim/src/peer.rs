@@ -137,7 +137,7 @@ fn replay(
     if max_id == 0 {
         return map;
     }
-    let start = geo.slot_of(max_id + 1);
+    let start = geo.slot_of(max_id.saturating_add(1));
     let mut last_applied = 0;
     for i in 0..n {
         let k = (start + i) % n;
@@ -155,7 +155,8 @@ fn replay(
         last_applied = s.id;
     }
     let inferred = last_applied.saturating_sub(n);
-    for id in inferred + 1..=record {
+    // Bounded: n consecutive ids already name every slot, and a garbage record may be huge.
+    for id in (inferred + 1..=record).take(n as usize) {
         let slot = geo.slot_of(id);
         map.values_mut()
             .filter(|m| m.slot == slot)

@@ -804,3 +804,39 @@ fn a_truncated_image_is_judged_by_its_own_order() {
     assert!(!r.sound);
     assert!(!r.to_string().contains("order 4"), "{r}");
 }
+
+/// A record at the very end of the id space (a corrupt or hostile image) opens, and the cache
+/// stops with a corruption error before it would write a segment id recovery takes for
+/// garbage: what it acknowledged reads back after a clean reopen.
+#[test]
+fn a_record_at_the_end_of_the_id_space_stops_the_cache_before_it_loses_data() {
+    let order = 5u8;
+    let cache_sectors = SUPERBLOCK_SECTORS + 4 * 32;
+    let mut image = formatted(order, cache_sectors);
+    let last = engine::recovery::plan::MAX_SEGMENT_ID;
+    put_records(&mut image, last - 1, 99);
+    let (mut e, _) = open_image(image, 64, cfg(order, FormatPolicy::Never)).unwrap();
+    let data = vec![0x5Au8; BLOCK_SIZE];
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for block in 0..12u64 {
+        match e.write(block * 8, &data, true) {
+            Ok(()) => acknowledged.push(block),
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the cache stops at the end of the id space");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("id space"), "{err}");
+    assert!(!acknowledged.is_empty());
+    let (c, b) = e.into_devices();
+    let (mut e, _) = SyncEngine::open(c, b, cfg(order, FormatPolicy::Never)).unwrap();
+    for block in acknowledged {
+        let mut got = vec![0u8; BLOCK_SIZE];
+        e.read(block * 8, &mut got).unwrap();
+        assert_eq!(got, data, "block {block}");
+    }
+}

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::device::DeviceRole;
+use crate::error::Error;
 use crate::format::{self, BLOCK_SIZE, SECTORS_PER_BLOCK};
 use crate::io::{IoData, OpId};
 
@@ -378,6 +379,18 @@ impl Engine {
             self.seal_open();
         }
         let id = self.segs.last_sealed + 1;
+        if id > crate::recovery::plan::MAX_SEGMENT_ID {
+            // Recovery would take a segment past the limit for garbage: the cache stops here,
+            // with everything it acknowledged readable after a reopen, instead of writing one.
+            self.die(Error::Corrupt {
+                role: DeviceRole::Cache,
+                sector: self.geo.slot_sector(self.geo.slot_of(id)),
+                what: format!(
+                    "segment id {id} is past the id space (continued from a record near its end)"
+                ),
+            });
+            return Err(Blocked::Slot);
+        }
         let need = id.saturating_sub(self.geo.nr_segments);
         if need > self.durable_record {
             // Rule R9: the slot's old segment is not recorded as written back yet. The ring is

@@ -217,6 +217,15 @@ impl Engine {
             };
             match self.advance(&mut head) {
                 Advance::Done => self.finish(head),
+                Advance::Blocked(_) if self.dead_error.is_some() => {
+                    // It died placing this piece (the id space ended): the head fails like
+                    // the rest of the queue did.
+                    let err = self.dead_error.clone().expect("dead");
+                    if let Some(id) = head.id {
+                        self.reply(id, Err(err));
+                    }
+                    return;
+                }
                 Advance::Blocked(b) => {
                     match b {
                         Blocked::Slot => crate::probe!(WriteWaitsSlot),

@@ -40,6 +40,11 @@ use super::scan::{
 /// A record above this is corruption, not a segment id (ids grow by one per segment).
 pub const MAX_PLAUSIBLE_RECORD: u64 = u64::MAX / 4;
 
+/// A segment whose header claims an id above this is corruption, never intact, so arithmetic
+/// on ids and laps cannot overflow. The engine never writes one (it stops with a corruption
+/// error first), so a record it writes is never refused as implausible.
+pub const MAX_SEGMENT_ID: u64 = MAX_PLAUSIBLE_RECORD;
+
 /// What to do with the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutDecision {

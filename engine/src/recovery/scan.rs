@@ -271,10 +271,13 @@ pub struct SegmentScan {
 }
 
 impl SegmentScan {
-    /// Intact as replay needs it: sane length and a matching checksum (or, with the dm-lc
-    /// quirk, any checksum), read consistently.
+    /// Intact as replay needs it: a plausible id, sane length and a matching checksum (or,
+    /// with the dm-lc quirk, any checksum), read consistently.
     pub fn intact(&self, ignore_checksum: bool) -> bool {
-        self.length_ok && (self.checksum_ok || ignore_checksum) && !self.changed
+        self.id <= super::plan::MAX_SEGMENT_ID
+            && self.length_ok
+            && (self.checksum_ok || ignore_checksum)
+            && !self.changed
     }
 
     /// Decodes a segment image read from `slot` (header block + the blocks `length` claims).
