@@ -144,6 +144,8 @@ pub struct SimEngine {
     engine: Engine,
     devs: Devices,
     next_req: u64,
+    /// The engine's clock (milliseconds since open), moved on by [`SimEngine::tick`].
+    now_ms: u64,
 }
 
 impl std::ops::Deref for SimEngine {
@@ -216,6 +218,7 @@ impl SimEngine {
                     engine,
                     devs,
                     next_req: 1,
+                    now_ms: 0,
                 },
                 report,
             )
@@ -349,6 +352,20 @@ impl SimEngine {
         self.engine.start_step(step);
         self.hand_out_all();
         Ok(())
+    }
+
+    /// Starts every step the schedule calls for now, as the runner does after each event; their
+    /// work goes on while later requests run.
+    pub fn start_due(&mut self) {
+        self.engine.start_due_steps();
+        self.hand_out_all();
+    }
+
+    /// The runner's timer: the clock moves on by `ms`, then the steps now due start.
+    pub fn advance_clock(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.engine.tick(self.now_ms);
+        self.start_due();
     }
 
     /// Every dirty block written back and recorded (a careful reformat): `Request::Drain`.

@@ -48,13 +48,22 @@ pub enum Probe {
     // The dead state.
     DeadIo,
     DeadCorrupt,
+    // Messages and the timer.
+    MessageDropCaches,
+    MessageTunable,
+    MessageRefused,
+    TimerSync,
+    TimerRecord,
+    // Type 1: plog regions at their boundary.
+    PlogRegionExact,
+    PlogRegionSealed,
 }
 
 /// How many probes there are.
 pub const COUNT: usize = Probe::ALL.len();
 
 impl Probe {
-    pub const ALL: [Probe; 33] = [
+    pub const ALL: [Probe; 40] = [
         Probe::RecoveryFormat,
         Probe::RecoveryUpstreamImage,
         Probe::RecoveryRecordFromBackup,
@@ -88,6 +97,13 @@ impl Probe {
         Probe::ReadMany,
         Probe::DeadIo,
         Probe::DeadCorrupt,
+        Probe::MessageDropCaches,
+        Probe::MessageTunable,
+        Probe::MessageRefused,
+        Probe::TimerSync,
+        Probe::TimerRecord,
+        Probe::PlogRegionExact,
+        Probe::PlogRegionSealed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +141,13 @@ impl Probe {
             Probe::ReadMany => "read-many",
             Probe::DeadIo => "dead-io",
             Probe::DeadCorrupt => "dead-corrupt",
+            Probe::MessageDropCaches => "message-drop-caches",
+            Probe::MessageTunable => "message-tunable",
+            Probe::MessageRefused => "message-refused",
+            Probe::TimerSync => "timer-sync",
+            Probe::TimerRecord => "timer-record",
+            Probe::PlogRegionExact => "plog-region-exact",
+            Probe::PlogRegionSealed => "plog-region-sealed",
         }
     }
 
@@ -133,23 +156,43 @@ impl Probe {
     }
 }
 
-/// How often each probe fired.
+/// Room for quirk sites, by `Quirk as usize` (a quirk set is a `u32` bit mask, so there are
+/// never more).
+pub const QUIRK_SLOTS: usize = 32;
+
+/// How often each probe fired, and how often a site of each seed quirk was passed with the
+/// quirk on (the `quirk!` macro; only with the `quirks` feature).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counts(pub [u64; COUNT]);
+pub struct Counts {
+    probes: [u64; COUNT],
+    quirk_sites: [u64; QUIRK_SLOTS],
+}
 
 impl Default for Counts {
     fn default() -> Self {
-        Counts([0; COUNT])
+        Counts {
+            probes: [0; COUNT],
+            quirk_sites: [0; QUIRK_SLOTS],
+        }
     }
 }
 
 impl Counts {
     pub fn get(&self, p: Probe) -> u64 {
-        self.0[p as usize]
+        self.probes[p as usize]
+    }
+
+    /// Passes of a site of the quirk numbered `quirk` (`engine::quirks::Quirk as usize`) with
+    /// that quirk on.
+    pub fn quirk_site(&self, quirk: usize) -> u64 {
+        self.quirk_sites[quirk]
     }
 
     pub fn add(&mut self, o: &Counts) {
-        for (a, b) in self.0.iter_mut().zip(o.0) {
+        for (a, b) in self.probes.iter_mut().zip(o.probes) {
+            *a += b;
+        }
+        for (a, b) in self.quirk_sites.iter_mut().zip(o.quirk_sites) {
             *a += b;
         }
     }
@@ -173,7 +216,17 @@ thread_local! {
 pub fn hit(p: Probe) {
     COUNTS.with(|c| {
         let mut v = c.get();
-        v.0[p as usize] += 1;
+        v.probes[p as usize] += 1;
+        c.set(v);
+    });
+}
+
+/// Counts one pass of a site of quirk number `quirk` with the quirk on (see `quirk!`).
+#[cfg(feature = "probes")]
+pub fn hit_quirk_site(quirk: usize) {
+    COUNTS.with(|c| {
+        let mut v = c.get();
+        v.quirk_sites[quirk] += 1;
         c.set(v);
     });
 }

@@ -74,6 +74,8 @@ pub enum Quirk {
     PartialCopies,
 }
 
+const _: () = assert!(Quirk::ALL.len() <= crate::probes::QUIRK_SLOTS);
+
 impl Quirk {
     pub const ALL: [Quirk; 22] = [
         Quirk::H1TornSlotForgetsLog,

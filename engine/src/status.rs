@@ -142,6 +142,22 @@ impl Engine {
     /// Names take `_` or `-` between words. A known tunable with a missing or bad value is
     /// that error, not an unknown message.
     pub fn message(&mut self, msg: &str) -> Result<()> {
+        let r = self.take_message(msg);
+        let first = msg
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .replace('-', "_");
+        match (&r, first.as_str()) {
+            (Err(_), _) => crate::probe!(MessageRefused),
+            (Ok(()), "drop_caches") => crate::probe!(MessageDropCaches),
+            (Ok(()), "clear_stat" | "clear_stats") => {}
+            (Ok(()), _) => crate::probe!(MessageTunable),
+        }
+        r
+    }
+
+    fn take_message(&mut self, msg: &str) -> Result<()> {
         let words: Vec<&str> = msg.split_whitespace().collect();
         let Some((first, rest)) = words.split_first() else {
             return Err(Error::UnknownMessage(msg.to_string()));

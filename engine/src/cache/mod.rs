@@ -92,11 +92,17 @@ impl Default for Config {
     }
 }
 
-/// Whether a seed hazard is switched on; always false without the `quirks` feature.
+/// Whether a seed hazard is switched on; always false without the `quirks` feature. A site
+/// passed with its quirk on counts as that quirk's probe (`probes::Counts::quirk_site`), so
+/// the zoo can show every quirk's own code ran.
 macro_rules! quirk {
     ($engine:expr, $q:ident) => {{
         #[cfg(feature = "quirks")]
         let on = $engine.quirks.has(crate::quirks::Quirk::$q);
+        #[cfg(all(feature = "quirks", feature = "probes"))]
+        if on {
+            crate::probes::hit_quirk_site(crate::quirks::Quirk::$q as usize);
+        }
         #[cfg(not(feature = "quirks"))]
         let on = false;
         on

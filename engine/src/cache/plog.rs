@@ -145,6 +145,7 @@ impl Engine {
         let Some(p) = &self.plog else { return };
         let Some(open) = &self.segs.open else { return };
         if p.open_id == open.id && p.head + 1 + sectors as u64 > p.geo().region_sectors as u64 {
+            crate::probe!(PlogRegionSealed);
             self.seal_open();
         }
     }
@@ -224,6 +225,9 @@ impl Engine {
             "the plog stage is bounded"
         );
         p.head += footprint;
+        if p.head == p.geo().region_sectors as u64 {
+            crate::probe!(PlogRegionExact);
+        }
         p.entries += 1;
         p.stage_entries += 1;
         p.entries_appended += 1;

@@ -162,6 +162,7 @@ impl Engine {
             && (open_has_data || self.segs.last_durable < self.segs.last_sealed)
             && !self.sched.waiting(super::schedule::WaitFor::Sync)
         {
+            crate::probe!(TimerSync);
             return Some(Step::Sync);
         }
         if self.sched.draining && open_has_data {
@@ -173,15 +174,15 @@ impl Engine {
         {
             return Some(Step::Writeback);
         }
-        if !self.record_settled()
-            && self.record.is_none()
-            && (self.sched.draining
-                || self.interval_due(
-                    self.tunables.update_record_interval,
-                    self.sched.last_record_ms,
-                ))
-        {
-            return Some(Step::Record);
+        if !self.record_settled() && self.record.is_none() {
+            if self.sched.draining {
+                return Some(Step::Record);
+            }
+            let interval = self.tunables.update_record_interval;
+            if self.interval_due(interval, self.sched.last_record_ms) {
+                crate::probe!(TimerRecord);
+                return Some(Step::Record);
+            }
         }
         None
     }
