@@ -11,7 +11,7 @@ use std::str::FromStr;
 pub enum Units {
     All,
     /// One flag per atomic unit, in address order. A unit that did not persist keeps its old
-    /// content, or holds garbage on a device with `garbage_in_torn_units`.
+    /// content, or what the device's `torn_fill` says (zeros, garbage).
     Mask(Vec<bool>),
 }
 

@@ -58,7 +58,8 @@ impl fmt::Display for CrashPoint {
 pub struct DeviceCrash {
     pub role: DeviceRole,
     pub atomic_unit: AtomicUnit,
-    pub garbage_in_torn_units: bool,
+    pub torn_fill: crate::TornFill,
+    pub torn_in_runs: bool,
     pub durable: Image,
 }
 
@@ -79,6 +80,8 @@ enum Effect<'a> {
     Copy(&'a [u8]),
     /// A torn unit of pending write `seq` left garbage.
     Garbage(u64),
+    /// A torn unit left zeros.
+    Zero,
     /// Bit rot.
     Flip { byte: usize, bit: u8 },
 }
@@ -88,6 +91,7 @@ impl Effect<'_> {
         match self {
             Effect::Copy(bytes) => sector.copy_from_slice(bytes),
             Effect::Garbage(seq) => garbage_sector(seq, s, sector),
+            Effect::Zero => sector.fill(0),
             Effect::Flip { byte, bit } => sector[byte] ^= 1 << bit,
         }
     }
@@ -314,7 +318,8 @@ impl<'w> Replayer<'w> {
                 DeviceCrash {
                     role: *role,
                     atomic_unit: config.atomic_unit,
-                    garbage_in_torn_units: config.faults.garbage_in_torn_units,
+                    torn_fill: config.faults.torn_fill,
+                    torn_in_runs: config.faults.torn_in_runs,
                     durable: m.durable.clone(),
                 }
             })
@@ -415,7 +420,9 @@ impl CrashState {
     fn for_each_effect(&self, choice: &Choice, mut f: impl FnMut(DeviceRole, u64, Effect<'_>)) {
         for p in &choice.persisted {
             let w = &self.pending[p.pending];
-            let garbage = self.device(w.role).is_some_and(|d| d.garbage_in_torn_units);
+            let fill = self
+                .device(w.role)
+                .map_or(crate::TornFill::Old, |d| d.torn_fill);
             for (u, (first, count)) in w.units().into_iter().enumerate() {
                 let persisted = match &p.units {
                     Units::All => true,
@@ -426,10 +433,11 @@ impl CrashState {
                     let Some(bytes) = w.live_sector(s) else {
                         continue;
                     };
-                    if persisted {
-                        f(w.role, s, Effect::Copy(bytes));
-                    } else if garbage {
-                        f(w.role, s, Effect::Garbage(w.seq));
+                    match (persisted, fill) {
+                        (true, _) => f(w.role, s, Effect::Copy(bytes)),
+                        (false, crate::TornFill::Old) => {}
+                        (false, crate::TornFill::Zero) => f(w.role, s, Effect::Zero),
+                        (false, crate::TornFill::Garbage) => f(w.role, s, Effect::Garbage(w.seq)),
                     }
                 }
             }

@@ -22,14 +22,18 @@ pub enum Others {
 }
 
 /// Unit masks of the interesting tears of a write of `units` atomic units: only unit i, all but
-/// unit i, every proper prefix and every proper suffix; with `garbage`, also no unit at all (the
-/// write garbled everything it covered; only for writes of two or more units). Deduplicated, in a fixed order.
-pub fn tear_masks(units: usize, garbage: bool) -> Vec<Vec<bool>> {
+/// unit i (unless tears come `in_runs`: that is two runs), every proper prefix and every proper
+/// suffix; with `garbage` (a fill other than old content), also no unit at all (the write
+/// garbled everything it covered; only for writes of two or more units). Deduplicated, in a
+/// fixed order.
+pub fn tear_masks(units: usize, garbage: bool, in_runs: bool) -> Vec<Vec<bool>> {
     let mut masks: BTreeSet<Vec<bool>> = BTreeSet::new();
     if units >= 2 {
         for i in 0..units {
             masks.insert((0..units).map(|u| u == i).collect());
-            masks.insert((0..units).map(|u| u != i).collect());
+            if !in_runs {
+                masks.insert((0..units).map(|u| u != i).collect());
+            }
         }
         for k in 1..units {
             masks.insert((0..units).map(|u| u < k).collect());
@@ -112,8 +116,10 @@ impl CrashState {
             index,
             pending: self.pending.len(),
         })?;
-        let garbage = self.device(w.role).is_some_and(|d| d.garbage_in_torn_units);
-        self.tears_with(index, others, tear_masks(w.unit_count(), garbage))
+        let d = self.device(w.role);
+        let garbage = d.is_some_and(|d| d.torn_fill != crate::TornFill::Old);
+        let in_runs = d.is_some_and(|d| d.torn_in_runs);
+        self.tears_with(index, others, tear_masks(w.unit_count(), garbage, in_runs))
     }
 
     /// As [`CrashState::tears_of`] with the caller's unit masks (each as long as the write has
@@ -160,7 +166,8 @@ impl CrashState {
     }
 
     /// One random choice: each pending write persists with probability 1/2; a persisted
-    /// multi-unit write is torn (random units) with probability 1/4; on a garbage device any
+    /// multi-unit write is torn (random units, or one random run of them on a device that tears
+    /// in runs) with probability 1/4; where torn units do not keep their old content, any
     /// persisted write is torn with probability 1/8; one choice in 8 applies the persisted
     /// writes in a shuffled order (older versions winning).
     pub fn random_choice(&self, rng: &mut SplitMix64) -> Choice {
@@ -170,12 +177,17 @@ impl CrashState {
                 continue;
             }
             let units = w.unit_count();
-            let garbage = self.device(w.role).is_some_and(|d| d.garbage_in_torn_units);
+            let d = self.device(w.role);
+            let garbage = d.is_some_and(|d| d.torn_fill != crate::TornFill::Old);
             let tear = units >= 2 && (rng.chance(1, 4) || (garbage && rng.chance(1, 8)));
-            let units = if tear {
-                Units::Mask((0..units).map(|_| rng.chance(1, 2)).collect())
-            } else {
-                Units::All
+            let units = match (tear, d.is_some_and(|d| d.torn_in_runs)) {
+                (false, _) => Units::All,
+                (true, false) => Units::Mask((0..units).map(|_| rng.chance(1, 2)).collect()),
+                (true, true) => {
+                    let first = rng.below(units as u64) as usize;
+                    let end = first + 1 + rng.below((units - first) as u64) as usize;
+                    Units::Mask((0..units).map(|u| (first..end).contains(&u)).collect())
+                }
             };
             persisted.push(Persist { pending: i, units });
         }
@@ -256,15 +268,15 @@ mod tests {
 
     #[test]
     fn tear_masks_cover_single_units_prefixes_and_suffixes() {
-        assert!(tear_masks(1, false).is_empty());
+        assert!(tear_masks(1, false, false).is_empty());
         assert!(
-            tear_masks(1, true).is_empty(),
+            tear_masks(1, true, false).is_empty(),
             "one atomic unit cannot tear"
         );
-        assert!(tear_masks(2, true).contains(&vec![false, false]));
-        let m = tear_masks(2, false);
+        assert!(tear_masks(2, true, false).contains(&vec![false, false]));
+        let m = tear_masks(2, false, false);
         assert_eq!(m, vec![vec![false, true], vec![true, false]]);
-        let m = tear_masks(4, false);
+        let m = tear_masks(4, false, false);
         for i in 0..4 {
             assert!(m.contains(&(0..4).map(|u| u == i).collect()));
             assert!(m.contains(&(0..4).map(|u| u != i).collect()));
@@ -272,5 +284,22 @@ mod tests {
         assert!(m.contains(&vec![true, true, false, false]));
         assert!(!m.contains(&vec![true; 4]));
         assert!(!m.contains(&vec![false; 4]));
+    }
+
+    /// Tears in runs keep one contiguous run of units: never "all but an inner unit".
+    #[test]
+    fn tears_in_runs_are_contiguous() {
+        let one_run = |m: &Vec<bool>| {
+            (0..m.len())
+                .filter(|&i| m[i] && (i == 0 || !m[i - 1]))
+                .count()
+                == 1
+        };
+        let m = tear_masks(5, false, true);
+        assert!(m.iter().all(one_run));
+        assert!(m.contains(&vec![true, false, false, false, false]));
+        assert!(m.contains(&vec![false, false, true, true, true]));
+        assert!(!m.contains(&vec![true, true, false, true, true]));
+        assert!(tear_masks(5, false, false).contains(&vec![true, true, false, true, true]));
     }
 }

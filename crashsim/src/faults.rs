@@ -22,12 +22,27 @@ pub struct BitRot {
     pub bit: u8,
 }
 
+/// What the atomic units of a torn write that did not persist hold in a crash image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TornFill {
+    /// Their old content (a unit is written whole or not at all).
+    #[default]
+    Old,
+    /// Zeros (a device that unmaps what it could not finish).
+    Zero,
+    /// Random bytes (a unit garbled mid-program).
+    Garbage,
+}
+
 /// Every fault switch of one device; the default is a perfect device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
-    /// In a crash image, the atomic units of a torn write that did not persist hold random bytes
-    /// instead of their old content.
-    pub garbage_in_torn_units: bool,
+    /// In a crash image, what the atomic units of a torn write that did not persist hold.
+    pub torn_fill: TornFill,
+    /// A torn write persisted one contiguous run of its units (a device that writes a request
+    /// front to back), not any subset: random tears draw runs, and the enumerated tears keep
+    /// only prefixes, suffixes and single units.
+    pub torn_in_runs: bool,
     pub misdirect: Option<Misdirect>,
     /// Flush returns Ok and makes nothing durable.
     pub lie_about_flush: bool,

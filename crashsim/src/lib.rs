@@ -40,7 +40,7 @@ pub use device::{ImageDevice, SimDevice};
 pub use driver::{Order, Scheduler, SimEngine};
 pub use enumerate::{tear_masks, Dedup, Others, Subsets, MAX_EXHAUSTIVE_PENDING};
 pub use error::{ChoiceError, SimError};
-pub use faults::{BitRot, Faults, Misdirect};
+pub use faults::{BitRot, Faults, Misdirect, TornFill};
 pub use image::{Image, CHUNK_BYTES};
 pub use log::{format_entries, ClientOp, Event, FlushEffect, LogEntry, Submitted, WriteEffect};
 pub use media::PendingWrite;

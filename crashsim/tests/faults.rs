@@ -2,7 +2,7 @@
 
 use crashsim::{
     BitFlip, BitRot, Choice, CrashPoint, DeviceConfig, Event, Faults, Misdirect, Others,
-    SharedWorld, SimDevice, Units, World,
+    SharedWorld, SimDevice, TornFill, Units, World,
 };
 use engine::{Access, BlockDevice, DeviceRole};
 
@@ -195,7 +195,7 @@ fn harness_bit_rot_is_shadowed_by_a_pending_write() {
 #[test]
 fn garbage_in_torn_units() {
     let (w, mut dev) = world_with(Faults {
-        garbage_in_torn_units: true,
+        torn_fill: TornFill::Garbage,
         ..Faults::default()
     });
     dev.write(0, &[1; 4 * S], false).unwrap();
@@ -222,6 +222,44 @@ fn garbage_in_torn_units() {
     assert_eq!(state.image(&c).unwrap(), img, "garbage is deterministic");
     // Sectors the write did not cover keep their content.
     assert_eq!(sector(cache, 4), &[0xaa; S]);
+}
+
+#[test]
+fn zeros_in_torn_units_and_tears_in_runs() {
+    let (w, mut dev) = world_with(Faults {
+        torn_fill: TornFill::Zero,
+        torn_in_runs: true,
+        ..Faults::default()
+    });
+    dev.write(0, &[1; 4 * S], false).unwrap();
+    let w = w.borrow();
+    let state = w.crash_state(CrashPoint::end(&w)).unwrap();
+    let tears = state.tears_of(0, Others::Lost).unwrap();
+    let masks: Vec<&Units> = tears.iter().map(|c| &c.persisted[0].units).collect();
+    assert!(masks.contains(&&Units::Mask(vec![false; 4])), "all zeroed");
+    assert!(
+        !masks.contains(&&Units::Mask(vec![true, false, true, true])),
+        "two runs"
+    );
+    let c: Choice = "0:0110".parse().unwrap();
+    let img = state.image(&c).unwrap();
+    let cache = img.get(DeviceRole::Cache).unwrap();
+    for (s, want) in [
+        (0, [0; S]),
+        (1, [1; S]),
+        (2, [1; S]),
+        (3, [0; S]),
+        (4, [0xaa; S]),
+    ] {
+        assert_eq!(sector(cache, s), &want, "sector {s}");
+    }
+    // Random tears draw one run of units.
+    for c in state.random_choices(7, 200) {
+        if let Some(Units::Mask(m)) = c.persisted.first().map(|p| &p.units) {
+            let starts = (0..4).filter(|&i| m[i] && (i == 0 || !m[i - 1])).count();
+            assert_eq!(starts, 1, "{m:?}");
+        }
+    }
 }
 
 #[test]

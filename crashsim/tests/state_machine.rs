@@ -124,6 +124,7 @@ fn wl_config_with(g: Geometry, quirks: &[&str]) -> WlConfig {
         plog_regions: 0,
         ahead: true,
         allow_writeback: false,
+        intervals: 0,
         pool_after: 0,
         completion: Default::default(),
     }

@@ -114,6 +114,17 @@ fn fault_free_with_4k_atomic_unit_has_no_violations() {
 /// finding) and asserts that most of them report violations, and that in at least half of them
 /// an oracle reports the data loss (rather than only a failed recovery, which a device that
 /// lies during the format can also cause).
+/// How often the probes of `faults`' switches fired in `r`: a fault that never changed what a
+/// device did proves nothing.
+fn fault_fired(r: &WorkloadResult, faults: &FaultSet) -> u64 {
+    faults
+        .names()
+        .into_iter()
+        .filter_map(crashsim::explore::coverage::fault_probe)
+        .map(|p| r.points.sim.get(p))
+        .sum()
+}
+
 fn assert_faults_caught(faults: FaultSet) {
     assert!(faults.breaks_contract());
     let opts = ExploreOpts {
@@ -123,9 +134,11 @@ fn assert_faults_caught(faults: FaultSet) {
     let p = with_faults(faults, 20);
     let mut caught = Vec::new();
     let mut by_oracle = Vec::new();
+    let mut fired = 0;
     for seed in 0..8 {
         let w = generate(seed, &p);
         let r = explore_workload(&w, &opts);
+        fired += fault_fired(&r, &faults);
         if r.violation_count > 0 {
             caught.push(seed);
         }
@@ -133,6 +146,7 @@ fn assert_faults_caught(faults: FaultSet) {
             by_oracle.push(seed);
         }
     }
+    assert!(fired > 0, "{faults:?}: its probe never fired");
     assert!(
         caught.len() >= 5 && by_oracle.len() >= 4,
         "{faults:?}: of seeds 0..8, only {caught:?} report violations, {by_oracle:?} by an oracle"
@@ -175,9 +189,15 @@ fn misdirect_and_bit_rot_are_reported() {
             stop_at_first: true,
             ..ExploreOpts::default()
         };
+        let mut fired = 0;
         let caught: Vec<u64> = (0..16)
-            .filter(|&seed| explore_workload(&generate(seed, &p), &opts).violation_count > 0)
+            .filter(|&seed| {
+                let r = explore_workload(&generate(seed, &p), &opts);
+                fired += fault_fired(&r, &faults);
+                r.violation_count > 0
+            })
             .collect();
+        assert!(fired > 0, "{faults:?}: its probe never fired");
         assert!(
             caught.len() >= 2,
             "{faults:?}: only seeds {caught:?} of 0..16 report violations"
@@ -227,6 +247,10 @@ fn device_errors_are_reported_never_lies() {
                 .any(|op| op.status == models::OpStatus::Failed);
             fired += failed as u32;
             let r = explore_workload(&w, &opts);
+            assert!(
+                !failed || fault_fired(&r, &faults) > 0,
+                "{faults:?} seed {seed}: a request failed, but the fault's probe never fired"
+            );
             assert_eq!(
                 r.violation_count,
                 0,
@@ -370,6 +394,47 @@ fn shrink_keeps_the_failure_and_never_grows() {
 
 #[test]
 fn bounded_len_2_on_2_blocks_2_slots_is_clean() {
+    bounded_len_2_is_clean(0);
+}
+
+/// Type 1, bounded: at order 4 a segment holds one block, so its region never takes more
+/// than one entry (the region-boundary scenarios below run at order 5).
+#[test]
+fn bounded_type_1_is_clean() {
+    bounded_len_2_is_clean(1);
+}
+
+/// The region-boundary scenarios fill a plog region to its last sector, and seal a segment
+/// whose region has no room for the next entry (a full one, or one after smaller entries left
+/// a gap); every crash state of each is clean.
+#[test]
+fn region_boundary_scenarios_reach_both_boundaries_and_are_clean() {
+    use engine::probes::Probe;
+    let opts = ExploreOpts {
+        continuation_every: 0,
+        ..ExploreOpts::default()
+    };
+    for name in ["plog-region-exact", "plog-region-gap"] {
+        let (_, w) = crashsim::explore::scenario_workloads()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("the scenario exists");
+        let r = explore_workload(&w, &opts);
+        assert_eq!(r.violation_count, 0, "{w}: {}", describe(&r));
+        let (exact, sealed) = (
+            r.points.probes.get(Probe::PlogRegionExact),
+            r.points.probes.get(Probe::PlogRegionSealed),
+        );
+        assert!(sealed > 0, "{name}: never sealed for room");
+        assert_eq!(
+            exact > 0,
+            name == "plog-region-exact",
+            "{name}: exact fills {exact}"
+        );
+    }
+}
+
+fn bounded_len_2_is_clean(cache_type: u8) {
     let p = BoundedParams {
         max_len: 2,
         blocks: 2,
@@ -377,6 +442,8 @@ fn bounded_len_2_on_2_blocks_2_slots_is_clean() {
         unit_sectors: 1,
         faults: FaultSet::default(),
         quirks: Vec::new(),
+        order: 4,
+        cache_type,
     };
     let opts = ExploreOpts {
         continuation_every: 0,
@@ -510,4 +577,28 @@ fn a_panic_in_recovery_is_a_finding_and_the_run_goes_on() {
         explore_workload(&clean, &ExploreOpts::default()).violation_count,
         0
     );
+}
+
+/// Messages and the runner's timer are operations like any other: a tunable changed mid-run
+/// brings the timer's sync and record steps due on later ticks, `drop_caches` starts draining
+/// and is interrupted by the next operations, a value out of range is refused and changes
+/// nothing; every crash state of the run is judged and none is a violation.
+#[test]
+fn messages_and_timer_ticks_run_under_the_crash_tester() {
+    use engine::probes::Probe;
+    let w: Workload = "o=4,n=3,b=8,p=2,k=1,u=1,s=1;W0+8.Ksync_interval=1.Kupdate_record_interval=1.T.W8+8.B.T.Kallow_writeback=2.D.W16+8.T.F"
+        .parse()
+        .unwrap();
+    let r = explore_workload(&w, &ExploreOpts::default());
+    assert_eq!(r.violation_count, 0, "{}", describe(&r));
+    assert!(r.states > 100, "{} states", r.states);
+    for p in [
+        Probe::TimerSync,
+        Probe::TimerRecord,
+        Probe::MessageTunable,
+        Probe::MessageRefused,
+        Probe::MessageDropCaches,
+    ] {
+        assert!(r.points.probes.get(p) > 0, "{} never fired", p.name());
+    }
 }

@@ -123,6 +123,7 @@ pub fn decode_workload(r: &mut Reader<'_>) -> (Workload, usize, bool) {
         // Both writeback schedules and both `allow_writeback` settings, as swarm runs draw them.
         ahead: g[0] & 0x40 == 0,
         allow_writeback: g[0] & 0x80 != 0,
+        intervals: 0,
         pool_after: 0,
         completion: if flags & 64 != 0 {
             Completion::Seeded(g[3] as u64)

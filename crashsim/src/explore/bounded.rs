@@ -1,5 +1,8 @@
-//! Bounded-exhaustive workloads: on the smallest geometry, every workload of up to L operations
-//! over a small alphabet.
+//! Bounded-exhaustive workloads: on a small geometry (segment order 4 or 5, type 0 or type 1),
+//! every workload of up to L operations over a small alphabet. In type 1 a plog region takes
+//! two entries per block of a segment, so at order 4 a second write of the open segment's
+//! block fills its region to the last sector and a third must seal: short workloads reach
+//! both region boundaries.
 
 use engine::Step;
 
@@ -16,6 +19,10 @@ pub struct BoundedParams {
     pub unit_sectors: u64,
     pub faults: FaultSet,
     pub quirks: Vec<String>,
+    /// Segment size order (4 or 5).
+    pub order: u8,
+    /// 0, or 1 with a plog of two regions.
+    pub cache_type: u8,
 }
 
 /// The alphabet: full write, partial-sector write and FUA write of each block, a discard,
@@ -54,7 +61,7 @@ pub fn alphabet(blocks: u64) -> Vec<WlOp> {
 pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + '_ {
     let alpha = alphabet(p.blocks);
     let config = WlConfig {
-        order: engine::format::MIN_ORDER,
+        order: p.order,
         nr_segments: p.nr_segments,
         backing_blocks: p.blocks,
         pool: 1,
@@ -63,10 +70,11 @@ pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + 
         seed: 0,
         faults: p.faults,
         quirks: p.quirks.clone(),
-        cache_type: 0,
-        plog_regions: 0,
+        cache_type: p.cache_type,
+        plog_regions: if p.cache_type == 1 { 2 } else { 0 },
         ahead: true,
         allow_writeback: false,
+        intervals: 0,
         pool_after: 0,
         completion: Default::default(),
     };
@@ -101,6 +109,8 @@ mod tests {
             unit_sectors: 1,
             faults: FaultSet::default(),
             quirks: vec![],
+            order: 4,
+            cache_type: 1,
         };
         let n = alphabet(2).len();
         assert_eq!(bounded_workloads(&p).count(), n + n * n);

@@ -22,10 +22,29 @@ pub enum SimProbe {
     OutOfOrder,
     /// A crash state the peer-replay model judged (`crate::peer`).
     PeerJudged,
+    // Fault switches, each counted where it changed what a device did (`fired_faults`).
+    /// A flush returned Ok and made nothing durable.
+    FaultLyingFlush,
+    /// A FUA write landed in the volatile cache only.
+    FaultLyingFua,
+    /// A crash state left garbage in a torn unit.
+    FaultGarbageTorn,
+    /// A device write failed with an injected EIO.
+    FaultEioWrite,
+    /// A device read failed with an injected EIO.
+    FaultEioRead,
+    /// A write landed somewhere other than where it was addressed.
+    FaultMisdirect,
+    /// A bit of a durable image flipped.
+    FaultBitRot,
+    /// A crash state left zeros in a torn unit.
+    FaultZeroTorn,
+    /// A crash state with a write torn in one run of units, on a device that tears so.
+    FaultTornRuns,
 }
 
 impl SimProbe {
-    pub const ALL: [SimProbe; 7] = [
+    pub const ALL: [SimProbe; 16] = [
         SimProbe::CrashInRun,
         SimProbe::CrashInRecovery,
         SimProbe::CrashInContinuation,
@@ -33,6 +52,15 @@ impl SimProbe {
         SimProbe::PartlyPersisted,
         SimProbe::OutOfOrder,
         SimProbe::PeerJudged,
+        SimProbe::FaultLyingFlush,
+        SimProbe::FaultLyingFua,
+        SimProbe::FaultGarbageTorn,
+        SimProbe::FaultEioWrite,
+        SimProbe::FaultEioRead,
+        SimProbe::FaultMisdirect,
+        SimProbe::FaultBitRot,
+        SimProbe::FaultZeroTorn,
+        SimProbe::FaultTornRuns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,7 +72,70 @@ impl SimProbe {
             SimProbe::PartlyPersisted => "sim-partly-persisted",
             SimProbe::OutOfOrder => "sim-out-of-order",
             SimProbe::PeerJudged => "sim-peer-judged",
+            SimProbe::FaultLyingFlush => "fault-lying-flush",
+            SimProbe::FaultLyingFua => "fault-lying-fua",
+            SimProbe::FaultGarbageTorn => "fault-garbage-torn",
+            SimProbe::FaultEioWrite => "fault-eio-write",
+            SimProbe::FaultEioRead => "fault-eio-read",
+            SimProbe::FaultMisdirect => "fault-misdirect",
+            SimProbe::FaultBitRot => "fault-bit-rot",
+            SimProbe::FaultZeroTorn => "fault-zero-torn",
+            SimProbe::FaultTornRuns => "fault-torn-runs",
         }
+    }
+}
+
+/// The fault probes a run's log shows fired: every fault switch but the torn-unit ones
+/// (properties of crash states, counted where they are built: `torn_probes`).
+pub fn fired_faults(sim: &mut SimCounts, log: &[crate::LogEntry]) {
+    use crate::{Event, FlushEffect, WriteEffect};
+    for e in log {
+        let probe = match &e.event {
+            Event::Flush {
+                effect: FlushEffect::Lied,
+                ..
+            } => SimProbe::FaultLyingFlush,
+            Event::Write {
+                fua: true,
+                effect: WriteEffect::Landed { durable: false, .. },
+                ..
+            } => SimProbe::FaultLyingFua,
+            Event::Write {
+                sector,
+                effect: WriteEffect::Landed { at, .. },
+                ..
+            } if at != sector => SimProbe::FaultMisdirect,
+            Event::Write {
+                effect: WriteEffect::Failed(err),
+                ..
+            } if err.detail.starts_with("injected EIO") => SimProbe::FaultEioWrite,
+            Event::Read {
+                error: Some(err), ..
+            } if err.detail.starts_with("injected EIO") => SimProbe::FaultEioRead,
+            Event::BitRot { .. } => SimProbe::FaultBitRot,
+            _ => continue,
+        };
+        sim.hit(probe);
+    }
+}
+
+/// The torn-unit fault probes of one checked crash state of a run with `faults`.
+pub fn torn_probes(sim: &mut SimCounts, faults: &super::FaultSet, choice: &crate::Choice) {
+    let mut torn = choice.persisted.iter().filter_map(|p| match &p.units {
+        crate::Units::Mask(m) => Some(m),
+        crate::Units::All => None,
+    });
+    let Some(first) = torn.next() else { return };
+    let unit_left = std::iter::once(first)
+        .chain(torn)
+        .any(|m| m.contains(&false));
+    match faults.torn_fill() {
+        crate::TornFill::Garbage if unit_left => sim.hit(SimProbe::FaultGarbageTorn),
+        crate::TornFill::Zero if unit_left => sim.hit(SimProbe::FaultZeroTorn),
+        _ => {}
+    }
+    if faults.torn_runs {
+        sim.hit(SimProbe::FaultTornRuns);
     }
 }
 
@@ -76,8 +167,12 @@ impl SimCounts {
 ///   (engine/tests/upstream.rs's wrapped-log cases reach it);
 /// - `recovery-plog-*`: type 1 (the default run reaches them through the type-1 scenarios,
 ///   but `--type 1` is their run);
-/// - `dead-io`, `dead-corrupt`: no fault switch is on by default (`--fault eio-write` etc.).
-pub const REQUIRED: [&str; 32] = [
+/// - `dead-corrupt`: no fault the default run draws corrupts a durable block (`--fault
+///   bit-rot` reaches it);
+/// - `fault-lying-flush`, `fault-lying-fua`, `fault-misdirect`, `fault-bit-rot`: faults that
+///   break the contract are not drawn by swarm runs; a run that asks for one (`--fault
+///   misdirect`) requires its probe, and the tester's tests require it to be caught.
+pub const REQUIRED: [&str; 45] = [
     "recovery-format",
     "recovery-record-from-backup",
     "recovery-walk-stopped",
@@ -103,6 +198,14 @@ pub const REQUIRED: [&str; 32] = [
     "read-cache",
     "read-backing",
     "read-many",
+    "dead-io",
+    "message-drop-caches",
+    "message-tunable",
+    "message-refused",
+    "timer-sync",
+    "timer-record",
+    "plog-region-exact",
+    "plog-region-sealed",
     "sim-crash-in-run",
     "sim-crash-in-recovery",
     "sim-crash-in-continuation",
@@ -110,6 +213,11 @@ pub const REQUIRED: [&str; 32] = [
     "sim-partly-persisted",
     "sim-out-of-order",
     "sim-peer-judged",
+    "fault-garbage-torn",
+    "fault-zero-torn",
+    "fault-torn-runs",
+    "fault-eio-write",
+    "fault-eio-read",
 ];
 
 /// Every probe, engine's then simulator's, with its count.
@@ -117,6 +225,43 @@ pub fn rows(engine: &Counts, sim: &SimCounts) -> Vec<(&'static str, u64)> {
     let e = Probe::ALL.into_iter().map(|p| (p.name(), engine.get(p)));
     let s = SimProbe::ALL.into_iter().map(|p| (p.name(), sim.get(p)));
     e.chain(s).collect()
+}
+
+/// The probe of each fault switch (`FaultSet::NAMES` order).
+pub fn fault_probe(name: &str) -> Option<SimProbe> {
+    Some(match name {
+        "lying-flush" => SimProbe::FaultLyingFlush,
+        "lying-fua" => SimProbe::FaultLyingFua,
+        "garbage-torn" => SimProbe::FaultGarbageTorn,
+        "eio-write" => SimProbe::FaultEioWrite,
+        "eio-read" => SimProbe::FaultEioRead,
+        "misdirect" => SimProbe::FaultMisdirect,
+        "bit-rot" => SimProbe::FaultBitRot,
+        "zero-torn" => SimProbe::FaultZeroTorn,
+        "torn-runs" => SimProbe::FaultTornRuns,
+        _ => return None,
+    })
+}
+
+/// The probes of the fault switches a run asked for that never fired: a fault that never
+/// changed what a device did tested nothing.
+pub fn unreached_faults(sim: &SimCounts, faults: &super::FaultSet) -> Vec<&'static str> {
+    faults
+        .names()
+        .into_iter()
+        .filter_map(fault_probe)
+        .filter(|&p| sim.get(p) == 0)
+        .map(SimProbe::name)
+        .collect()
+}
+
+/// A row per quirk switched on: `quirk-NAME` and how often its code sites ran with it on.
+pub fn quirk_rows(engine: &Counts, quirks: &[String]) -> Vec<(String, u64)> {
+    quirks
+        .iter()
+        .filter_map(|q| engine::quirks::Quirk::from_name(q))
+        .map(|q| (format!("quirk-{}", q.name()), engine.quirk_site(q as usize)))
+        .collect()
 }
 
 /// The required probes that never fired.

@@ -512,6 +512,7 @@ fn explore_scheduled(
         }
     }
     let world = rec.world.borrow();
+    super::coverage::fired_faults(&mut ctx.result.points.sim, &world.log);
     explore_world(
         &mut ctx,
         &world,
@@ -706,6 +707,8 @@ fn explore_world(
                 state.pending_count(),
                 peer,
             );
+            let faults = &ctx.workload.config.faults;
+            super::coverage::torn_probes(&mut ctx.result.points.sim, faults, &choice);
             ctx.report(&path, findings);
             let Some(recovered) = recovered else { continue };
             if bad || level != Level::Top {

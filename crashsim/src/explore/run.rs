@@ -15,6 +15,8 @@ pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
     let mut tunables = Tunables::defaults(c.order);
     tunables.nr_max_batched_writeback = c.batch;
     tunables.allow_writeback = c.allow_writeback;
+    tunables.sync_interval = c.intervals;
+    tunables.update_record_interval = c.intervals;
     #[allow(unused_mut)]
     let mut quirks = engine::quirks::Quirks::none();
     for name in &c.quirks {
@@ -72,7 +74,8 @@ pub fn cache_faults(c: &WlConfig) -> Faults {
     let mut faults = Faults {
         lie_about_flush: f.lying_flush,
         lie_about_fua: f.lying_fua,
-        garbage_in_torn_units: f.garbage_torn,
+        torn_fill: f.torn_fill(),
+        torn_in_runs: f.torn_runs,
         ..Faults::default()
     };
     if f.eio_write {
@@ -141,7 +144,8 @@ pub fn new_world(
     .map_err(|e| e.to_string())?;
     if let Some(plog) = plog {
         let garbage = Faults {
-            garbage_in_torn_units: c.faults.garbage_torn,
+            torn_fill: c.faults.torn_fill(),
+            torn_in_runs: c.faults.torn_runs,
             ..Faults::default()
         };
         w.add_device(
@@ -325,11 +329,50 @@ fn drive_one(
                 .start_step(step)
                 .map_err(|e| OpError::Device(format!("step {step:?} failed: {e}")))?;
         }
+        WlOp::DropCaches => {
+            world.borrow_mut().mark("message drop_caches");
+            engine
+                .message("drop_caches")
+                .map_err(|e| wrong(format!("drop_caches refused: {e}")))?;
+            engine.start_due();
+        }
+        WlOp::Tick => {
+            world.borrow_mut().mark("tick");
+            engine.advance_clock(1000);
+        }
+        WlOp::Tunable { index, value } => set_tunable(engine, world, index, value)?,
         WlOp::Reformat => unreachable!("handled before the engine is borrowed"),
     }
     engine
         .check_invariants()
         .map_err(|e| wrong(format!("invariant broken after {op}: {e}")))
+}
+
+/// A tunable message: a value in range is taken, one out of range is refused and changes
+/// nothing.
+fn set_tunable(
+    engine: &mut SimEngine,
+    world: &SharedWorld,
+    index: u8,
+    value: u16,
+) -> Result<(), OpError> {
+    let (name, min, max) = engine::tunables::TUNABLE_RANGES[index as usize];
+    world.borrow_mut().mark(format!("message {name} {value}"));
+    let before = engine.tunables();
+    let in_range = (min..=max).contains(&(value as u64));
+    match (engine.message(&format!("{name} {value}")), in_range) {
+        (Ok(()), true) => Ok(()),
+        (Err(_), false) if engine.tunables() == before => Ok(()),
+        (Err(_), false) => Err(OpError::Wrong(format!(
+            "refused message {name} {value} changed the tunables"
+        ))),
+        (Ok(()), false) => Err(OpError::Wrong(format!(
+            "message {name} {value} accepted outside {min}..={max}"
+        ))),
+        (Err(e), true) => Err(OpError::Wrong(format!(
+            "message {name} {value} refused: {e}"
+        ))),
+    }
 }
 
 /// `wbcache format --force` over a cache in use, done the careful way: drain every dirty block

@@ -1,11 +1,12 @@
 //! Hand-written workloads, one per hazard of SPEC §6, named after it. Each drives the engine into
 //! the situation the seed got wrong; crash-test explores every crash state of each like any other
-//! workload. H4, H7, H8, H9 and `h10-plog` run a type-1 cache (`t=1`, `g=` plog regions).
+//! workload. H4, H7, H8, H9, `h10-plog` and the plog-region scenarios run a type-1 cache
+//! (`t=1`, `g=` plog regions).
 
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 22] = [
+pub const SCENARIOS: [(&str, &str, &str); 24] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -90,6 +91,17 @@ pub const SCENARIOS: [(&str, &str, &str); 22] = [
         "h10-plog",
         "a format over an old type-1 cache whose plog still holds entries, cut anywhere",
         "o=4,n=3,b=4,p=1,k=1,u=1,s=110,t=1,g=2;W0+8.W8+8.F.W0+8.X.W16+8.F",
+    ),
+    // Plog regions at their boundary (a region takes two entries per block of its segment).
+    (
+        "plog-region-exact",
+        "six overwrites of one block fill its segment's region to the last sector; the next write seals",
+        "o=5,n=3,b=4,p=1,k=1,u=1,s=126,t=1,g=2;W0+8.W0+8.W0+8.W0+8.W0+8.W0+8.F.W8+8.F",
+    ),
+    (
+        "plog-region-gap",
+        "small entries leave a region a gap too small for the next full-block entry, which seals",
+        "o=5,n=3,b=4,p=1,k=1,u=1,s=127,t=1,g=2;W0+8.W0+8.W0+8.W0+8.W0+8.W2+1.W2+1.W0+8.F",
     ),
     // Completion order: these need operations in flight together, completing out of order.
     (

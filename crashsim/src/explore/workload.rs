@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use engine::format::SECTORS_PER_BLOCK;
+use engine::tunables::TUNABLE_RANGES;
 use engine::Step;
 
 use crate::rng::SplitMix64;
@@ -39,6 +40,15 @@ pub enum WlOp {
     /// Format the cache device again under the running device (drain, shut down, format):
     /// the format-over-an-old-cache of hazard H10. For the client it is a FLUSH.
     Reformat,
+    /// The `drop_caches` message: draining starts with the steps due now, as the runner's loop
+    /// starts them, and is left running: later operations, or a crash, interrupt it.
+    DropCaches,
+    /// The runner's timer: a second passes, then the steps now due start and are left running
+    /// (a `sync_interval` or `update_record_interval` that came due, a drain in progress).
+    Tick,
+    /// The message `<tunable> <value>` for `engine::TUNABLE_RANGES[index]`. A value out of the
+    /// tunable's range must be refused and change nothing.
+    Tunable { index: u8, value: u16 },
 }
 
 /// Named fault switches a workload runs with (see `crate::Faults`). Where a fault triggers
@@ -61,10 +71,14 @@ pub struct FaultSet {
     /// A bit of a durable cached block flips: detected, but durable data is lost, so the
     /// oracles must report it.
     pub bit_rot: bool,
+    /// Torn units hold zeros instead of old content: must be survived.
+    pub zero_torn: bool,
+    /// Torn writes persist one contiguous run of their units: must be survived.
+    pub torn_runs: bool,
 }
 
 impl FaultSet {
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 9] = [
         "lying-flush",
         "lying-fua",
         "garbage-torn",
@@ -72,6 +86,8 @@ impl FaultSet {
         "eio-read",
         "misdirect",
         "bit-rot",
+        "zero-torn",
+        "torn-runs",
     ];
 
     fn flag_mut(&mut self, name: &str) -> Option<&mut bool> {
@@ -83,6 +99,8 @@ impl FaultSet {
             "eio-read" => &mut self.eio_read,
             "misdirect" => &mut self.misdirect,
             "bit-rot" => &mut self.bit_rot,
+            "zero-torn" => &mut self.zero_torn,
+            "torn-runs" => &mut self.torn_runs,
             _ => return None,
         })
     }
@@ -93,6 +111,17 @@ impl FaultSet {
             .ok_or_else(|| format!("unknown fault {name:?} (known: {})", Self::NAMES.join(", ")))?;
         *flag = true;
         Ok(())
+    }
+
+    /// What torn units hold in crash images (garbage wins over zeros when both are set).
+    pub fn torn_fill(&self) -> crate::TornFill {
+        if self.garbage_torn {
+            crate::TornFill::Garbage
+        } else if self.zero_torn {
+            crate::TornFill::Zero
+        } else {
+            crate::TornFill::Old
+        }
     }
 
     /// Faults under which the engine cannot keep the contract: violations are expected.
@@ -106,7 +135,7 @@ impl FaultSet {
         self.eio_write || self.eio_read || self.bit_rot
     }
 
-    fn names(&self) -> Vec<&'static str> {
+    pub fn names(&self) -> Vec<&'static str> {
         let mut copy = *self;
         Self::NAMES
             .into_iter()
@@ -137,6 +166,9 @@ pub struct WlConfig {
     pub ahead: bool,
     /// The `allow_writeback` tunable (`w=1`): the schedule writes back whenever it may.
     pub allow_writeback: bool,
+    /// `sync_interval` and `update_record_interval` from the open, in seconds (`i=1`; 0: off),
+    /// so the timer's ticks (`T`) bring sync and record steps due.
+    pub intervals: u32,
     /// RAM buffers after a crash (0: as before): recovery under another tunable (H9).
     pub pool_after: usize,
     /// In which order the simulated devices complete the operations in flight.
@@ -224,6 +256,11 @@ impl fmt::Display for WlOp {
             WlOp::Step(s) => write!(f, "{}", step_letter(*s)),
             WlOp::Background(s) => write!(f, "{}", background_letter(*s)),
             WlOp::Reformat => f.write_str("X"),
+            WlOp::DropCaches => f.write_str("D"),
+            WlOp::Tick => f.write_str("T"),
+            WlOp::Tunable { index, value } => {
+                write!(f, "K{}={value}", TUNABLE_RANGES[*index as usize].0)
+            }
         }
     }
 }
@@ -276,6 +313,19 @@ impl FromStr for WlOp {
             'r' if rest.is_empty() => WlOp::Background(Step::Record),
             'y' if rest.is_empty() => WlOp::Background(Step::Sync),
             'X' if rest.is_empty() => WlOp::Reformat,
+            'D' if rest.is_empty() => WlOp::DropCaches,
+            'T' if rest.is_empty() => WlOp::Tick,
+            'K' => {
+                let (name, value) = rest.split_once('=').ok_or_else(bad)?;
+                let index = TUNABLE_RANGES
+                    .iter()
+                    .position(|t| t.0 == name)
+                    .ok_or_else(bad)?;
+                WlOp::Tunable {
+                    index: index as u8,
+                    value: value.parse().map_err(|_| bad())?,
+                }
+            }
             _ => return Err(bad()),
         })
     }
@@ -305,6 +355,9 @@ impl fmt::Display for Workload {
         }
         if c.allow_writeback {
             f.write_str(",w=1")?;
+        }
+        if c.intervals != 0 {
+            write!(f, ",i={}", c.intervals)?;
         }
         if c.pool_after != 0 {
             write!(f, ",P={}", c.pool_after)?;
@@ -346,6 +399,7 @@ impl FromStr for Workload {
             plog_regions: 0,
             ahead: true,
             allow_writeback: false,
+            intervals: 0,
             pool_after: 0,
             completion: Completion::InOrder,
         };
@@ -376,6 +430,7 @@ impl FromStr for Workload {
                 "P" => c.pool_after = num()? as usize,
                 "a" => c.ahead = num()? != 0,
                 "w" => c.allow_writeback = num()? != 0,
+                "i" => c.intervals = num()? as u32,
                 "c" => {
                     c.completion = match v.strip_prefix('x') {
                         Some("") => Completion::Script(Vec::new()),
@@ -437,18 +492,37 @@ impl Workload {
 }
 
 /// Swarm testing: the seed's own draw of the settings no fixed run varies, from a stream of its
-/// own so the operations stay those of the seed. One workload in four runs without writeback
-/// ahead of need (the runner's `--no-write-back-ahead`), one in four with `allow_writeback`,
-/// and, where the atomic unit is 4 KiB, one in four with garbage in torn units (a survivable
-/// fault; with 512-byte units every torn choice makes a new image and the states multiply
-/// beyond the default run's budget, so `--fault garbage-torn` runs cover those).
-fn swarm(c: &mut WlConfig, seed: u64) {
+/// own so the operations stay those of the seed (the geometry, RAM buffers and batch size are
+/// drawn with the operations). The atomic unit is 512 bytes or 4 KiB, one in two each (unless
+/// the run fixes it). One workload in four runs without writeback ahead of need (the
+/// runner's `--no-write-back-ahead`), one in four with `allow_writeback`, one in three with
+/// one-second sync and record intervals (the timer's steps come due at ticks); where no fault is
+/// fixed, the survivable fault switches: what torn units hold (old content, or, where the
+/// atomic unit is 4 KiB, two in five garbage and two in five zeros: with 512-byte units every
+/// torn choice makes a new image and the states multiply beyond the default run's budget, so
+/// `--fault garbage-torn` runs cover those), tears in runs one in four, and one in eight
+/// each an EIO on a cache write or read.
+fn swarm(c: &mut WlConfig, seed: u64, unit_fixed: bool) {
     let mut sw = SplitMix64::new(crate::rng::mix64(seed ^ 0x5A4D_5741));
+    if !unit_fixed {
+        c.unit_sectors = if sw.chance(1, 2) { 8 } else { 1 };
+    }
     c.ahead = !sw.chance(1, 4);
     c.allow_writeback = sw.chance(1, 4);
-    if c.faults == FaultSet::default() && c.unit_sectors == 8 {
-        c.faults.garbage_torn = sw.chance(1, 4);
+    c.intervals = sw.chance(1, 3) as u32;
+    if c.faults != FaultSet::default() {
+        return;
     }
+    if c.unit_sectors == 8 {
+        match sw.below(5) {
+            0 | 1 => c.faults.garbage_torn = true,
+            2 | 3 => c.faults.zero_torn = true,
+            _ => {}
+        }
+    }
+    c.faults.torn_runs = sw.chance(1, 4);
+    c.faults.eio_write = sw.chance(1, 8);
+    c.faults.eio_read = sw.chance(1, 8);
 }
 
 /// Knobs of the random generator.
@@ -504,6 +578,7 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
         },
         ahead: true,
         allow_writeback: false,
+        intervals: 0,
         pool_after: 0,
         // Three workloads in four complete their operations in a seeded order (from their
         // own stream, so the ops do not depend on it); the rest in order.
@@ -515,7 +590,7 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
     };
     let mut config = config;
     if p.swarm {
-        swarm(&mut config, seed);
+        swarm(&mut config, seed, p.unit_sectors.is_some());
     }
     let racing = config.completion != Completion::InOrder;
     let hot: Vec<u64> = (0..2 + rng.below(3))
@@ -547,6 +622,8 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
                 sectors: 1 + rng.below(12).min(size - block * 8 - 4) as u32,
                 fua: rng.chance(1, 3),
             }
+        } else if rng.chance(1, 6) {
+            message(&mut rng)
         } else if rng.chance(1, flush_every) {
             WlOp::Flush
         } else if r < 45 {
@@ -604,6 +681,39 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
         ops.push(op);
     }
     Workload { config, ops }
+}
+
+/// A message or a tick of the runner's timer: `drop_caches` (left running), a second passing,
+/// or a tunable change, one in three of them out of range (it must be refused). Values in range
+/// are small, so a batch limit bites, and a quarter of the messages set an interval to one
+/// second, so later ticks bring the timer's sync and record steps due.
+fn message(rng: &mut SplitMix64) -> WlOp {
+    const INTERVALS: [&str; 2] = ["sync_interval", "update_record_interval"];
+    match rng.below(20) {
+        0..=1 => WlOp::DropCaches,
+        2..=10 => WlOp::Tick,
+        11..=15 => {
+            let name = INTERVALS[rng.below(2) as usize];
+            let index = TUNABLE_RANGES.iter().position(|t| t.0 == name);
+            WlOp::Tunable {
+                index: index.expect("a tunable") as u8,
+                value: 1,
+            }
+        }
+        _ => {
+            let index = rng.below(TUNABLE_RANGES.len() as u64) as usize;
+            let (_, min, max) = TUNABLE_RANGES[index];
+            let value = if rng.chance(1, 3) {
+                max + 1
+            } else {
+                min + rng.below((max - min).min(3) + 1)
+            };
+            WlOp::Tunable {
+                index: index as u8,
+                value: value as u16,
+            }
+        }
+    }
 }
 
 /// A short continuation workload run after a recovery (SPEC §4.6): writes to a few blocks, a
@@ -686,20 +796,25 @@ mod tests {
             max_ops: 40,
             swarm,
         };
-        let (mut off, mut allow, mut garbage) = (0, 0, 0);
-        for seed in 0..100 {
+        let (mut off, mut allow, mut garbage, mut zero, mut runs, mut eio) = (0, 0, 0, 0, 0, 0);
+        for seed in 0..200 {
             let (w, plain) = (generate(seed, &p(true)), generate(seed, &p(false)));
             assert_eq!(w.ops, plain.ops, "the same operations");
+            let f = w.config.faults;
             off += !w.config.ahead as u32;
             allow += w.config.allow_writeback as u32;
-            garbage += w.config.faults.garbage_torn as u32;
-            assert!(!w.config.faults.garbage_torn || w.config.unit_sectors == 8);
+            garbage += f.garbage_torn as u32;
+            zero += f.zero_torn as u32;
+            runs += f.torn_runs as u32;
+            eio += (f.eio_write || f.eio_read) as u32;
+            assert!(!(f.garbage_torn || f.zero_torn) || w.config.unit_sectors == 8);
+            assert!(!f.breaks_contract(), "only survivable faults");
             let back: Workload = w.to_string().parse().unwrap();
             assert_eq!(back, w);
         }
         assert!(
-            off > 10 && allow > 10 && garbage > 2,
-            "{off} {allow} {garbage}"
+            off > 20 && allow > 20 && garbage > 4 && zero > 2 && runs > 20 && eio > 10,
+            "{off} {allow} {garbage} {zero} {runs} {eio}"
         );
         assert!(plain_text_has_no_swarm_keys(
             &generate(1, &p(false)).to_string()
