@@ -99,9 +99,12 @@ pub struct CrashTestArgs {
     keep_going: bool,
     /// Leave one kind of operation out of every workload (repeatable): zeroes (discards and
     /// write-zeroes), fua, partial (writes of part of a block), background (steps left
-    /// running), reads (reads in flight together). Shows what the coverage check does when a
-    /// workload feature goes missing.
-    #[arg(long = "without", value_parser = ["zeroes", "fua", "partial", "background", "reads"])]
+    /// running), reads (reads in flight together), messages (drop_caches, tunable changes,
+    /// timer ticks). Shows what the coverage check does when a workload feature goes missing.
+    #[arg(
+        long = "without",
+        value_parser = ["zeroes", "fua", "partial", "background", "reads", "messages"]
+    )]
     without: Vec<String>,
     /// Every seeded workload runs with the fixed settings (writeback ahead of need, no
     /// `allow_writeback`, no survivable fault) instead of drawing them from its seed.
@@ -140,6 +143,7 @@ fn left_out(without: &[String], op: &WlOp) -> bool {
             },
         ) => sector % 8 != 0 || sectors % 8 != 0,
         ("background", WlOp::Background(_)) => true,
+        ("messages", WlOp::DropCaches | WlOp::Tick | WlOp::Tunable { .. }) => true,
         _ => false,
     })
 }
@@ -378,6 +382,10 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             if !(2..=3).contains(&args.bounded_blocks) || !(2..=4).contains(&args.bounded_slots) {
                 return Err("--bounded-blocks is 2..=3 and --bounded-slots 2..=4".into());
             }
+            let order = args.order.unwrap_or(engine::format::MIN_ORDER);
+            if !(4..=5).contains(&order) {
+                return Err(format!("--bounded runs at --order 4 or 5, not {order}"));
+            }
             let p = BoundedParams {
                 max_len: len,
                 blocks: args.bounded_blocks,
@@ -385,6 +393,8 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
                 unit_sectors: unit_sectors.unwrap_or(1),
                 faults,
                 quirks: args.quirks.clone(),
+                order,
+                cache_type: args.cache_type,
             };
             let all: Vec<Workload> = bounded_workloads(&p).collect();
             let ops: Vec<String> = crashsim::explore::alphabet(p.blocks)
@@ -634,9 +644,18 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
         states as f64 / elapsed.max(1e-9)
     );
-    print_probes(&points);
-    let unreached = coverage::unreached_required(&points.probes, &points.sim);
-    let blind = args.is_default_run() && stopped_early.is_none() && !unreached.is_empty();
+    let quirk_rows = coverage::quirk_rows(&points.probes, &args.quirks);
+    print_probes(&points, &quirk_rows);
+    let mut unreached: Vec<String> = Vec::new();
+    if args.is_default_run() {
+        let required = coverage::unreached_required(&points.probes, &points.sim);
+        unreached.extend(required.into_iter().map(String::from));
+    }
+    // A fault switch or quirk asked for whose code never ran tested nothing.
+    let faults_asked = coverage::unreached_faults(&points.sim, &faults);
+    unreached.extend(faults_asked.into_iter().map(String::from));
+    unreached.extend(quirk_rows.iter().filter(|r| r.1 == 0).map(|r| r.0.clone()));
+    let blind = stopped_early.is_none() && !unreached.is_empty();
     if blind {
         println!(
             "coverage: FAILED: required probe(s) never fired: {} (crashsim/src/explore/coverage.rs \
@@ -668,8 +687,10 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
             points.repeated,
             done - sampled_workloads,
             coverage::rows(&points.probes, &points.sim)
-                .iter()
-                .map(|(n, c)| format!("{}:{c}", json_str(n)))
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .chain(quirk_rows.iter().cloned())
+                .map(|(n, c)| format!("{}:{c}", json_str(&n)))
                 .collect::<Vec<_>>()
                 .join(","),
             vs.join(",")
@@ -705,8 +726,12 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
 }
 
 /// The coverage table: every probe with its count, then those that never fired.
-fn print_probes(points: &PointTally) {
-    let rows = coverage::rows(&points.probes, &points.sim);
+fn print_probes(points: &PointTally, quirk_rows: &[(String, u64)]) {
+    let rows: Vec<(String, u64)> = coverage::rows(&points.probes, &points.sim)
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .chain(quirk_rows.iter().cloned())
+        .collect();
     let line: Vec<String> = rows
         .iter()
         .filter(|(_, c)| *c > 0)
@@ -716,7 +741,7 @@ fn print_probes(points: &PointTally) {
     let never: Vec<&str> = rows
         .iter()
         .filter(|(_, c)| *c == 0)
-        .map(|(n, _)| *n)
+        .map(|(n, _)| n.as_str())
         .collect();
     println!(
         "probes never fired: {}",

@@ -15,6 +15,9 @@ pub struct ZooRow {
     pub harness_error: Option<Violation>,
     pub states: u64,
     pub workloads: u64,
+    /// Passes of the quirk's own code sites with it on (its coverage probe): a quirk caught
+    /// while its sites never ran was caught by something else, which the zoo reports.
+    pub site_passes: u64,
 }
 
 pub struct Caught {
@@ -61,7 +64,9 @@ pub fn hunt(quirk: &'static str, budget: Duration) -> ZooRow {
         harness_error: None,
         states: 0,
         workloads: 0,
+        site_passes: 0,
     };
+    let index = engine::quirks::Quirk::from_name(quirk).expect("a known quirk") as usize;
     for w in workloads_for(quirk) {
         if start.elapsed() >= budget {
             break;
@@ -69,6 +74,7 @@ pub fn hunt(quirk: &'static str, budget: Duration) -> ZooRow {
         let r = explore_workload(&w, &opts);
         row.states += r.states;
         row.workloads += 1;
+        row.site_passes += r.points.probes.quirk_site(index);
         if let Some(v) = r.violations.into_iter().next() {
             if v.finding.kind == Kind::Harness {
                 row.harness_error = Some(v);
@@ -118,18 +124,32 @@ pub fn run(budget: Duration, threads: usize) -> bool {
             rows[i] = Some(row);
         }
     });
-    println!("| quirk | caught | time to first violation | states until then | shrunk workload (ops) | oracle |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| quirk | caught | time to first violation | states until then | site passes | shrunk workload (ops) | oracle |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut all = true;
     let mut details = Vec::new();
     for row in rows.into_iter().flatten() {
         match &row.caught {
+            Some(c) if row.site_passes == 0 => {
+                all = false;
+                println!(
+                    "| {} | NO: caught, but its code never ran | - | {} | 0 | - | - |",
+                    row.quirk, row.states
+                );
+                details.push(format!(
+                    "{}: the violation found is not the quirk's: {}\n  replay: cargo xtask crash-test --replay '{}'",
+                    row.quirk,
+                    c.shrunk.finding.detail,
+                    c.shrunk.case()
+                ));
+            }
             Some(c) => {
                 println!(
-                    "| {} | yes | {:.2}s | {} | {} | {} |",
+                    "| {} | yes | {:.2}s | {} | {} | {} | {} |",
                     row.quirk,
                     c.after.as_secs_f64(),
                     row.states,
+                    row.site_passes,
                     c.shrunk.workload.ops.len(),
                     c.shrunk.finding.kind.name()
                 );
@@ -142,7 +162,10 @@ pub fn run(budget: Duration, threads: usize) -> bool {
             }
             None => {
                 all = false;
-                println!("| {} | NO | - | {} | - | - |", row.quirk, row.states);
+                println!(
+                    "| {} | NO | - | {} | {} | - | - |",
+                    row.quirk, row.states, row.site_passes
+                );
                 if let Some(h) = &row.harness_error {
                     details.push(format!(
                         "{}: harness error: {}\n  replay: cargo xtask crash-test --replay '{}'",
