@@ -1,5 +1,6 @@
-//! `cache_image`: arbitrary bytes as a cache device (a template patched by the input, at most
-//! [`image::MAX_CACHE_SECTORS`]) in front of a valid patterned backing device.
+//! `cache_image`: arbitrary bytes as a cache device (a type-0 template patched by the input, an
+//! [`ImageInput`], at most [`image::MAX_CACHE_SECTORS`]) in front of a valid patterned backing
+//! device.
 //!
 //! `SyncEngine::open` (never formatting) must give a typed error or a working engine. A working
 //! engine must keep its invariants; every sector must read or fail with a typed error; unless
@@ -9,15 +10,20 @@
 use engine::format::SECTOR_SIZE;
 use engine::{BlockDevice, MemDevice, SyncEngine};
 
-use crate::image::{self, backing_image, open_config};
+use crate::image::{self, backing_image, open_config, ImageInput};
 
+/// The input: a type-0 template patched.
+pub type Input = ImageInput;
+
+/// Runs the raw bytes of a corpus file as `fuzz_target!` does.
 pub fn run(data: &[u8]) {
-    let d = image::decode(
-        data,
-        |t| t.plog.is_none(),
-        |t| &t.cache,
-        image::MAX_CACHE_SECTORS,
-    );
+    if let Some(input) = crate::decode(data) {
+        run_input(input);
+    }
+}
+
+pub fn run_input(input: Input) {
+    let d = input.build(|t| t.plog.is_none(), |t| &t.cache, image::MAX_CACHE_SECTORS);
     let opened = SyncEngine::open(
         MemDevice::from_bytes(d.image),
         MemDevice::from_bytes(backing_image()),

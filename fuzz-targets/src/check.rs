@@ -1,7 +1,8 @@
 //! `check`: `engine::inspect::check`, `check_against_backing` and `dump` (and their text and
-//! JSON renderings) on arbitrary cache images (templates patched by the input, at most
-//! [`image::MAX_CACHE_SECTORS`]): never a panic, and never an error on a readable in-memory
-//! device (`Err` means a device I/O error, i.e. a read outside the device).
+//! JSON renderings) on arbitrary cache images (the cache device of any template, type 0 or 1,
+//! patched by the input, an [`ImageInput`], at most [`image::MAX_CACHE_SECTORS`]): never a
+//! panic, and never an error on a readable in-memory device (`Err` means a device I/O error,
+//! i.e. a read outside the device).
 //!
 //! Agreement with recovery, kept to what inspect.rs promises: when `SyncEngine::open` (never
 //! formatting, no plog) recovers the image, `check_against_backing` on the same bytes must plan
@@ -11,7 +12,7 @@
 use engine::inspect::ProblemKind;
 use engine::{MemDevice, SyncEngine};
 
-use crate::image::{self, backing_image, backing_sectors, open_config};
+use crate::image::{self, backing_image, backing_sectors, open_config, ImageInput};
 
 /// Problems about the superblock region: `open` refuses (or would format) a device with any of
 /// them, so a device it recovers has none.
@@ -31,8 +32,18 @@ pub fn superblock_problem(kind: ProblemKind) -> bool {
     )
 }
 
+/// The input: the cache device of any template (type 0 or 1) patched.
+pub type Input = ImageInput;
+
+/// Runs the raw bytes of a corpus file as `fuzz_target!` does.
 pub fn run(data: &[u8]) {
-    let d = image::decode(data, |_| true, |t| &t.cache, image::MAX_CACHE_SECTORS);
+    if let Some(input) = crate::decode(data) {
+        run_input(input);
+    }
+}
+
+pub fn run_input(input: Input) {
+    let d = input.build(|_| true, |t| &t.cache, image::MAX_CACHE_SECTORS);
     let mut dev = MemDevice::from_bytes(d.image.clone());
     let report = engine::check(&mut dev).unwrap_or_else(|e| panic!("check failed: {e}"));
     let _ = (report.to_string(), report.to_json());

@@ -1,18 +1,20 @@
 //! Device images for the image targets: a few valid templates built with the engine itself
-//! (formatted, with data in flight, wrapped, upstream, type 1), and the input format that picks
-//! one and patches it, so most inputs start from a valid superblock and the fuzzer gets deep.
+//! (formatted, with data in flight, wrapped, upstream, type 1), and the input that picks one
+//! and patches it ([`ImageInput`], derived [`Arbitrary`]), so most inputs start from a valid
+//! superblock and the fuzzer gets deep.
 //!
-//! Input: `template: u8`, `size_mode: u8` (≥ 192: a `size: u16` in sectors follows, taken modulo
-//! the bound + 1; otherwise the template's size), `probe: u16` (a sector the target writes),
-//! then patches to the end: `offset: u32` (modulo the image size), `len: u8`, `len` bytes XORed
-//! into the image there. A bounded number of patches of at most 255 bytes each.
+//! Input: a template index (modulo the templates the target accepts), an optional size in
+//! sectors (modulo the bound + 1; otherwise the template's size), a probe sector the target
+//! writes, and a list of [`Patch`]es: bytes XORed into (or written over) the image at an offset
+//! modulo its size, wrapping around its end. At most [`MAX_PATCHES`] patches of at most
+//! [`MAX_PATCH_LEN`] bytes each.
 
 use std::sync::OnceLock;
 
 use engine::format::{self, Metablock, BLOCK_SIZE, SECTORS_PER_BLOCK, SECTOR_SIZE};
 use engine::{Config, FormatPolicy, MemDevice, Step, SyncEngine};
 
-use crate::bytes::Reader;
+use arbitrary::Arbitrary;
 
 /// Largest cache image: the superblock region and two upstream (order 10) segments.
 pub const MAX_CACHE_SECTORS: u64 = 2048 + 2 * 1024;
@@ -20,8 +22,10 @@ pub const MAX_CACHE_SECTORS: u64 = 2048 + 2 * 1024;
 pub const MAX_PLOG_SECTORS: u64 = 2048;
 /// The backing device every image target runs with.
 pub const BACKING_BLOCKS: u64 = 16;
-/// Patches per input: bounds the work of decoding.
+/// Patches per input: bounds the work of patching.
 pub const MAX_PATCHES: usize = 256;
+/// Bytes per patch.
+pub const MAX_PATCH_LEN: usize = 255;
 /// Generation of every template (ties the type-1 plogs to their caches).
 pub const GENERATION: u64 = 0x5EED_F022;
 
@@ -230,7 +234,31 @@ pub fn templates() -> &'static [Template] {
     })
 }
 
-/// What an image input decodes to.
+/// The input of the image targets.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct ImageInput {
+    /// Index (modulo their number) into the templates the target accepts.
+    pub template: u8,
+    /// The image's size in sectors (modulo the bound + 1): cut or padded with zeros; `None`
+    /// keeps the template's size (cut to the bound).
+    pub size: Option<u16>,
+    /// A sector the target writes and reads back (any value; the target bounds it).
+    pub probe: u16,
+    /// Applied in order; at most [`MAX_PATCHES`].
+    pub patches: Vec<Patch>,
+}
+
+/// Bytes put into the image at `offset` (modulo its size, wrapping around its end).
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    pub offset: u32,
+    /// Written over the image's bytes instead of XORed into them.
+    pub overwrite: bool,
+    /// At most [`MAX_PATCH_LEN`] are used.
+    pub bytes: Vec<u8>,
+}
+
+/// What an image input makes.
 pub struct Decoded {
     pub template: &'static Template,
     pub image: Vec<u8>,
@@ -238,63 +266,47 @@ pub struct Decoded {
     pub probe: u64,
 }
 
-/// Decodes an image input over the templates `pick` accepts, patching the device `which`
-/// selects (the cache or the plog image), bounded to `max_sectors`.
-pub fn decode(
-    data: &[u8],
-    pick: impl Fn(&Template) -> bool,
-    which: impl Fn(&Template) -> &[u8],
-    max_sectors: u64,
-) -> Decoded {
-    let mut r = Reader::new(data);
-    let choices: Vec<&'static Template> = templates().iter().filter(|t| pick(t)).collect();
-    let template = choices[r.u8() as usize % choices.len()];
-    let mut image = which(template).to_vec();
-    if r.u8() >= 192 {
-        let sectors = r.u16() as u64 % (max_sectors + 1);
-        image.resize(sectors as usize * SECTOR_SIZE, 0);
-    }
-    image.truncate(max_sectors as usize * SECTOR_SIZE);
-    let probe = r.u16() as u64;
-    patch(&mut image, &mut r);
-    Decoded {
-        template,
-        image,
-        probe,
+impl ImageInput {
+    /// The image over the templates `pick` accepts, patching the device `which` selects (the
+    /// cache or the plog image), bounded to `max_sectors`.
+    pub fn build(
+        &self,
+        pick: impl Fn(&Template) -> bool,
+        which: impl Fn(&Template) -> &[u8],
+        max_sectors: u64,
+    ) -> Decoded {
+        let choices: Vec<&'static Template> = templates().iter().filter(|t| pick(t)).collect();
+        let template = choices[usize::from(self.template) % choices.len()];
+        let mut image = which(template).to_vec();
+        if let Some(size) = self.size {
+            let sectors = u64::from(size) % (max_sectors + 1);
+            image.resize(sectors as usize * SECTOR_SIZE, 0);
+        }
+        image.truncate(max_sectors as usize * SECTOR_SIZE);
+        for p in self.patches.iter().take(MAX_PATCHES) {
+            p.apply(&mut image);
+        }
+        Decoded {
+            template,
+            image,
+            probe: u64::from(self.probe),
+        }
     }
 }
 
-/// XORs the patches of the rest of the input into `image`.
-pub fn patch(image: &mut [u8], r: &mut Reader<'_>) {
-    for _ in 0..MAX_PATCHES {
-        if r.is_empty() || image.is_empty() {
+impl Patch {
+    pub fn apply(&self, image: &mut [u8]) {
+        if image.is_empty() {
             return;
         }
-        let at = r.u32() as usize % image.len();
-        let len = r.u8() as usize;
-        for (i, b) in r.take(len).iter().enumerate() {
+        let at = self.offset as usize % image.len();
+        for (i, b) in self.bytes.iter().take(MAX_PATCH_LEN).enumerate() {
             let p = (at + i) % image.len();
-            image[p] ^= b;
+            if self.overwrite {
+                image[p] = *b;
+            } else {
+                image[p] ^= b;
+            }
         }
     }
-}
-
-/// Encodes an input for [`decode`] (for seeds): template index among the picked ones, optional
-/// size, probe, patches.
-pub fn encode(template: u8, size: Option<u16>, probe: u16, patches: &[(u32, &[u8])]) -> Vec<u8> {
-    let mut v = vec![template];
-    match size {
-        Some(s) => {
-            v.push(0xff);
-            v.extend_from_slice(&s.to_le_bytes());
-        }
-        None => v.push(0),
-    }
-    v.extend_from_slice(&probe.to_le_bytes());
-    for (at, bytes) in patches {
-        v.extend_from_slice(&at.to_le_bytes());
-        v.push(bytes.len() as u8);
-        v.extend_from_slice(bytes);
-    }
-    v
 }

@@ -1,7 +1,8 @@
-//! `ops`: an arbitrary workload (client writes, FUA writes, discards and FLUSHes of small
-//! extents, background steps) on simulated devices with volatile caches, type 0 or type 1, on a
-//! small geometry; then power cuts at fuzzer-chosen crash points with fuzzer-chosen persisted
-//! subsets and tears, and optionally a second cut inside the recovery of one of them.
+//! `ops`: an arbitrary workload (client writes, FUA writes, discards, write-zeroes, reads and
+//! FLUSHes of small extents, background steps run to completion or left racing) on simulated
+//! devices with volatile caches, type 0 or type 1, on a small geometry; then power cuts at
+//! fuzzer-chosen crash points with fuzzer-chosen persisted subsets and tears, and optionally a
+//! second cut inside the recovery of one of them.
 //!
 //! It is crashsim's explorer with the fuzzer making its choices: the workload is a
 //! [`Workload`] run once by [`record`] (which reads every write back and checks the engine's
@@ -10,17 +11,15 @@
 //! invariants, both oracles (block device and prefix of the acknowledged writes), two reads.
 //! A finding panics with the `cargo xtask crash-test --replay` case that reproduces it.
 //!
-//! Input (bytes; an exhausted input reads as zeros):
-//! - `flags: u8`: bit 0 type 1, bit 1 order 5, bit 2 4 KiB atomic units, bit 3 garbage in torn
-//!   units, bit 4 one EIO on a cache write, bit 5 one EIO on a cache read;
-//! - `geometry: [u8; 4]`: slots 2..=4, backing blocks 2..=9, pool 1..=3 | batch 1..=2 (high
-//!   nibble), plog regions 2..=4;
-//! - `seed: u8`, `crashes: u8` (1..=4 cuts; bit 7: also cut inside the first recovery that
-//!   writes), `count: u8` (operations, at most [`MAX_OPS`]), then the operations (see
-//!   [`decode_op`]), then per cut: `point: u16` (an index into the crash points, fine
-//!   selection), and per pending write `persist: u8` (bit 0 persists; bit 1 torn, with a unit
-//!   mask of `ceil(units / 8)` bytes following).
+//! Input: an [`Input`] built by the `arbitrary` crate (derived [`Arbitrary`]): a [`Setup`]
+//! (cache type, order, atomic unit, faults, geometry, writeback schedule, completion order,
+//! seed), the operations ([`Op`], at most [`MAX_OPS`]), the power cuts ([`Crash`]: a crash
+//! point index and, per pending write, [`Persisted`] lost, whole or torn with a unit mask; one
+//! to [`MAX_CRASHES`]) and optionally a cut inside the first recovery that writes. Every field
+//! is a small integer or a flag mapped into range against the geometry (modulo), so every input
+//! is a valid workload; longer lists are truncated.
 
+use arbitrary::Arbitrary;
 use crashsim::explore::{
     check_images, open_on, record, recovery_config, Completion, FaultSet, Finding, Level,
     OracleSel, PathStep, Violation, WlConfig, WlOp, Workload,
@@ -29,142 +28,290 @@ use crashsim::{Choice, CrashPoint, CrashState, Persist, PointSelection, Units};
 use engine::Step;
 use models::{BlockOracle, History, PrefixOracle, PrefixUnit};
 
-use crate::bytes::Reader;
-
 /// Operations per workload.
 pub const MAX_OPS: usize = 40;
 /// Power cuts per input.
 pub const MAX_CRASHES: usize = 4;
 
-/// One operation: `op: u8` selects (mod 10) full-block write, partial write, multi-block
-/// write, FUA write, discard, FLUSH or a step; its operands follow.
-pub fn decode_op(r: &mut Reader<'_>, c: &WlConfig) -> WlOp {
-    let blocks = c.backing_blocks;
-    let size = c.backing_sectors();
-    let n = (1u64 << (c.order - 3)) - 1;
-    let op = r.u8();
-    match op % 10 {
-        0 | 1 => WlOp::Write {
-            sector: (r.u8() as u64 % blocks) * 8,
-            sectors: 8,
-            fua: false,
-        },
-        2 => {
-            let block = r.u8() as u64 % blocks;
-            let first = r.u8() as u64 % 8;
-            let count = 1 + r.u8() as u64 % (8 - first);
-            WlOp::Write {
-                sector: block * 8 + first,
-                sectors: count as u32,
-                fua: op >= 128,
-            }
+/// What the fuzzer runs: a workload, then power cuts.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub setup: Setup,
+    /// At most [`MAX_OPS`] are run.
+    pub ops: Vec<Op>,
+    /// The first power cut; there is always one.
+    pub first: Crash,
+    /// Further cuts, each of the same recorded run (at most [`MAX_CRASHES`] in all).
+    pub more: Vec<Crash>,
+    /// A cut inside the first recovery (of the cuts above) that writes to a device.
+    pub recovery_cut: Option<Crash>,
+}
+
+/// The workload's configuration; numbers are taken modulo their ranges.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct Setup {
+    /// Type 1 (with a plog device) instead of type 0.
+    pub type1: bool,
+    /// Segments of order 5 instead of 4.
+    pub order5: bool,
+    /// Atomic write unit of 4 KiB instead of 512 bytes.
+    pub unit8: bool,
+    /// Torn units hold garbage.
+    pub garbage_torn: bool,
+    /// One EIO on a cache-device write.
+    pub eio_write: bool,
+    /// One EIO on a cache-device read.
+    pub eio_read: bool,
+    /// Segment slots: 2..=4.
+    pub slots: u8,
+    /// Backing blocks: 2..=9.
+    pub backing_blocks: u8,
+    /// RAM buffers: 1..=3.
+    pub pool: u8,
+    /// Writeback batch: 1..=2.
+    pub batch: u8,
+    /// Plog regions (type 1): 2..=4.
+    pub plog_regions: u8,
+    /// No writeback ahead of need (`a=0`).
+    pub behind: bool,
+    /// The `allow_writeback` tunable (`w=1`).
+    pub allow_writeback: bool,
+    /// Completion order of the simulated devices: in order, or seeded by this.
+    pub completion: Option<u8>,
+    /// Seed of the faults' positions.
+    pub seed: u8,
+}
+
+/// A background step.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Seal,
+    FlushSegment,
+    Writeback,
+    Record,
+    Sync,
+}
+
+/// One operation; blocks and sectors are taken modulo the backing device, lengths modulo what
+/// fits (so every extent is inside the device and non-empty).
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A full-block write of block `block`.
+    Write { block: u8 },
+    /// `1 + count % (8 - first)` sectors from sector `first % 8` of block `block`.
+    Partial {
+        block: u8,
+        first: u8,
+        count: u8,
+        fua: bool,
+    },
+    /// `1 + len % max` sectors from sector `sector`, up to a segment's blocks + 2, unaligned.
+    Multi { sector: u8, len: u8, fua: bool },
+    /// A full-block FUA write of block `block`.
+    Fua { block: u8 },
+    /// A discard of up to 16 sectors.
+    Discard { sector: u8, len: u8 },
+    /// A write-zeroes of up to 16 sectors.
+    Zeroes { sector: u8, len: u8, fua: bool },
+    /// Reads of up to 4 blocks, in pieces all in flight together.
+    ReadMany { sector: u8, len: u8 },
+    /// A client FLUSH.
+    Flush,
+    /// A background step run to completion.
+    Step(StepKind),
+    /// A background step started and left running (later operations race it).
+    Background(StepKind),
+}
+
+/// One power cut.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    /// Index (modulo their number) into the crash points (fine selection).
+    pub point: u16,
+    /// What persisted of each pending write, in log order; missing entries are lost.
+    pub persisted: Vec<Persisted>,
+}
+
+/// What persisted of one pending write at a cut.
+#[derive(Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub enum Persisted {
+    Lost,
+    Whole,
+    /// Torn: bit `u % 8` of byte `u / 8` says whether unit `u` persisted (missing bits: not).
+    Torn(Vec<u8>),
+}
+
+impl From<StepKind> for Step {
+    fn from(k: StepKind) -> Step {
+        match k {
+            StepKind::Seal => Step::Seal,
+            StepKind::FlushSegment => Step::FlushSegment,
+            StepKind::Writeback => Step::Writeback,
+            StepKind::Record => Step::Record,
+            StepKind::Sync => Step::Sync,
         }
-        3 => {
-            let sector = r.u8() as u64 % size;
-            let max = (size - sector).min(8 * (n + 2));
-            WlOp::Write {
-                sector,
-                sectors: 1 + (r.u8() as u64 % max) as u32,
-                fua: op >= 128,
-            }
-        }
-        4 => WlOp::Write {
-            sector: (r.u8() as u64 % blocks) * 8,
-            sectors: 8,
-            fua: true,
-        },
-        5 => {
-            let sector = r.u8() as u64 % size;
-            let max = (size - sector).min(16);
-            WlOp::Discard {
-                sector,
-                sectors: 1 + (r.u8() as u64 % max) as u32,
-            }
-        }
-        6 => WlOp::Flush,
-        _ => WlOp::Step(
-            [
-                Step::Seal,
-                Step::FlushSegment,
-                Step::Writeback,
-                Step::Record,
-                Step::Sync,
-            ][r.u8() as usize % 5],
-        ),
     }
 }
 
-/// The workload an input describes.
-pub fn decode_workload(r: &mut Reader<'_>) -> (Workload, usize, bool) {
-    let flags = r.u8();
-    let g = [r.u8(), r.u8(), r.u8(), r.u8()];
-    let cache_type = flags & 1;
-    let config = WlConfig {
-        order: if flags & 2 != 0 { 5 } else { 4 },
-        nr_segments: 2 + g[0] as u64 % 3,
-        backing_blocks: 2 + g[1] as u64 % 8,
-        pool: 1 + (g[2] & 15) as usize % 3,
-        batch: 1 + (g[2] >> 4) as u32 % 2,
-        unit_sectors: if flags & 4 != 0 { 8 } else { 1 },
-        seed: r.u8() as u64,
-        faults: FaultSet {
-            garbage_torn: flags & 8 != 0,
-            eio_write: flags & 16 != 0,
-            eio_read: flags & 32 != 0,
-            ..FaultSet::default()
-        },
-        quirks: Vec::new(),
-        cache_type,
-        plog_regions: if cache_type == 1 {
-            2 + g[3] as u64 % 3
-        } else {
-            0
-        },
-        // Both writeback schedules and both `allow_writeback` settings, as swarm runs draw them.
-        ahead: g[0] & 0x40 == 0,
-        allow_writeback: g[0] & 0x80 != 0,
-        intervals: 0,
-        pool_after: 0,
-        completion: if flags & 64 != 0 {
-            Completion::Seeded(g[3] as u64)
-        } else {
-            Completion::InOrder
-        },
-    };
-    let crashes = r.u8();
-    let count = r.u8() as usize % (MAX_OPS + 1);
-    let ops = (0..count).map(|_| decode_op(r, &config)).collect();
-    (
-        Workload { config, ops },
-        1 + (crashes as usize & 127) % MAX_CRASHES,
-        crashes & 128 != 0,
-    )
+impl Setup {
+    /// The crashsim configuration.
+    pub fn config(&self) -> WlConfig {
+        let cache_type = u8::from(self.type1);
+        WlConfig {
+            order: if self.order5 { 5 } else { 4 },
+            nr_segments: 2 + u64::from(self.slots) % 3,
+            backing_blocks: 2 + u64::from(self.backing_blocks) % 8,
+            pool: 1 + usize::from(self.pool) % 3,
+            batch: 1 + u32::from(self.batch) % 2,
+            unit_sectors: if self.unit8 { 8 } else { 1 },
+            seed: u64::from(self.seed),
+            faults: FaultSet {
+                garbage_torn: self.garbage_torn,
+                eio_write: self.eio_write,
+                eio_read: self.eio_read,
+                ..FaultSet::default()
+            },
+            quirks: Vec::new(),
+            cache_type,
+            plog_regions: if cache_type == 1 {
+                2 + u64::from(self.plog_regions) % 3
+            } else {
+                0
+            },
+            ahead: !self.behind,
+            allow_writeback: self.allow_writeback,
+            intervals: 0,
+            pool_after: 0,
+            completion: match self.completion {
+                Some(seed) => Completion::Seeded(u64::from(seed)),
+                None => Completion::InOrder,
+            },
+        }
+    }
 }
 
-/// What persisted of each pending write at a cut, in log order.
-pub fn decode_choice(r: &mut Reader<'_>, state: &CrashState) -> Choice {
-    let mut persisted = Vec::new();
-    for (i, w) in state.pending.iter().enumerate() {
-        let b = r.u8();
-        if b & 1 == 0 {
-            continue;
+impl Op {
+    /// The crashsim operation, clamped to the geometry of `c`.
+    pub fn to_wl(self, c: &WlConfig) -> WlOp {
+        let blocks = c.backing_blocks;
+        let size = c.backing_sectors();
+        let n = (1u64 << (c.order - 3)) - 1;
+        let at = |sector: u8| u64::from(sector) % size;
+        let len =
+            |sector: u64, len: u8, max: u64| 1 + (u64::from(len) % (size - sector).min(max)) as u32;
+        match self {
+            Op::Write { block } => WlOp::Write {
+                sector: (u64::from(block) % blocks) * 8,
+                sectors: 8,
+                fua: false,
+            },
+            Op::Partial {
+                block,
+                first,
+                count,
+                fua,
+            } => {
+                let first = u64::from(first) % 8;
+                WlOp::Write {
+                    sector: (u64::from(block) % blocks) * 8 + first,
+                    sectors: 1 + (u64::from(count) % (8 - first)) as u32,
+                    fua,
+                }
+            }
+            Op::Multi {
+                sector,
+                len: l,
+                fua,
+            } => {
+                let sector = at(sector);
+                WlOp::Write {
+                    sector,
+                    sectors: len(sector, l, 8 * (n + 2)),
+                    fua,
+                }
+            }
+            Op::Fua { block } => WlOp::Write {
+                sector: (u64::from(block) % blocks) * 8,
+                sectors: 8,
+                fua: true,
+            },
+            Op::Discard { sector, len: l } => {
+                let sector = at(sector);
+                WlOp::Discard {
+                    sector,
+                    sectors: len(sector, l, 16),
+                }
+            }
+            Op::Zeroes {
+                sector,
+                len: l,
+                fua,
+            } => {
+                let sector = at(sector);
+                WlOp::Zeroes {
+                    sector,
+                    sectors: len(sector, l, 16),
+                    fua,
+                }
+            }
+            Op::ReadMany { sector, len: l } => {
+                let sector = at(sector);
+                WlOp::ReadMany {
+                    sector,
+                    sectors: len(sector, l, 32),
+                }
+            }
+            Op::Flush => WlOp::Flush,
+            Op::Step(k) => WlOp::Step(k.into()),
+            Op::Background(k) => WlOp::Background(k.into()),
         }
-        let units = if b & 2 != 0 {
-            let n = w.unit_count();
-            let mask = r.take(n.div_ceil(8));
-            Units::Mask(
-                (0..n)
-                    .map(|u| mask.get(u / 8).is_some_and(|m| m >> (u % 8) & 1 == 1))
-                    .collect(),
-            )
-        } else {
-            Units::All
-        };
-        persisted.push(Persist { pending: i, units });
     }
-    Choice {
-        persisted,
-        bit_flips: Vec::new(),
+}
+
+impl Input {
+    /// The workload (operations past [`MAX_OPS`] dropped).
+    pub fn workload(&self) -> Workload {
+        let config = self.setup.config();
+        let ops = self
+            .ops
+            .iter()
+            .take(MAX_OPS)
+            .map(|op| op.to_wl(&config))
+            .collect();
+        Workload { config, ops }
+    }
+
+    /// The power cuts (at most [`MAX_CRASHES`]).
+    pub fn crashes(&self) -> impl Iterator<Item = &Crash> {
+        std::iter::once(&self.first).chain(self.more.iter().take(MAX_CRASHES - 1))
+    }
+}
+
+impl Crash {
+    /// The crash point this cut picks among `points`.
+    pub fn pick(&self, points: &[CrashPoint]) -> CrashPoint {
+        points[usize::from(self.point) % points.len()]
+    }
+
+    /// What persisted of each pending write of `state`, in log order.
+    pub fn choice(&self, state: &CrashState) -> Choice {
+        let mut persisted = Vec::new();
+        for (i, w) in state.pending.iter().enumerate() {
+            let units = match self.persisted.get(i) {
+                None | Some(Persisted::Lost) => continue,
+                Some(Persisted::Whole) => Units::All,
+                Some(Persisted::Torn(mask)) => Units::Mask(
+                    (0..w.unit_count())
+                        .map(|u| mask.get(u / 8).is_some_and(|m| m >> (u % 8) & 1 == 1))
+                        .collect(),
+                ),
+            };
+            persisted.push(Persist { pending: i, units });
+        }
+        Choice {
+            persisted,
+            bit_flips: Vec::new(),
+        }
     }
 }
 
@@ -186,11 +333,19 @@ fn fail(workload: &Workload, path: Vec<PathStep>, findings: Vec<Finding>) -> ! {
     panic!("{text}");
 }
 
+/// Runs the raw bytes of a corpus file as `fuzz_target!` does: [`crate::decode`], then
+/// [`run_input`].
 pub fn run(data: &[u8]) {
-    let mut r = Reader::new(data);
-    let (workload, crashes, recovery_cut) = decode_workload(&mut r);
-    if workload.validate().is_err() {
-        return;
+    if let Some(input) = crate::decode(data) {
+        run_input(input);
+    }
+}
+
+/// Runs one input; panics on a finding.
+pub fn run_input(input: Input) {
+    let workload = input.workload();
+    if let Err(e) = workload.validate() {
+        panic!("the input mapped to an invalid workload {workload}: {e}");
     }
     let config = recovery_config(&workload.config).expect("a config without quirks");
     let rec = record(&workload.config, &workload.ops)
@@ -207,13 +362,13 @@ pub fn run(data: &[u8]) {
     }
     let world = rec.world.borrow();
     let points = world.crash_points(PointSelection::fine());
-    let mut recovery_cut = recovery_cut;
-    for _ in 0..crashes {
-        let point = points[r.u16() as usize % points.len()];
+    let mut recovery_cut = input.recovery_cut.as_ref();
+    for crash in input.crashes() {
+        let point = crash.pick(&points);
         let state = world
             .crash_state(point)
             .unwrap_or_else(|e| panic!("crash state at {point}: {e}"));
-        let choice = decode_choice(&mut r, &state);
+        let choice = crash.choice(&state);
         let images = state
             .image(&choice)
             .unwrap_or_else(|e| panic!("image of {choice}: {e}"));
@@ -242,17 +397,17 @@ pub fn run(data: &[u8]) {
         let wrote = recovered.is_some_and(|x| {
             x.report.formatted || x.report.stale_invalidated > 0 || x.report.plog_epoch > 0
         });
-        if recovery_cut && wrote {
-            recovery_cut = false;
-            cut_recovery(&mut r, &workload, &world, &images, &hist, path, config);
+        if let (Some(cut), true) = (recovery_cut, wrote) {
+            recovery_cut = None;
+            cut_recovery(cut, &workload, &world, &images, &hist, path, config);
         }
     }
 }
 
-/// Records a recovery of `images` and cuts power inside it, at a point and with a choice the
-/// input picks; recovery of that must still satisfy the history cut of the first crash.
+/// Records a recovery of `images` and cuts power inside it, at the point and with the choice
+/// of `cut`; recovery of that must still satisfy the history cut of the first crash.
 fn cut_recovery(
-    r: &mut Reader<'_>,
+    cut: &Crash,
     workload: &Workload,
     world: &crashsim::World,
     images: &crashsim::CrashImages,
@@ -267,11 +422,11 @@ fn cut_recovery(
     drop(open_on(&w2, config, Completion::InOrder.order()));
     let w2 = w2.borrow();
     let points = w2.crash_points(PointSelection::fine());
-    let point: CrashPoint = points[r.u16() as usize % points.len()];
+    let point = cut.pick(&points);
     let state = w2
         .crash_state(point)
         .unwrap_or_else(|e| panic!("crash state in recovery at {point}: {e}"));
-    let choice = decode_choice(r, &state);
+    let choice = cut.choice(&state);
     let images = state
         .image(&choice)
         .unwrap_or_else(|e| panic!("image of {choice}: {e}"));
