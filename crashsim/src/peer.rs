@@ -92,9 +92,11 @@ pub fn peer_view(cache: &Image, backing: &Image, order: u8) -> Option<Vec<u8>> {
     }
     let mut rec = [0u8; SECTOR_SIZE];
     cache.read(format::RECORD_SECTOR as usize * SECTOR_SIZE, &mut rec);
-    if format::decode_record_ext(&rec)
-        .is_some_and(|r| r.flags & format::RECORD_FLAG_FORMATTING != 0)
-    {
+    // The peer reads the primary record unchecked: a torn write that garbled it (the
+    // garbage-torn fault) misleads its replay whatever the cache did, so such a state is not
+    // the peer's to judge (ours takes the backup copy).
+    let ext = format::decode_record_ext(&rec)?;
+    if ext.flags & format::RECORD_FLAG_FORMATTING != 0 {
         return None;
     }
     let geo = Geometry::new(order, (cache.len() / SECTOR_SIZE) as u64).ok()?;
