@@ -188,8 +188,13 @@ fn test_stages() -> Vec<stages::Stage> {
         Stage::new("crash-test bounded L=4", || {
             crash_test::stage(&["--bounded", "4"])
         }),
-        // Type 1 (plog): every scenario and the 30 seeded workloads of the default set, all of
-        // them (about 4.2 million states, about 3 minutes on 2 cores).
+        // Type 1, bounded: every workload of up to 2 operations on a type-1 cache, every
+        // completion order (L = 3 takes about 10 minutes here).
+        Stage::new("crash-test bounded type 1 L=2", || {
+            crash_test::stage(&["--bounded", "2", "--type", "1"])
+        }),
+        // Type 1 (plog): every scenario and the 60 seeded workloads of the default set, all of
+        // them.
         Stage::new("crash-test type 1", || crash_test::stage(&["--type", "1"])),
         // Every seed quirk must be caught. Each hunt is single-threaded and stops at its first
         // violation, so it checks the same states everywhere; the 120 s per quirk only bound a

@@ -498,6 +498,8 @@ fn explore_scheduled(
             return (ctx.result, Vec::new());
         }
     };
+    // What the run passed counts even if its failure ends the workload here.
+    ctx.result.points.probes.add(&engine::probes::take());
     if let Some(f) = &rec.failure {
         let at = f.op_index.map(|i| format!("op {i}: ")).unwrap_or_default();
         ctx.report(

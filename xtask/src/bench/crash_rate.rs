@@ -68,7 +68,7 @@ fn budget(mode: Mode) -> Budget {
             slice: Duration::from_secs(1),
             phases: Duration::from_secs(1),
         },
-        // crash-test's default 30 seeds, 60 s per configuration.
+        // 30 seeds, 60 s per configuration.
         Mode::Full => Budget {
             workloads: 30,
             slice: Duration::from_secs(2),
