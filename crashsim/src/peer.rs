@@ -244,6 +244,7 @@ mod tests {
             cache_sectors: len as u64 / SECTOR_SIZE as u64,
         });
         cache.write(0, &sb);
+        record(&mut cache, 0);
         cache
     }
 
@@ -261,8 +262,13 @@ mod tests {
         );
     }
 
+    /// The record as the engine writes it (with its checked extension, which the peer ignores).
     fn record(cache: &mut Image, id: u64) {
-        let block = format::encode_upstream_record_block(id);
+        let block = format::encode_record_block(&format::RecordExt {
+            last_writeback_id: id,
+            flags: 0,
+            generation: 1,
+        });
         cache.write(format::RECORD_BLOCK_SECTOR as usize * SECTOR_SIZE, &block);
     }
 
@@ -303,6 +309,18 @@ mod tests {
         record(&mut cache, 2);
         let view = peer_view(&cache, &backing, ORDER).expect("orderly");
         assert!(view[..BLOCK_SIZE].iter().all(|&b| b == 0xB2));
+    }
+
+    /// A primary record a torn write garbled is not the peer's to judge: it would trust it.
+    #[test]
+    fn a_garbled_primary_record_is_not_judged() {
+        let mut cache = formatted();
+        put_segment(&mut cache, 1, 0, 0xFF, 1);
+        let backing = Image::zeroed(8 * BLOCK_SIZE);
+        assert!(peer_view(&cache, &backing, ORDER).is_some());
+        let at = format::RECORD_SECTOR as usize * SECTOR_SIZE;
+        cache.write(at, &[0x5A; SECTOR_SIZE]);
+        assert!(peer_view(&cache, &backing, ORDER).is_none());
     }
 
     #[test]
