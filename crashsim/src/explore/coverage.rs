@@ -41,10 +41,36 @@ pub enum SimProbe {
     FaultZeroTorn,
     /// A crash state with a write torn in one run of units, on a device that tears so.
     FaultTornRuns,
+    // Crash point kinds (`point_probes`): what the cut falls next to.
+    PointBeforeFlush,
+    PointAfterFlush,
+    PointBeforeFua,
+    PointAfterFua,
+    /// Right after the engine answered a client request.
+    PointAfterAck,
+    /// Right after a plain device write (fine selection: inside recovery, or `--fine`).
+    PointAfterWrite,
+    /// At a harness mark (fine selection: inside recovery, or `--fine`).
+    PointAtMark,
+    PointEnd,
+    // How many of the pending writes a crash state persisted (`choice_probes`).
+    PersistedNone,
+    PersistedOne,
+    PersistedSeveral,
+    PersistedAll,
+    // The shape of a torn write's persisted units.
+    TearSingle,
+    TearAllButOne,
+    TearPrefix,
+    TearSuffix,
+    /// No unit persisted (the write garbled or zeroed what it covered).
+    TearNone,
+    /// Any other subset (random choices).
+    TearScattered,
 }
 
 impl SimProbe {
-    pub const ALL: [SimProbe; 16] = [
+    pub const ALL: [SimProbe; 34] = [
         SimProbe::CrashInRun,
         SimProbe::CrashInRecovery,
         SimProbe::CrashInContinuation,
@@ -61,6 +87,24 @@ impl SimProbe {
         SimProbe::FaultBitRot,
         SimProbe::FaultZeroTorn,
         SimProbe::FaultTornRuns,
+        SimProbe::PointBeforeFlush,
+        SimProbe::PointAfterFlush,
+        SimProbe::PointBeforeFua,
+        SimProbe::PointAfterFua,
+        SimProbe::PointAfterAck,
+        SimProbe::PointAfterWrite,
+        SimProbe::PointAtMark,
+        SimProbe::PointEnd,
+        SimProbe::PersistedNone,
+        SimProbe::PersistedOne,
+        SimProbe::PersistedSeveral,
+        SimProbe::PersistedAll,
+        SimProbe::TearSingle,
+        SimProbe::TearAllButOne,
+        SimProbe::TearPrefix,
+        SimProbe::TearSuffix,
+        SimProbe::TearNone,
+        SimProbe::TearScattered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +125,24 @@ impl SimProbe {
             SimProbe::FaultBitRot => "fault-bit-rot",
             SimProbe::FaultZeroTorn => "fault-zero-torn",
             SimProbe::FaultTornRuns => "fault-torn-runs",
+            SimProbe::PointBeforeFlush => "sim-point-before-flush",
+            SimProbe::PointAfterFlush => "sim-point-after-flush",
+            SimProbe::PointBeforeFua => "sim-point-before-fua",
+            SimProbe::PointAfterFua => "sim-point-after-fua",
+            SimProbe::PointAfterAck => "sim-point-after-ack",
+            SimProbe::PointAfterWrite => "sim-point-after-write",
+            SimProbe::PointAtMark => "sim-point-at-mark",
+            SimProbe::PointEnd => "sim-point-end",
+            SimProbe::PersistedNone => "sim-persisted-none",
+            SimProbe::PersistedOne => "sim-persisted-one",
+            SimProbe::PersistedSeveral => "sim-persisted-several",
+            SimProbe::PersistedAll => "sim-persisted-all",
+            SimProbe::TearSingle => "sim-tear-single",
+            SimProbe::TearAllButOne => "sim-tear-all-but-one",
+            SimProbe::TearPrefix => "sim-tear-prefix",
+            SimProbe::TearSuffix => "sim-tear-suffix",
+            SimProbe::TearNone => "sim-tear-none",
+            SimProbe::TearScattered => "sim-tear-scattered",
         }
     }
 }
@@ -119,6 +181,68 @@ pub fn fired_faults(sim: &mut SimCounts, log: &[crate::LogEntry]) {
     }
 }
 
+/// The kinds of crash point `point` of a run whose log is `log`: the events it falls between.
+pub fn point_probes(sim: &mut SimCounts, log: &[crate::LogEntry], point: crate::CrashPoint) {
+    use crate::Event;
+    let at = point.before as usize;
+    if at >= log.len() {
+        sim.hit(SimProbe::PointEnd);
+    }
+    match at.checked_sub(1).and_then(|i| log.get(i)).map(|e| &e.event) {
+        Some(Event::Flush { .. }) => sim.hit(SimProbe::PointAfterFlush),
+        Some(Event::Write { fua: true, .. }) => sim.hit(SimProbe::PointAfterFua),
+        Some(Event::Write { .. }) => sim.hit(SimProbe::PointAfterWrite),
+        Some(Event::ClientEnd { .. }) => sim.hit(SimProbe::PointAfterAck),
+        _ => {}
+    }
+    match log.get(at).map(|e| &e.event) {
+        Some(Event::Flush { .. }) => sim.hit(SimProbe::PointBeforeFlush),
+        Some(Event::Write { fua: true, .. }) => sim.hit(SimProbe::PointBeforeFua),
+        Some(Event::Mark(_)) => sim.hit(SimProbe::PointAtMark),
+        _ => {}
+    }
+}
+
+/// How many of the `pending` writes `choice` persisted, and the shape of each torn one.
+pub fn choice_probes(sim: &mut SimCounts, choice: &crate::Choice, pending: usize) {
+    let n = choice.persisted.len();
+    if pending > 0 {
+        sim.hit(match n {
+            0 => SimProbe::PersistedNone,
+            _ if n == pending => SimProbe::PersistedAll,
+            1 => SimProbe::PersistedOne,
+            _ => SimProbe::PersistedSeveral,
+        });
+    }
+    for p in &choice.persisted {
+        if let crate::Units::Mask(m) = &p.units {
+            if let Some(shape) = tear_shape(m) {
+                sim.hit(shape);
+            }
+        }
+    }
+}
+
+/// The shape of a torn write's unit mask; `None` when every unit persisted.
+fn tear_shape(m: &[bool]) -> Option<SimProbe> {
+    let (u, k) = (m.len(), m.iter().filter(|&&b| b).count());
+    Some(if k == u {
+        return None;
+    } else if k == 0 {
+        SimProbe::TearNone
+    } else if m[..k].iter().all(|&b| b) {
+        SimProbe::TearPrefix
+    } else if m[u - k..].iter().all(|&b| b) {
+        SimProbe::TearSuffix
+    } else if k == 1 {
+        SimProbe::TearSingle
+    } else if k == u - 1 {
+        SimProbe::TearAllButOne
+    } else {
+        SimProbe::TearScattered
+    })
+}
+
 /// The torn-unit fault probes of one checked crash state of a run with `faults`.
 pub fn torn_probes(sim: &mut SimCounts, faults: &super::FaultSet, choice: &crate::Choice) {
     let mut torn = choice.persisted.iter().filter_map(|p| match &p.units {
@@ -140,8 +264,14 @@ pub fn torn_probes(sim: &mut SimCounts, faults: &super::FaultSet, choice: &crate
 }
 
 /// How often each simulator probe fired.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimCounts(pub [u64; SimProbe::ALL.len()]);
+
+impl Default for SimCounts {
+    fn default() -> Self {
+        SimCounts([0; SimProbe::ALL.len()])
+    }
+}
 
 impl SimCounts {
     pub fn hit(&mut self, p: SimProbe) {
@@ -172,7 +302,7 @@ impl SimCounts {
 /// - `fault-lying-flush`, `fault-lying-fua`, `fault-misdirect`, `fault-bit-rot`: faults that
 ///   break the contract are not drawn by swarm runs; a run that asks for one (`--fault
 ///   misdirect`) requires its probe, and the tester's tests require it to be caught.
-pub const REQUIRED: [&str; 45] = [
+pub const REQUIRED: [&str; 63] = [
     "recovery-format",
     "recovery-record-from-backup",
     "recovery-walk-stopped",
@@ -213,6 +343,24 @@ pub const REQUIRED: [&str; 45] = [
     "sim-partly-persisted",
     "sim-out-of-order",
     "sim-peer-judged",
+    "sim-point-before-flush",
+    "sim-point-after-flush",
+    "sim-point-before-fua",
+    "sim-point-after-fua",
+    "sim-point-after-ack",
+    "sim-point-after-write",
+    "sim-point-at-mark",
+    "sim-point-end",
+    "sim-persisted-none",
+    "sim-persisted-one",
+    "sim-persisted-several",
+    "sim-persisted-all",
+    "sim-tear-single",
+    "sim-tear-all-but-one",
+    "sim-tear-prefix",
+    "sim-tear-suffix",
+    "sim-tear-none",
+    "sim-tear-scattered",
     "fault-garbage-torn",
     "fault-zero-torn",
     "fault-torn-runs",
@@ -276,6 +424,32 @@ pub fn unreached_required(engine: &Counts, sim: &SimCounts) -> Vec<&'static str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tear_shapes_are_named() {
+        let t = |m: &str| tear_shape(&m.chars().map(|c| c == '1').collect::<Vec<_>>());
+        assert_eq!(t("0000"), Some(SimProbe::TearNone));
+        assert_eq!(t("1100"), Some(SimProbe::TearPrefix));
+        assert_eq!(t("0011"), Some(SimProbe::TearSuffix));
+        assert_eq!(t("0100"), Some(SimProbe::TearSingle));
+        assert_eq!(t("1011"), Some(SimProbe::TearAllButOne));
+        assert_eq!(t("101001"), Some(SimProbe::TearScattered));
+        assert_eq!(t("1111"), None);
+    }
+
+    #[test]
+    fn persisted_counts_are_named() {
+        let c = |s: &str| {
+            let choice: crate::Choice = s.parse().unwrap();
+            let mut sim = SimCounts::default();
+            choice_probes(&mut sim, &choice, 3);
+            SimProbe::ALL.into_iter().find(|&p| sim.get(p) > 0)
+        };
+        assert_eq!(c("-"), Some(SimProbe::PersistedNone));
+        assert_eq!(c("1"), Some(SimProbe::PersistedOne));
+        assert_eq!(c("0,2"), Some(SimProbe::PersistedSeveral));
+        assert_eq!(c("0,1,2"), Some(SimProbe::PersistedAll));
+    }
 
     #[test]
     fn every_required_probe_exists() {

@@ -546,6 +546,7 @@ fn probe_state(sim: &mut SimCounts, level: &Level, choice: &Choice, pending: usi
     {
         sim.hit(SimProbe::TornWrite);
     }
+    super::coverage::choice_probes(sim, choice, pending);
     if !choice.persisted.is_empty() && choice.persisted.len() < pending {
         sim.hit(SimProbe::PartlyPersisted);
     }
@@ -628,6 +629,7 @@ fn explore_world(
                 (mix64(c.begun as u64 ^ ((c.last_ended as u64) << 63)) as u128) << 64
             }
         };
+        super::coverage::point_probes(&mut ctx.result.points.sim, &world.log, point);
         let oracles = oracles_for(&hist);
         let mut opts = ctx.opts.clone();
         if level != Level::Top {
