@@ -258,51 +258,22 @@ fn drive_one(
             read_back(engine, model, sector, sectors as u64)?;
         }
         WlOp::Discard { sector, sectors } => {
-            let id = history
-                .begin_write_zeroes(sector, sectors as u64, false)
-                .map_err(|e| wrong(e.to_string()))?;
-            let what = ClientOp::Write {
-                sector,
-                sectors: sectors as u64,
-                fua: false,
-            };
-            if let Err(e) = client(world, id, what, || engine.discard(sector, sectors as u64)) {
-                history.fail(id).map_err(|e| wrong(e.to_string()))?;
-                return Err(OpError::Device(format!("discard {op} failed: {e}")));
-            }
-            history.complete(id).map_err(|e| wrong(e.to_string()))?;
-            model
-                .write_zeroes(sector, sectors as u64)
-                .map_err(|e| wrong(e.to_string()))?;
-            read_back(engine, model, sector, sectors as u64)?;
+            let sectors = sectors as u64;
+            let req = Request::Discard { sector, sectors };
+            zero_extent(engine, world, history, model, req, false)?;
         }
         WlOp::Zeroes {
             sector,
             sectors,
             fua,
         } => {
-            let id = history
-                .begin_write_zeroes(sector, sectors as u64, fua)
-                .map_err(|e| wrong(e.to_string()))?;
-            let what = ClientOp::Write {
-                sector,
-                sectors: sectors as u64,
-                fua,
-            };
+            let sectors = sectors as u64;
             let req = Request::WriteZeroes {
                 sector,
-                sectors: sectors as u64,
+                sectors,
                 fua,
             };
-            if let Err(e) = client(world, id, what, || engine.request(req).map(drop)) {
-                history.fail(id).map_err(|e| wrong(e.to_string()))?;
-                return Err(OpError::Device(format!("write-zeroes {op} failed: {e}")));
-            }
-            history.complete(id).map_err(|e| wrong(e.to_string()))?;
-            model
-                .write_zeroes(sector, sectors as u64)
-                .map_err(|e| wrong(e.to_string()))?;
-            read_back(engine, model, sector, sectors as u64)?;
+            zero_extent(engine, world, history, model, req, fua)?;
         }
         WlOp::ReadMany { sector, sectors } => read_many(engine, model, sector, sectors as u64)?,
         WlOp::Flush => {
@@ -346,6 +317,42 @@ fn drive_one(
     engine
         .check_invariants()
         .map_err(|e| wrong(format!("invariant broken after {op}: {e}")))
+}
+
+/// A discard or write-zeroes (`req`): the extent reads as zeros afterwards, in the model and
+/// read back from the engine.
+fn zero_extent(
+    engine: &mut SimEngine,
+    world: &SharedWorld,
+    history: &mut History,
+    model: &mut ModelDisk,
+    req: Request,
+    fua: bool,
+) -> Result<(), OpError> {
+    let wrong = |e: String| OpError::Wrong(e);
+    let (Request::Discard { sector, sectors } | Request::WriteZeroes { sector, sectors, .. }) =
+        req
+    else {
+        unreachable!("only discards and write-zeroes zero an extent")
+    };
+    let id = history
+        .begin_write_zeroes(sector, sectors, fua)
+        .map_err(|e| wrong(e.to_string()))?;
+    let what = ClientOp::Write {
+        sector,
+        sectors,
+        fua,
+    };
+    let label = format!("{req:?}");
+    if let Err(e) = client(world, id, what, || engine.request(req).map(drop)) {
+        history.fail(id).map_err(|e| wrong(e.to_string()))?;
+        return Err(OpError::Device(format!("{label} failed: {e}")));
+    }
+    history.complete(id).map_err(|e| wrong(e.to_string()))?;
+    model
+        .write_zeroes(sector, sectors)
+        .map_err(|e| wrong(e.to_string()))?;
+    read_back(engine, model, sector, sectors)
 }
 
 /// A tunable message: a value in range is taken, one out of range is refused and changes
