@@ -102,7 +102,10 @@ fields!(Setup {
     behind,
     allow_writeback,
     completion,
-    seed
+    seed,
+    zero_torn,
+    torn_runs,
+    intervals
 });
 fields!(Crash { point, persisted });
 fields!(ImageInput {
@@ -155,7 +158,7 @@ impl Encode for StepKind {
 
 impl Encode for Op {
     fn encode(&self, out: &mut Vec<u8>) {
-        const N: u32 = 10;
+        const N: u32 = 14;
         match *self {
             Op::Write { block } => {
                 variant(out, 0, N);
@@ -208,6 +211,14 @@ impl Encode for Op {
                 variant(out, 9, N);
                 k.encode(out);
             }
+            Op::DropCaches => variant(out, 10, N),
+            Op::Tick => variant(out, 11, N),
+            Op::Tunable { index, value } => {
+                variant(out, 12, N);
+                index.encode(out);
+                value.encode(out);
+            }
+            Op::Reformat => variant(out, 13, N),
         }
     }
 }

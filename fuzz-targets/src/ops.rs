@@ -1,5 +1,6 @@
 //! `ops`: an arbitrary workload (client writes, FUA writes, discards, write-zeroes, reads and
-//! FLUSHes of small extents, background steps run to completion or left racing) on simulated
+//! FLUSHes of small extents, background steps run to completion or left racing, messages,
+//! ticks of the runner's timer, reformats) on simulated
 //! devices with volatile caches, type 0 or type 1, on a small geometry; then power cuts at
 //! fuzzer-chosen crash points with fuzzer-chosen persisted subsets and tears, and optionally a
 //! second cut inside the recovery of one of them.
@@ -12,8 +13,9 @@
 //! A finding panics with the `cargo xtask crash-test --replay` case that reproduces it.
 //!
 //! Input: an [`Input`] built by the `arbitrary` crate (derived [`Arbitrary`]): a [`Setup`]
-//! (cache type, order, atomic unit, faults, geometry, writeback schedule, completion order,
-//! seed), the operations ([`Op`], at most [`MAX_OPS`]), the power cuts ([`Crash`]: a crash
+//! (cache type, order, atomic unit, faults and torn-unit fills, geometry, writeback schedule,
+//! timer intervals, completion order, seed), the operations (also messages, timer ticks and
+//! reformats) ([`Op`], at most [`MAX_OPS`]), the power cuts ([`Crash`]: a crash
 //! point index and, per pending write, [`Persisted`] lost, whole or torn with a unit mask; one
 //! to [`MAX_CRASHES`]) and optionally a cut inside the first recovery that writes. Every field
 //! is a small integer or a flag mapped into range against the geometry (modulo), so every input
@@ -80,6 +82,12 @@ pub struct Setup {
     pub completion: Option<u8>,
     /// Seed of the faults' positions.
     pub seed: u8,
+    /// Torn units hold zeros (ignored where `garbage_torn` is on).
+    pub zero_torn: bool,
+    /// Torn writes persist one run of their units.
+    pub torn_runs: bool,
+    /// One-second sync and record intervals from the open (`i=1`), so ticks bring them due.
+    pub intervals: bool,
 }
 
 /// A background step.
@@ -121,6 +129,15 @@ pub enum Op {
     Step(StepKind),
     /// A background step started and left running (later operations race it).
     Background(StepKind),
+    /// The `drop_caches` message, left running.
+    DropCaches,
+    /// A second of the runner's timer.
+    Tick,
+    /// The message `<tunable> <value>`: `index` modulo the tunables, `value` as it is (so out
+    /// of range too: it must be refused).
+    Tunable { index: u8, value: u16 },
+    /// Drain, shut down and format the cache again under the running device.
+    Reformat,
 }
 
 /// One power cut.
@@ -167,6 +184,8 @@ impl Setup {
             seed: u64::from(self.seed),
             faults: FaultSet {
                 garbage_torn: self.garbage_torn,
+                zero_torn: self.zero_torn,
+                torn_runs: self.torn_runs,
                 eio_write: self.eio_write,
                 eio_read: self.eio_read,
                 ..FaultSet::default()
@@ -180,7 +199,7 @@ impl Setup {
             },
             ahead: !self.behind,
             allow_writeback: self.allow_writeback,
-            intervals: 0,
+            intervals: u32::from(self.intervals),
             pool_after: 0,
             completion: match self.completion {
                 Some(seed) => Completion::Seeded(u64::from(seed)),
@@ -264,6 +283,13 @@ impl Op {
             Op::Flush => WlOp::Flush,
             Op::Step(k) => WlOp::Step(k.into()),
             Op::Background(k) => WlOp::Background(k.into()),
+            Op::DropCaches => WlOp::DropCaches,
+            Op::Tick => WlOp::Tick,
+            Op::Tunable { index, value } => WlOp::Tunable {
+                index: index % engine::tunables::TUNABLE_RANGES.len() as u8,
+                value,
+            },
+            Op::Reformat => WlOp::Reformat,
         }
     }
 }

@@ -330,8 +330,10 @@ fn zero_extent(
     fua: bool,
 ) -> Result<(), OpError> {
     let wrong = |e: String| OpError::Wrong(e);
-    let (Request::Discard { sector, sectors } | Request::WriteZeroes { sector, sectors, .. }) =
-        req
+    let (Request::Discard { sector, sectors }
+    | Request::WriteZeroes {
+        sector, sectors, ..
+    }) = req
     else {
         unreachable!("only discards and write-zeroes zero an extent")
     };
