@@ -125,6 +125,7 @@ fn wl_config_with(g: Geometry, quirks: &[&str]) -> WlConfig {
         ahead: true,
         allow_writeback: false,
         intervals: 0,
+        cutoff: 0,
         pool_after: 0,
         completion: Default::default(),
     }

@@ -57,13 +57,18 @@ pub enum Probe {
     // Type 1: plog regions at their boundary.
     PlogRegionExact,
     PlogRegionSealed,
+    // Sequential bypass.
+    WriteBypassed,
+    BypassRefusedCached,
+    BypassRefusedUnrecorded,
+    BypassFlush,
 }
 
 /// How many probes there are.
 pub const COUNT: usize = Probe::ALL.len();
 
 impl Probe {
-    pub const ALL: [Probe; 40] = [
+    pub const ALL: [Probe; 44] = [
         Probe::RecoveryFormat,
         Probe::RecoveryUpstreamImage,
         Probe::RecoveryRecordFromBackup,
@@ -104,6 +109,10 @@ impl Probe {
         Probe::TimerRecord,
         Probe::PlogRegionExact,
         Probe::PlogRegionSealed,
+        Probe::WriteBypassed,
+        Probe::BypassRefusedCached,
+        Probe::BypassRefusedUnrecorded,
+        Probe::BypassFlush,
     ];
 
     pub fn name(self) -> &'static str {
@@ -148,6 +157,10 @@ impl Probe {
             Probe::TimerRecord => "timer-record",
             Probe::PlogRegionExact => "plog-region-exact",
             Probe::PlogRegionSealed => "plog-region-sealed",
+            Probe::WriteBypassed => "write-bypassed",
+            Probe::BypassRefusedCached => "bypass-refused-cached",
+            Probe::BypassRefusedUnrecorded => "bypass-refused-unrecorded",
+            Probe::BypassFlush => "bypass-flush",
         }
     }
 

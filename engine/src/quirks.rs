@@ -72,12 +72,19 @@ pub enum Quirk {
     /// that older copy over the newer one on the backing device (only the peer-replay check
     /// can see it: our own replay starts after the record).
     PartialCopies,
+    /// Sequential bypass checks only the live cache, not the segments past the durable record:
+    /// a block written back but not yet recorded is bypassed, and recovery replays its older
+    /// copy over the bypassed data.
+    BypassStaleWriteback,
+    /// Sequential bypass ignores the cache: a block with a dirty cached copy is bypassed and the
+    /// copy kept, so reads return the stale copy (and writeback writes it over the new data).
+    BypassStaleRead,
 }
 
 const _: () = assert!(Quirk::ALL.len() <= crate::probes::QUIRK_SLOTS);
 
 impl Quirk {
-    pub const ALL: [Quirk; 22] = [
+    pub const ALL: [Quirk; 24] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -100,6 +107,8 @@ impl Quirk {
         Quirk::RecordBeforeLog,
         Quirk::ReplayAssert,
         Quirk::PartialCopies,
+        Quirk::BypassStaleWriteback,
+        Quirk::BypassStaleRead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +135,8 @@ impl Quirk {
             Quirk::RecordBeforeLog => "record-before-log",
             Quirk::ReplayAssert => "replay-assert",
             Quirk::PartialCopies => "partial-copies",
+            Quirk::BypassStaleWriteback => "bypass-stale-writeback",
+            Quirk::BypassStaleRead => "bypass-stale-read",
         }
     }
 

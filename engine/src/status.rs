@@ -13,6 +13,8 @@ pub struct Stats {
     pub counters: [u64; 16],
     /// Segments sealed before they were full (by FLUSH, FUA or sync).
     pub partial_flushed: u64,
+    /// Client writes sent straight to the backing device (sequential bypass).
+    pub bypassed_writes: u64,
 }
 
 pub const STAT_WRITE: usize = 3;
@@ -62,6 +64,8 @@ pub struct Status {
     pub plog_entries: u64,
     pub plog_flushes: u64,
     pub plog_epoch: u64,
+    /// Client writes sent straight to the backing device (sequential bypass).
+    pub bypassed_writes: u64,
 }
 
 impl fmt::Display for Status {
@@ -122,6 +126,7 @@ impl Engine {
             plog_entries: self.plog.as_ref().map_or(0, |p| p.entries_appended),
             plog_flushes: self.clocks.plog.flushes(),
             plog_epoch: self.plog.as_ref().map_or(0, |p| p.sb.epoch),
+            bypassed_writes: self.stats.bypassed_writes,
         }
     }
 

@@ -16,16 +16,23 @@ pub struct Tunables {
     pub update_record_interval: u32,
     /// Seconds between forced syncs of the RAM buffer and cache device; 0 = off.
     pub sync_interval: u32,
+    /// Bytes a sequential stream of writes must reach before its writes go straight to the
+    /// backing device (cache/bypass.rs); 0 = off.
+    pub sequential_cutoff: u64,
 }
 
+/// `sequential_cutoff`'s default, bcache's.
+pub const DEFAULT_SEQUENTIAL_CUTOFF: u64 = 4 << 20;
+
 /// (name, min, max) for every tunable, in status order.
-pub const TUNABLE_RANGES: [(&str, u64, u64); 6] = [
+pub const TUNABLE_RANGES: [(&str, u64, u64); 7] = [
     ("allow_writeback", 0, 1),
     ("enable_writeback_modulator", 0, 1),
     ("writeback_threshold", 0, 100),
     ("nr_max_batched_writeback", 1, 1000),
     ("update_record_interval", 0, 3600),
     ("sync_interval", 0, 3600),
+    ("sequential_cutoff", 0, 1 << 30),
 ];
 
 /// Every tunable's name, for messages: `allow_writeback, enable_writeback_modulator, ...`.
@@ -51,6 +58,7 @@ impl Tunables {
             nr_max_batched_writeback: 1 << (15 - order as u32),
             update_record_interval: 0,
             sync_interval: 0,
+            sequential_cutoff: DEFAULT_SEQUENTIAL_CUTOFF,
         }
     }
 
@@ -74,13 +82,14 @@ impl Tunables {
             "nr_max_batched_writeback" => self.nr_max_batched_writeback = value as u32,
             "update_record_interval" => self.update_record_interval = value as u32,
             "sync_interval" => self.sync_interval = value as u32,
+            "sequential_cutoff" => self.sequential_cutoff = value,
             _ => unreachable!("TUNABLE_RANGES and this match list the same names"),
         }
         Ok(())
     }
 
     /// Every tunable as (name, value), in status order.
-    pub fn list(&self) -> [(&'static str, u64); 6] {
+    pub fn list(&self) -> [(&'static str, u64); 7] {
         [
             ("allow_writeback", self.allow_writeback as u64),
             (
@@ -94,6 +103,7 @@ impl Tunables {
             ),
             ("update_record_interval", self.update_record_interval as u64),
             ("sync_interval", self.sync_interval as u64),
+            ("sequential_cutoff", self.sequential_cutoff),
         ]
     }
 }

@@ -200,6 +200,7 @@ impl Setup {
             ahead: !self.behind,
             allow_writeback: self.allow_writeback,
             intervals: u32::from(self.intervals),
+            cutoff: 0,
             pool_after: 0,
             completion: match self.completion {
                 Some(seed) => Completion::Seeded(u64::from(seed)),
@@ -287,7 +288,7 @@ impl Op {
             Op::Tick => WlOp::Tick,
             Op::Tunable { index, value } => WlOp::Tunable {
                 index: index % engine::tunables::TUNABLE_RANGES.len() as u8,
-                value,
+                value: value.into(),
             },
             Op::Reformat => WlOp::Reformat,
         }

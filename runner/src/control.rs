@@ -67,6 +67,7 @@ pub fn status_pairs(s: &Status) -> Vec<(String, String)> {
     kv("plog_entries", s.plog_entries.to_string());
     kv("plog_flushes", s.plog_flushes.to_string());
     kv("plog_epoch", s.plog_epoch.to_string());
+    kv("bypassed_writes", s.bypassed_writes.to_string());
     kv("status_line", s.to_string());
     v
 }

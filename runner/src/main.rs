@@ -309,6 +309,9 @@ fn tunable_help(name: &str) -> &'static str {
         "nr_max_batched_writeback" => "Segments written back per batch",
         "update_record_interval" => "Seconds between superblock-record updates (0 = off)",
         "sync_interval" => "Seconds between forced syncs of the RAM buffer (0 = off)",
+        "sequential_cutoff" => {
+            "Bytes a sequential stream of writes reaches before its writes bypass the cache (0 = off)"
+        }
         _ => "Engine tunable",
     }
 }

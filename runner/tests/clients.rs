@@ -155,7 +155,8 @@ fn cmp_files(a: &Path, b: &Path) {
 #[test]
 fn qemu_io_writes_fua_zeroes_flush_discard_and_restarts() {
     let d = Devices::formatted(16 * MIB, 4 * MIB, 7);
-    let srv = Server::start(&d, &["--allow_writeback", "1"]);
+    // No sequential bypass: the 8 MiB write must go through the ring and wrap it.
+    let srv = Server::start(&d, &["--allow_writeback", "1", "--sequential_cutoff", "0"]);
     let u = uri(&srv);
     // Each write is followed by a verified read on the same connection (contract rule 1, docs/DESIGN.md).
     qemu_io(
@@ -577,7 +578,8 @@ fn nbdcopy(args: &[&str]) {
 fn nbdcopy_round_trips_a_64_mib_image_through_a_16_mib_cache() {
     tool("nbdkit");
     let d = Devices::formatted(64 * MIB, 16 * MIB, 10);
-    let srv = Server::start(&d, &["--allow_writeback", "1"]);
+    // No sequential bypass: the image must go through the ring and wrap it twice.
+    let srv = Server::start(&d, &["--allow_writeback", "1", "--sequential_cutoff", "0"]);
     let u = uri(&srv);
     let src = d.dir.path().join("src.img");
     let out = d.dir.path().join("out.img");
@@ -624,6 +626,33 @@ fn nbdcopy_round_trips_a_64_mib_image_through_a_16_mib_cache() {
     let o = d.writeback();
     assert!(o.status.success(), "writeback: {}", stderr(&o));
     cmp_files(&src, &d.backing);
+}
+
+/// Sequential bypass end to end (docs/DESIGN.md, "Sequential bypass"): nbdcopy's streams of a
+/// 64 MiB image pass the default 4 MiB cutoff, so most of it goes straight to the backing
+/// device; after its FLUSH a kill -9 loses nothing, and a restart reads the image back.
+#[test]
+fn a_sequential_stream_bypasses_the_cache_and_survives_a_kill() {
+    let d = Devices::formatted(64 * MIB, 16 * MIB, 10);
+    let srv = Server::start(&d, &[]);
+    let u = uri(&srv);
+    let src = d.dir.path().join("src.img");
+    let out = d.dir.path().join("out.img");
+    random_file(&src, 0x6279_7061_7373, 64 * MIB as usize);
+    nbdcopy(&["--flush", src.to_str().unwrap(), &u]);
+    let st = status(&srv);
+    let bypassed = status_u64(&st, "bypassed_writes");
+    assert!(bypassed > 0, "{st:?}");
+    assert!(
+        status_u64(&st, "nr_dirty_cache_blocks") * 4 * KIB < 16 * MIB,
+        "most of the image bypassed the 16 MiB cache: {st:?}"
+    );
+    kill9(srv);
+    let srv = Server::start(&d, &[]);
+    nbdcopy(&[&uri(&srv), out.to_str().unwrap()]);
+    cmp_files(&src, &out);
+    let (es, log) = srv.stop();
+    assert!(es.success(), "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -642,6 +642,14 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
          seed hazards H1 and H2: wbcache must open those first)",
         points.peer_judged
     );
+    if points.no_prefix > 0 {
+        println!(
+            "bypass: {} crash states of workloads with sequential bypass on were judged by the block \
+             oracle only (rule 3): bypassed writes are ordered like a disk's, not as a prefix \
+             (docs/DESIGN.md, \"Sequential bypass\")",
+            points.no_prefix
+        );
+    }
     println!(
         "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
         states as f64 / elapsed.max(1e-9)

@@ -75,6 +75,7 @@ pub fn bounded_workloads(p: &BoundedParams) -> impl Iterator<Item = Workload> + 
         ahead: true,
         allow_writeback: false,
         intervals: 0,
+        cutoff: 0,
         pool_after: 0,
         completion: Default::default(),
     };

@@ -22,6 +22,16 @@ impl OracleSel {
     pub fn prefix(self) -> bool {
         self != OracleSel::Block
     }
+
+    /// The oracles for a workload: one that may bypass the cache is not held to the prefix
+    /// oracle (rule 4) unless it was asked for alone.
+    pub fn for_workload(self, w: &super::workload::Workload) -> OracleSel {
+        if self == OracleSel::Both && w.may_bypass() {
+            OracleSel::Block
+        } else {
+            self
+        }
+    }
 }
 
 /// What kind of check failed.

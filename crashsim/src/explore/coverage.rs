@@ -302,7 +302,7 @@ impl SimCounts {
 /// - `fault-lying-flush`, `fault-lying-fua`, `fault-misdirect`, `fault-bit-rot`: faults that
 ///   break the contract are not drawn by swarm runs; a run that asks for one (`--fault
 ///   misdirect`) requires its probe, and the tester's tests require it to be caught.
-pub const REQUIRED: [&str; 63] = [
+pub const REQUIRED: [&str; 67] = [
     "recovery-format",
     "recovery-record-from-backup",
     "recovery-walk-stopped",
@@ -336,6 +336,10 @@ pub const REQUIRED: [&str; 63] = [
     "timer-record",
     "plog-region-exact",
     "plog-region-sealed",
+    "write-bypassed",
+    "bypass-refused-cached",
+    "bypass-refused-unrecorded",
+    "bypass-flush",
     "sim-crash-in-run",
     "sim-crash-in-recovery",
     "sim-crash-in-continuation",

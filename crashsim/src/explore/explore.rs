@@ -199,6 +199,8 @@ pub struct PointTally {
     /// Crash states (at any level) whose images were also judged by what dm-writeboost's
     /// replay would show (`crate::peer`: orderly type-0 rings).
     pub peer_judged: u64,
+    /// Crash states judged without the prefix oracle: their workload may bypass the cache.
+    pub no_prefix: u64,
     /// How often each engine probe fired (`engine::probes`), in runs and recoveries alike.
     pub probes: engine::probes::Counts,
     /// How often each simulator probe fired (`super::coverage`).
@@ -211,6 +213,7 @@ impl PointTally {
         self.sampled += o.sampled;
         self.repeated += o.repeated;
         self.peer_judged += o.peer_judged;
+        self.no_prefix += o.no_prefix;
         self.probes.add(&o.probes);
         self.sim.add(&o.sim);
     }
@@ -695,12 +698,10 @@ fn explore_world(
             );
             ctx.result.states += 1;
             let path = path_to(&choice);
-            let (findings, recovered) = check_images(
-                images,
-                ctx.config,
-                (&oracles.0, &oracles.1),
-                ctx.opts.oracle,
-            );
+            let sel = ctx.opts.oracle.for_workload(ctx.workload);
+            ctx.result.points.no_prefix += (sel.prefix() != ctx.opts.oracle.prefix()) as u64;
+            let (findings, recovered) =
+                check_images(images, ctx.config, (&oracles.0, &oracles.1), sel);
             let bad = !findings.is_empty();
             let peer = recovered.as_ref().is_some_and(|r| r.peer_judged);
             ctx.result.points.peer_judged += peer as u64;
@@ -869,7 +870,8 @@ pub fn replay_case(case: &str, oracle: OracleSel) -> Result<(Vec<Finding>, Strin
         );
         let images = state.image(&step.choice).map_err(|e| e.to_string())?;
         let oracles = oracles_for(&hist);
-        let (f, recovered) = check_images(images.clone(), config, (&oracles.0, &oracles.1), oracle);
+        let sel = oracle.for_workload(&workload);
+        let (f, recovered) = check_images(images.clone(), config, (&oracles.0, &oracles.1), sel);
         findings = f;
         let next = path.get(depth + 1);
         drop(w);

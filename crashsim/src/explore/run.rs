@@ -17,6 +17,7 @@ pub fn engine_config(c: &WlConfig) -> Result<Config, String> {
     tunables.allow_writeback = c.allow_writeback;
     tunables.sync_interval = c.intervals;
     tunables.update_record_interval = c.intervals;
+    tunables.sequential_cutoff = c.cutoff;
     #[allow(unused_mut)]
     let mut quirks = engine::quirks::Quirks::none();
     for name in &c.quirks {
@@ -363,7 +364,7 @@ fn set_tunable(
     engine: &mut SimEngine,
     world: &SharedWorld,
     index: u8,
-    value: u16,
+    value: u32,
 ) -> Result<(), OpError> {
     let (name, min, max) = engine::tunables::TUNABLE_RANGES[index as usize];
     world.borrow_mut().mark(format!("message {name} {value}"));

@@ -6,7 +6,7 @@
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 24] = [
+pub const SCENARIOS: [(&str, &str, &str); 27] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -129,6 +129,22 @@ pub const SCENARIOS: [(&str, &str, &str); 24] = [
         "partial-copies",
         "a block written in part in two segments, both written back and recorded",
         "o=4,n=4,b=4,p=1,k=1,u=1,s=125;W0+2.F.W1+2.F.B.R.W8+8.F",
+    ),
+    // Sequential bypass (`x=` bytes of stream): writes past the cutoff go to the backing device.
+    (
+        "bypass",
+        "streams past the cutoff written straight to the backing device, a FUA one, FLUSHes after",
+        "o=4,n=3,b=6,p=1,k=1,u=1,s=128,x=8192;W0+8.F.B.R.W0+16.W16+8.F.M0+24.U24+16.W0+8.F.B.R",
+    ),
+    (
+        "bypass-stale-writeback",
+        "a stream over a block written back whose segment the record does not cover yet",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=129,x=8192;W0+8.F.B.W0+16.F.M0+16",
+    ),
+    (
+        "bypass-stale-read",
+        "a stream over a block whose dirty copy is cached, read back",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=130,x=8192;W0+8.F.W0+16.M0+16.F.B.R.M0+16",
     ),
 ];
 

@@ -48,7 +48,7 @@ pub enum WlOp {
     Tick,
     /// The message `<tunable> <value>` for `engine::TUNABLE_RANGES[index]`. A value out of the
     /// tunable's range must be refused and change nothing.
-    Tunable { index: u8, value: u16 },
+    Tunable { index: u8, value: u32 },
 }
 
 /// Named fault switches a workload runs with (see `crate::Faults`). Where a fault triggers
@@ -169,6 +169,9 @@ pub struct WlConfig {
     /// `sync_interval` and `update_record_interval` from the open, in seconds (`i=1`; 0: off),
     /// so the timer's ticks (`T`) bring sync and record steps due.
     pub intervals: u32,
+    /// The `sequential_cutoff` tunable from the open, in bytes (`x=8192`; 0: off), so stream
+    /// writes go straight to the backing device.
+    pub cutoff: u64,
     /// RAM buffers after a crash (0: as before): recovery under another tunable (H9).
     pub pool_after: usize,
     /// In which order the simulated devices complete the operations in flight.
@@ -359,6 +362,9 @@ impl fmt::Display for Workload {
         if c.intervals != 0 {
             write!(f, ",i={}", c.intervals)?;
         }
+        if c.cutoff != 0 {
+            write!(f, ",x={}", c.cutoff)?;
+        }
         if c.pool_after != 0 {
             write!(f, ",P={}", c.pool_after)?;
         }
@@ -400,6 +406,7 @@ impl FromStr for Workload {
             ahead: true,
             allow_writeback: false,
             intervals: 0,
+            cutoff: 0,
             pool_after: 0,
             completion: Completion::InOrder,
         };
@@ -431,6 +438,7 @@ impl FromStr for Workload {
                 "a" => c.ahead = num()? != 0,
                 "w" => c.allow_writeback = num()? != 0,
                 "i" => c.intervals = num()? as u32,
+                "x" => c.cutoff = num()?,
                 "c" => {
                     c.completion = match v.strip_prefix('x') {
                         Some("") => Completion::Script(Vec::new()),
@@ -469,6 +477,17 @@ impl FromStr for Workload {
 }
 
 impl Workload {
+    /// Whether sequential bypass may send writes straight to the backing device: a cutoff from
+    /// the open, or a message that sets one. Bypassed writes are ordered like a disk's (rules
+    /// 1-3 of the contract), not as a prefix (rule 4): docs/DESIGN.md, "Sequential bypass".
+    pub fn may_bypass(&self) -> bool {
+        self.config.cutoff > 0
+            || self.ops.iter().any(|op| {
+                matches!(*op, WlOp::Tunable { index, value }
+                    if TUNABLE_RANGES[index as usize].0 == "sequential_cutoff" && value > 0)
+            })
+    }
+
     /// Every extent inside the backing device and non-empty.
     pub fn validate(&self) -> Result<(), String> {
         let size = self.config.backing_sectors();
@@ -496,7 +515,8 @@ impl Workload {
 /// drawn with the operations). The atomic unit is 512 bytes or 4 KiB, one in two each (unless
 /// the run fixes it). One workload in four runs without writeback ahead of need (the
 /// runner's `--no-write-back-ahead`), one in four with `allow_writeback`, one in three with
-/// one-second sync and record intervals (the timer's steps come due at ticks); where no fault is
+/// one-second sync and record intervals (the timer's steps come due at ticks), one in four with
+/// sequential bypass from a 4 or 8 KiB stream on; where no fault is
 /// fixed, the survivable fault switches: what torn units hold (old content, or, where the
 /// atomic unit is 4 KiB, two in five garbage and two in five zeros: with 512-byte units every
 /// torn choice makes a new image and the states multiply beyond the default run's budget, so
@@ -510,6 +530,12 @@ fn swarm(c: &mut WlConfig, seed: u64, unit_fixed: bool) {
     c.ahead = !sw.chance(1, 4);
     c.allow_writeback = sw.chance(1, 4);
     c.intervals = sw.chance(1, 3) as u32;
+    // Sequential bypass in one workload in four, from one or two blocks of stream on.
+    c.cutoff = if sw.chance(1, 4) {
+        4096 << sw.below(2)
+    } else {
+        0
+    };
     if c.faults != FaultSet::default() {
         return;
     }
@@ -579,6 +605,7 @@ pub fn generate(seed: u64, p: &GenParams) -> Workload {
         ahead: true,
         allow_writeback: false,
         intervals: 0,
+        cutoff: 0,
         pool_after: 0,
         // Three workloads in four complete their operations in a seeded order (from their
         // own stream, so the ops do not depend on it); the rest in order.
@@ -705,12 +732,15 @@ fn message(rng: &mut SplitMix64) -> WlOp {
             let (_, min, max) = TUNABLE_RANGES[index];
             let value = if rng.chance(1, 3) {
                 max + 1
+            } else if TUNABLE_RANGES[index].0 == "sequential_cutoff" {
+                // Off, or a stream of one or two blocks.
+                [0, 4096, 8192][rng.below(3) as usize]
             } else {
                 min + rng.below((max - min).min(3) + 1)
             };
             WlOp::Tunable {
                 index: index as u8,
-                value: value as u16,
+                value: value as u32,
             }
         }
     }

@@ -19,6 +19,7 @@
 //! queue and how a piece is placed), `reads`, `writeback` (the writeback and record jobs),
 //! `schedule` (background steps, sync, drop_caches, shutdown), `plog` (type 1).
 
+mod bypass;
 mod fill;
 mod plog;
 mod reads;
@@ -194,6 +195,10 @@ pub(crate) enum Purpose {
     },
     WritebackWrite,
     BackingFlush,
+    /// A client write of a sequential stream sent straight to the backing device.
+    BypassWrite {
+        req: ReqId,
+    },
     RecordWrite,
     /// Recovery: a valid cache segment read back to be written again with rebuilt ones.
     LoadSegment {
@@ -237,6 +242,7 @@ pub struct Engine {
     inflight: BTreeMap<OpId, Inflight>,
     pub(crate) clocks: Clocks,
     pub(crate) writes: writes::WriteQueue,
+    pub(crate) bypass: bypass::Bypass,
     reads: BTreeMap<ReqId, reads::ReadJob>,
     replies: VecDeque<Reply>,
     pub(crate) writeback: Option<writeback::WritebackJob>,
@@ -326,6 +332,7 @@ impl Engine {
             inflight: BTreeMap::new(),
             clocks: Clocks::default(),
             writes: writes::WriteQueue::default(),
+            bypass: bypass::Bypass::default(),
             reads: BTreeMap::new(),
             replies: VecDeque::new(),
             writeback: None,
@@ -381,9 +388,16 @@ impl Engine {
         }
         let backing_only =
             matches!(req, Request::Discard { .. }) && quirk!(self, H14DiscardBackingOnly);
+        let stream = match &req {
+            Request::Write { sector, data, .. } => {
+                let cutoff = self.tunables.sequential_cutoff;
+                self.bypass.observe(*sector, data.len() as u64, cutoff)
+            }
+            _ => false,
+        };
         match req {
             Request::Read { sector, len } => self.start_read(id, sector, len),
-            other => self.writes.push(id, other),
+            other => self.writes.push(id, other, stream),
         }
         if backing_only {
             // The seed passed discards to the backing device only.
@@ -608,6 +622,7 @@ impl Engine {
             Purpose::WritebackRead { id } => self.writeback_read_done(id, data),
             Purpose::WritebackWrite => self.writeback_write_done(),
             Purpose::BackingFlush => self.backing_flush_done(op, role),
+            Purpose::BypassWrite { req } => self.bypass_write_done(req),
             Purpose::RecordWrite => self.record_write_done(),
             Purpose::LoadSegment { id } => self.load_segment_done(id, data),
         }
@@ -653,6 +668,9 @@ impl Engine {
         for id in std::mem::take(&mut self.sched.drains) {
             self.reply(id, Err(err.clone()));
         }
+        for id in self.bypass.drain_ids() {
+            self.reply(id, Err(err.clone()));
+        }
         self.writeback = None;
         self.record = None;
     }
@@ -676,6 +694,7 @@ impl Engine {
             self.drive_record();
             self.drive_cache_durability();
             self.drive_plog_durability();
+            self.drive_backing_durability();
             self.answer_waiters();
             self.finish_drain_if_done();
             self.drive_drain();

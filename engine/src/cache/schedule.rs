@@ -46,9 +46,15 @@ pub(crate) enum Waiter {
         target: u64,
         who: WaitFor,
         flushes_seen: u64,
+        /// Backing writes up to this sequence number durable too (bypassed writes; 0: none).
+        backing: u64,
     },
     /// Type 1: every plog write up to `seq` durable.
-    Plog { seq: u64, who: WaitFor },
+    Plog {
+        seq: u64,
+        who: WaitFor,
+        backing: u64,
+    },
 }
 
 #[derive(Default)]
@@ -87,6 +93,17 @@ impl Schedule {
                 Waiter::Plog { seq, .. } => Some(seq),
                 Waiter::Cache { .. } => None,
             })
+            .min()
+    }
+
+    /// The smallest backing sequence number a waiter needs durable.
+    pub fn backing_need(&self) -> Option<u64> {
+        self.waiters
+            .iter()
+            .map(|w| match *w {
+                Waiter::Cache { backing, .. } | Waiter::Plog { backing, .. } => backing,
+            })
+            .filter(|&b| b > 0)
             .min()
     }
 
@@ -285,6 +302,7 @@ impl Engine {
             && self.segs.open_len() == 0
             && self.last_writeback == self.segs.last_sealed
             && self.record_settled()
+            && self.bypass_settled()
         {
             self.sched.draining = false;
             for id in std::mem::take(&mut self.sched.drains) {
@@ -296,26 +314,39 @@ impl Engine {
     /// A FLUSH or a FUA write: answered once what it covers is durable — the plog in type 1
     /// (the stage written, then a plog flush issued after that write completed), every segment
     /// sealed so far in type 0 (rules R2, R3).
+    /// Bypassed writes acknowledged before are covered too: a backing flush issued after they
+    /// completed.
     pub(crate) fn wait_acknowledged_durable(&mut self, id: ReqId) {
+        let backing = if self.bypass_settled() {
+            0
+        } else {
+            self.bypass.last_seq
+        };
         if self.plog.is_some() {
             self.plog_write_stage();
             let seq = self.clocks.plog.issued();
-            if seq == 0 || self.clocks.plog.durable(seq) {
+            if (seq == 0 || self.clocks.plog.durable(seq)) && backing == 0 {
                 self.reply(id, Ok(None));
             } else {
                 self.sched.waiters.push(Waiter::Plog {
                     seq,
                     who: WaitFor::Client(id),
+                    backing,
                 });
             }
             return;
         }
         self.seal_open();
         let target = self.segs.last_sealed;
-        if target <= self.segs.last_durable {
+        if target <= self.segs.last_durable && backing == 0 {
             self.reply(id, Ok(None));
         } else {
-            self.wait_cache(target, WaitFor::Client(id));
+            self.sched.waiters.push(Waiter::Cache {
+                target,
+                who: WaitFor::Client(id),
+                flushes_seen: self.clocks.cache.flushes(),
+                backing,
+            });
         }
     }
 
@@ -338,6 +369,7 @@ impl Engine {
             target,
             who,
             flushes_seen: self.clocks.cache.flushes(),
+            backing: 0,
         });
     }
 
@@ -347,15 +379,22 @@ impl Engine {
         let flushes = self.clocks.cache.flushes();
         let last_durable = self.segs.last_durable;
         let plog = &self.clocks.plog;
+        let backing_clock = &self.clocks.backing;
         let mut done = Vec::new();
         self.sched.waiters.retain(|w| {
             let ok = match *w {
                 Waiter::Cache {
                     target,
                     flushes_seen,
+                    backing,
                     ..
-                } => last_durable >= target || (ack_inflight && flushes > flushes_seen),
-                Waiter::Plog { seq, .. } => plog.durable(seq),
+                } => {
+                    (last_durable >= target || (ack_inflight && flushes > flushes_seen))
+                        && backing_clock.durable(backing)
+                }
+                Waiter::Plog { seq, backing, .. } => {
+                    plog.durable(seq) && backing_clock.durable(backing)
+                }
             };
             if ok {
                 done.push(match *w {
@@ -393,6 +432,32 @@ impl Engine {
         let covers = clock.completed_prefix();
         let op = self.issue(DeviceRole::Plog, IoKind::Flush, Purpose::PlogFlush);
         self.clocks.plog.flush_issued(op, covers);
+    }
+
+    /// A backing flush once every bypassed write a FLUSH, a FUA write, a drain or shutdown
+    /// needs has completed (R1 on the backing device). The writeback job's own flush waits
+    /// while this one is in flight, and this one while the job's is.
+    pub(crate) fn drive_backing_durability(&mut self) {
+        let settling = self.sched.draining || self.sched.shutting_down;
+        let own_need = (settling && !self.bypass_settled()).then_some(self.bypass.last_seq);
+        let clock = &self.clocks.backing;
+        let Some(need) = self
+            .sched
+            .backing_need()
+            .into_iter()
+            .chain(own_need)
+            .filter(|&s| !clock.durable(s))
+            .min()
+        else {
+            return;
+        };
+        if clock.flush_in_flight() || clock.completed_prefix() < need {
+            return;
+        }
+        crate::probe!(BypassFlush);
+        let covers = clock.completed_prefix();
+        let op = self.issue(DeviceRole::Backing, IoKind::Flush, Purpose::BackingFlush);
+        self.clocks.backing.flush_issued(op, covers);
     }
 
     pub(crate) fn plog_flush_done(&mut self, op: OpId) {
@@ -456,5 +521,6 @@ impl Engine {
             && self.segs.last_durable == self.segs.last_sealed
             && self.record_settled()
             && self.clocks.plog.durable_prefix() == self.clocks.plog.issued()
+            && self.bypass_settled()
     }
 }

@@ -224,7 +224,13 @@ impl Engine {
         let Some(job) = &self.writeback else { return };
         match job.phase {
             WbPhase::WaitDurable if self.segs.last_durable >= job.target => self.read_batch(),
-            WbPhase::Writing | WbPhase::LateWriting if job.pending == 0 => self.after_writes(),
+            // A flush for bypassed writes in flight: the batch's own flush waits for it (one
+            // flush in flight per device).
+            WbPhase::Writing | WbPhase::LateWriting
+                if job.pending == 0 && !self.clocks.backing.flush_in_flight() =>
+            {
+                self.after_writes()
+            }
             _ => {}
         }
     }
@@ -332,7 +338,9 @@ impl Engine {
             );
             writes += 1;
         }
-        let early = (writes > 0 && quirk!(self, WbFlushEarly)).then(|| self.issue_backing_flush());
+        let early =
+            (writes > 0 && quirk!(self, WbFlushEarly) && !self.clocks.backing.flush_in_flight())
+                .then(|| self.issue_backing_flush());
         let job = self.writeback.as_mut().expect("a job");
         job.items = items.iter().map(|&(b, idx, ..)| (b, idx)).collect();
         job.superseded = superseded;
@@ -562,6 +570,7 @@ impl Engine {
                 self.record = None;
                 assert!(value > self.durable_record, "the record only grows");
                 self.durable_record = value;
+                self.bypass.prune(value);
                 if self.record_needs_log_for <= value {
                     self.record_needs_log_for = 0;
                 }

@@ -43,12 +43,16 @@ pub(crate) enum Blocked {
     Fill,
     /// Foreground backing writes (seed quirks H12, H14).
     Foreground,
+    /// A bypassed write to the same block, in flight.
+    Bypass,
 }
 
 pub(crate) enum QKind {
     Write {
         data: Vec<u8>,
         fua: bool,
+        /// Part of a sequential stream past `sequential_cutoff`: a bypass candidate.
+        stream: bool,
     },
     Zeroes {
         fua: bool,
@@ -106,12 +110,12 @@ pub(crate) struct WriteQueue {
 }
 
 impl WriteQueue {
-    pub fn push(&mut self, id: ReqId, req: Request) {
+    pub fn push(&mut self, id: ReqId, req: Request, stream: bool) {
         let q = match req {
             Request::Write { sector, data, fua } => Queued {
                 id: Some(id),
                 sectors: (data.len() / SECTOR_SIZE) as u64,
-                kind: QKind::Write { data, fua },
+                kind: QKind::Write { data, fua, stream },
                 sector,
                 done: 0,
             },
@@ -203,6 +207,8 @@ impl WriteQueue {
 enum Advance {
     /// Every piece placed: answer it (or register its durability waiter).
     Done,
+    /// Sent to the backing device whole: answered when that completes.
+    Bypassed,
     Blocked(Blocked),
 }
 
@@ -217,6 +223,7 @@ impl Engine {
             };
             match self.advance(&mut head) {
                 Advance::Done => self.finish(head),
+                Advance::Bypassed => {}
                 Advance::Blocked(_) if self.dead_error.is_some() => {
                     // It died placing this piece (the id space ended): the head fails like
                     // the rest of the queue did.
@@ -255,6 +262,15 @@ impl Engine {
             QKind::BackingDiscard => return self.backing_discard(head),
             QKind::Rebuild { .. } => return self.rebuild(head),
             QKind::LoadSegment { seg, slot, len } => return self.load_segment(*seg, *slot, *len),
+            QKind::Write {
+                data,
+                fua,
+                stream: true,
+            } if head.done == 0 && self.may_bypass(head.sector, head.sectors) => {
+                let id = head.id.expect("a client write");
+                self.start_bypass(id, head.sector, data, *fua);
+                return Advance::Bypassed;
+            }
             QKind::Write { .. } | QKind::Zeroes { .. } => {}
         }
         for (block, first, count, off) in pieces {
@@ -319,6 +335,9 @@ impl Engine {
         first: usize,
         data: &[u8],
     ) -> Result<u64, Blocked> {
+        if self.bypass.in_flight(block) {
+            return Err(Blocked::Bypass);
+        }
         let count = data.len() / SECTOR_SIZE;
         let bits = sector_mask(first, count);
         let full = count == SECTORS_PER_BLOCK as usize;
@@ -331,6 +350,7 @@ impl Engine {
                     let at = (1 + self.index.pos_of(idx)) * BLOCK_SIZE + byte_off;
                     open.buf[at..at + data.len()].copy_from_slice(data);
                     let id = open.id;
+                    self.bypass.note_copy(block, id);
                     self.index.get_mut(idx).dirty |= bits;
                     self.stats.count(true, true, true, full);
                     self.writes.merge = None;
@@ -392,6 +412,7 @@ impl Engine {
         let len = open.len;
         let slot = self.geo.slot_of(open_id);
         let idx = self.index.idx(slot, pos);
+        self.bypass.note_copy(block, open_id);
         self.index.insert(
             idx,
             Mb {

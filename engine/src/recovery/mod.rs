@@ -74,6 +74,7 @@ impl Engine {
         };
         for (j, m) in metablocks.iter().enumerate() {
             let block = m.sector / SECTORS_PER_BLOCK;
+            self.bypass.note_copy(block, id);
             if let Some(old) = self.index.lookup(block) {
                 self.index.remove(old);
             }
