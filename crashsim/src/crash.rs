@@ -71,6 +71,33 @@ pub struct CrashState {
     pub pending: Vec<PendingWrite>,
     /// Fingerprint of the durable images, computed on first use.
     pub(crate) base_fp: OnceCell<u128>,
+    /// Per pending write, what each of its units changes in the fingerprint, computed on first
+    /// use (`fingerprint_of`'s fast path).
+    pub(crate) unit_deltas: DeltaCache,
+}
+
+/// A cache of what a state's choices change in its fingerprint; not part of the state (two
+/// equal states are equal whether or not either computed it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeltaCache(OnceCell<Vec<UnitDeltas>>);
+
+impl PartialEq for DeltaCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for DeltaCache {}
+
+/// What one pending write's units change in the fingerprint: persisted, and left torn (zeros
+/// or garbage; 0 where torn units keep the old content), each XORed over the unit's live
+/// sectors. Valid for a choice where no other persisted write shares a sector with it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UnitDeltas {
+    persisted: Vec<u128>,
+    torn: Vec<u128>,
+    /// Every unit persisted.
+    whole: u128,
 }
 
 /// What a crash does to one sector.
@@ -329,6 +356,7 @@ impl<'w> Replayer<'w> {
             devices,
             pending,
             base_fp: OnceCell::from(self.durable_fp),
+            unit_deltas: DeltaCache::default(),
         })
     }
 
@@ -540,6 +568,9 @@ impl CrashState {
     /// from the sectors the choice changes only: deduplication without building the images.
     pub fn fingerprint_of(&self, choice: &Choice) -> Result<u128, ChoiceError> {
         self.validate(choice)?;
+        if let Some(fp) = self.fingerprint_fast(choice) {
+            return Ok(fp);
+        }
         let overlay = self.effect_overlay(choice);
         let mut fp = self.base_fingerprint();
         for ((role, s), new) in &overlay {
@@ -547,6 +578,78 @@ impl CrashState {
             fp ^= sector_hash(*role, *s, d.durable.sector(*s)) ^ sector_hash(*role, *s, new);
         }
         Ok(fp)
+    }
+
+    /// `fingerprint_of` from per-unit deltas computed once per state, where each changed sector
+    /// has exactly one effect: no bit flips, and no two persisted writes on one sector. `None`
+    /// otherwise (the overlay decides which write wins).
+    fn fingerprint_fast(&self, choice: &Choice) -> Option<u128> {
+        if !choice.bit_flips.is_empty() {
+            return None;
+        }
+        let ps = &choice.persisted;
+        for (i, a) in ps.iter().enumerate() {
+            let wa = &self.pending[a.pending];
+            let clash = ps[i + 1..].iter().any(|b| {
+                let wb = &self.pending[b.pending];
+                wb.role == wa.role && wb.overlaps(wa.sector, wa.sectors())
+            });
+            if clash {
+                return None;
+            }
+        }
+        let deltas = self
+            .unit_deltas
+            .0
+            .get_or_init(|| self.compute_unit_deltas());
+        let mut fp = self.base_fingerprint();
+        for p in ps {
+            let d = &deltas[p.pending];
+            match &p.units {
+                Units::All => fp ^= d.whole,
+                Units::Mask(m) => {
+                    for (u, &kept) in m.iter().enumerate() {
+                        fp ^= if kept { d.persisted[u] } else { d.torn[u] };
+                    }
+                }
+            }
+        }
+        Some(fp)
+    }
+
+    fn compute_unit_deltas(&self) -> Vec<UnitDeltas> {
+        self.pending
+            .iter()
+            .map(|w| {
+                let d = self.device(w.role).expect("same roles");
+                let mut out = UnitDeltas::default();
+                let mut new = [0u8; SECTOR_SIZE];
+                for (first, count) in w.units() {
+                    let (mut kept, mut torn) = (0u128, 0u128);
+                    for s in first..first + count {
+                        let Some(bytes) = w.live_sector(s) else {
+                            continue;
+                        };
+                        let old = sector_hash(w.role, s, d.durable.sector(s));
+                        kept ^= old ^ sector_hash(w.role, s, bytes);
+                        let left = match d.torn_fill {
+                            crate::TornFill::Old => None,
+                            crate::TornFill::Zero => Some(Effect::Zero),
+                            crate::TornFill::Garbage => Some(Effect::Garbage(w.seq)),
+                        };
+                        if let Some(e) = left {
+                            new.copy_from_slice(d.durable.sector(s));
+                            e.apply(s, &mut new);
+                            torn ^= old ^ sector_hash(w.role, s, &new);
+                        }
+                    }
+                    out.persisted.push(kept);
+                    out.torn.push(torn);
+                    out.whole ^= kept;
+                }
+                out
+            })
+            .collect()
     }
 
     /// The new content of every sector a (valid) `choice` changes, built from copies of single

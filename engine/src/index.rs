@@ -73,6 +73,11 @@ impl Index {
         idx as usize % self.per_slot
     }
 
+    /// Every block with a live copy, in no particular order.
+    pub fn blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.map.keys().copied()
+    }
+
     pub fn lookup(&self, block: u64) -> Option<u32> {
         self.map.get(&block).copied()
     }

@@ -130,6 +130,12 @@ impl Engine {
         }
     }
 
+    /// Backing blocks the cache holds a copy of (dirty, or in a RAM buffer), in no particular
+    /// order: a read of any other block goes to the backing device.
+    pub fn cached_blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.index.blocks()
+    }
+
     pub fn tunables(&self) -> Tunables {
         self.tunables
     }

@@ -1,10 +1,9 @@
 //! The block oracle (contract rule 3, docs/DESIGN.md): after a crash, each sector holds its durable value or a value
 //! written to it after that.
 
-use crate::access::sector_range;
 use crate::describe::{bad_sector, check_size, join_limited, value_name};
 use crate::violation::{Oracle, Violation};
-use crate::History;
+use crate::{History, Observed};
 
 /// The block oracle prepared for one history, to check many crash images cheaply.
 #[derive(Clone, Debug)]
@@ -37,11 +36,20 @@ impl<'h> BlockOracle<'h> {
     /// Checks `observed` (the whole recovered device); reports the first sector (by address)
     /// holding anything not allowed.
     pub fn check(&self, observed: &[u8]) -> Result<(), Violation> {
+        self.check_observed(Observed::whole(observed))
+    }
+
+    /// As [`BlockOracle::check`], for a device read in part: a sector known to hold the initial
+    /// content is judged as that, and skipped where no write touched it.
+    pub fn check_observed(&self, observed: Observed<'_>) -> Result<(), Violation> {
         let h = self.history;
-        check_size(h, Oracle::Block, observed)?;
+        check_size(h, Oracle::Block, observed.bytes)?;
         for (s, candidates) in self.allowed.iter().enumerate() {
             let s = s as u64;
-            let here = &observed[sector_range(s)];
+            if candidates == &[None] && observed.known_initial(s) {
+                continue;
+            }
+            let here = observed.sector(h, s);
             let value = |c: &Option<usize>| match c {
                 None => h.initial_sector(s),
                 Some(i) => h.written_sector(*i, s).expect("write covers sector"),
@@ -56,7 +64,7 @@ impl<'h> BlockOracle<'h> {
             } else {
                 format!("durable value ({durable_name}) or a later write here ({later})")
             };
-            return Err(bad_sector(h, Oracle::Block, s, observed, allowed));
+            return Err(bad_sector(h, Oracle::Block, s, here, allowed));
         }
         Ok(())
     }

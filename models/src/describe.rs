@@ -1,7 +1,6 @@
 //! Turning bytes and history positions into words for violation reports. Only runs on failure,
 //! so it may scan the whole history.
 
-use crate::access::sector_range;
 use crate::violation::{Oracle, Origin, Violation};
 use crate::{History, OpId, SECTOR_SIZE};
 
@@ -92,14 +91,15 @@ pub(crate) fn check_size(h: &History, oracle: Oracle, observed: &[u8]) -> Result
     Ok(())
 }
 
+/// `here`: the content of sector `s`.
 pub(crate) fn bad_sector(
     h: &History,
     oracle: Oracle,
     s: u64,
-    observed: &[u8],
+    here: &[u8],
     allowed: String,
 ) -> Violation {
-    let observed = &observed[sector_range(s)];
+    let observed = here;
     Violation::BadSector {
         oracle,
         sector: s,

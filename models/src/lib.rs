@@ -16,6 +16,7 @@ mod block_oracle;
 mod describe;
 mod history;
 mod model_disk;
+mod observed;
 mod prefix_oracle;
 mod violation;
 
@@ -23,6 +24,7 @@ pub use access::AccessError;
 pub use block_oracle::{check_block, BlockOracle};
 pub use history::{History, HistoryError, Op, OpCut, OpId, OpKind, OpStatus};
 pub use model_disk::ModelDisk;
+pub use observed::Observed;
 pub use prefix_oracle::{check_prefix, PrefixOracle, PrefixUnit};
 pub use violation::{Oracle, Origin, Violation};
 

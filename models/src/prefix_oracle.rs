@@ -8,10 +8,9 @@
 //! those sets over all sectors is non-empty. The cost is the number of (element, sector) pairs,
 //! never elements × device size.
 
-use crate::access::sector_range;
 use crate::describe::{bad_sector, check_size, join_limited, value_name};
 use crate::violation::{Oracle, Violation};
-use crate::{History, BLOCK_SECTORS};
+use crate::{History, Observed, BLOCK_SECTORS};
 
 /// What one element of the prefix is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,12 +177,23 @@ impl<'h> PrefixOracle<'h> {
     /// writes that contains every durable write. Reports the first sector (by address) at which
     /// no prefix consistent with all earlier sectors fits.
     pub fn check(&self, observed: &[u8]) -> Result<(), Violation> {
+        self.check_observed(Observed::whole(observed))
+    }
+
+    /// As [`PrefixOracle::check`], for a device read in part: a sector known to hold the
+    /// initial content is judged as that, and skipped where no write touched it (every prefix
+    /// leaves it initial).
+    pub fn check_observed(&self, observed: Observed<'_>) -> Result<(), Violation> {
         let h = self.history;
-        check_size(h, Oracle::Prefix, observed)?;
+        check_size(h, Oracle::Prefix, observed.bytes)?;
         let mut allowed: Ranges = vec![(self.t_min, self.n)];
         for (s, timeline) in self.timelines.iter().enumerate() {
             let s = s as u64;
-            let here = &observed[sector_range(s)];
+            let untouched = timeline.iter().all(|&(lo, hi, v)| v.is_none() || lo > hi);
+            if untouched && observed.known_initial(s) {
+                continue;
+            }
+            let here = observed.sector(h, s);
             let value = |v: Option<usize>| match v {
                 None => h.initial_sector(s),
                 Some(op) => h.written_sector(op, s).expect("element covers sector"),
@@ -196,7 +206,7 @@ impl<'h> PrefixOracle<'h> {
             }
             let next = intersect(&allowed, &matching);
             if next.is_empty() {
-                return Err(self.violation(s, observed, &allowed, timeline));
+                return Err(self.violation(s, here, &allowed, timeline));
             }
             allowed = next;
         }
@@ -207,7 +217,7 @@ impl<'h> PrefixOracle<'h> {
     fn violation(
         &self,
         s: u64,
-        observed: &[u8],
+        here: &[u8],
         allowed: &Ranges,
         timeline: &[(usize, usize, Option<usize>)],
     ) -> Violation {
@@ -228,7 +238,7 @@ impl<'h> PrefixOracle<'h> {
             self.t_min,
             join_limited(names),
         );
-        bad_sector(self.history, Oracle::Prefix, s, observed, text)
+        bad_sector(self.history, Oracle::Prefix, s, here, text)
     }
 }
 

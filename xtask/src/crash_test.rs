@@ -112,6 +112,11 @@ pub struct CrashTestArgs {
     /// `allow_writeback`, no survivable fault) instead of drawing them from its seed.
     #[arg(long)]
     no_swarm: bool,
+    /// Read every block of every recovered device back through the engine, instead of only
+    /// the blocks that can differ from the initial content (docs/DESIGN.md, "Crash simulator
+    /// and oracles"): the switch that shows the read-back shortcut changes no verdict.
+    #[arg(long)]
+    no_shortcuts: bool,
 }
 
 impl CrashTestArgs {
@@ -365,6 +370,7 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
         // With a limit, a workload ends at its first violation and the others at the limit.
         stop_at_first: max_violations.is_some(),
         cancel: max_violations.map(|_| stop.clone()),
+        shortcuts: !args.no_shortcuts,
         ..ExploreOpts::default()
     };
     if args.exhaustive {

@@ -2,10 +2,12 @@
 //! check the engine's invariants, read again and compare.
 
 use engine::format::SECTOR_SIZE;
-use engine::{BlockDevice, Config, DeviceRole, RecoveryReport, SyncEngine};
-use models::{BlockOracle, PrefixOracle};
+use engine::{Config, DeviceRole, RecoveryReport, SyncEngine};
+use models::{BlockOracle, Observed, PrefixOracle};
 
-use crate::{CrashImages, ImageDevice};
+use super::phases::{timed, Phase};
+use super::readback::{self, Plan};
+use crate::{CrashImages, Image, ImageDevice};
 
 /// Which oracles to ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,62 +89,22 @@ pub struct Finding {
 pub struct Recovered {
     pub engine: SyncEngine<ImageDevice>,
     pub report: RecoveryReport,
+    /// What the device read back; with the read-back shortcut, only the blocks `read` says.
     pub observed: Vec<u8>,
+    /// Per block, whether it was read (`None`: all were).
+    pub read: Option<Vec<bool>>,
     /// The peer-replay check judged these images (`crate::peer`).
     pub peer_judged: bool,
 }
 
-/// Reads the whole exported device.
-pub fn read_all<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, String> {
-    let size = engine.size_sectors();
-    let mut out = vec![0u8; size as usize * SECTOR_SIZE];
-    const CHUNK: u64 = 128;
-    let mut s = 0;
-    while s < size {
-        let n = CHUNK.min(size - s);
-        let at = s as usize * SECTOR_SIZE;
-        engine
-            .read(s, &mut out[at..at + n as usize * SECTOR_SIZE])
-            .map_err(|e| format!("read of sectors {s}+{n} failed: {e}"))?;
-        s += n;
-    }
-    Ok(out)
-}
-
-/// Reads the whole exported device the way the runner serves a client's queue: up to 32 reads
-/// in flight together (`SyncEngine::read_many`), of lengths that cycle through `PIECES`, so
-/// most pieces start or end inside a 4 KiB block and the planner merges dirty sectors, RAM
-/// copies and backing data for several reads at once. The second read-back of every state
-/// goes through it, so a bug of concurrent reads is a `Stability` finding.
-pub fn read_all_together<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, String> {
-    const IN_FLIGHT: usize = 32;
-    // Sector counts: single sectors, pieces inside a block, across one boundary, several blocks.
-    const PIECES: [u64; 8] = [1, 7, 3, 9, 15, 31, 100, 128];
-    let size = engine.size_sectors();
-    let mut out = vec![0u8; size as usize * SECTOR_SIZE];
-    let mut pieces = Vec::new();
-    let (mut s, mut k) = (0u64, 0u64);
-    while s < size {
-        let n = PIECES[(k % PIECES.len() as u64) as usize].min(size - s);
-        pieces.push((s, n));
-        s += n;
-        k += 1;
-    }
-    for batch in pieces.chunks(IN_FLIGHT) {
-        let (first, last) = (batch[0].0, batch[batch.len() - 1]);
-        let end = (last.0 + last.1) as usize * SECTOR_SIZE;
-        let mut rest = &mut out[first as usize * SECTOR_SIZE..end];
-        let mut reqs = Vec::with_capacity(batch.len());
-        for &(sector, n) in batch {
-            let (buf, tail) = rest.split_at_mut(n as usize * SECTOR_SIZE);
-            reqs.push(engine::ReadReq { sector, buf });
-            rest = tail;
+impl Recovered {
+    /// The whole device: blocks the shortcut did not read hold `base`'s content.
+    pub fn whole_observed(&mut self, base: &Image) -> &[u8] {
+        if let Some(read) = self.read.take() {
+            readback::fill_unread(&mut self.observed, &read, base);
         }
-        for (r, &(sector, n)) in engine.read_many(&mut reqs).into_iter().zip(batch) {
-            r.map_err(|e| format!("read of sectors {sector}+{n} (with others) failed: {e}"))?;
-        }
+        &self.observed
     }
-    Ok(out)
 }
 
 /// Judges what the peer would show on the crashed images, where the model judges them (an
@@ -196,15 +158,25 @@ pub fn check_images(
     oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
     sel: OracleSel,
 ) -> (Vec<Finding>, Option<Recovered>) {
-    super::panics::guarded(|| check_images_unguarded(images, config, oracles, sel)).unwrap_or_else(
-        |why| {
+    check_images_with(images, config, oracles, sel, Plan::default())
+}
+
+/// As [`check_images`], reading the device back as `plan` says.
+pub fn check_images_with(
+    images: CrashImages,
+    config: Config,
+    oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
+    sel: OracleSel,
+    plan: Plan<'_>,
+) -> (Vec<Finding>, Option<Recovered>) {
+    super::panics::guarded(|| check_images_unguarded(images, config, oracles, sel, plan))
+        .unwrap_or_else(|why| {
             let finding = Finding {
                 kind: Kind::Panic,
                 detail: format!("panicked while recovering or checking: {why}"),
             };
             (vec![finding], None)
-        },
-    )
+        })
 }
 
 fn check_images_unguarded(
@@ -212,9 +184,12 @@ fn check_images_unguarded(
     config: Config,
     oracles: (&BlockOracle<'_>, &PrefixOracle<'_>),
     sel: OracleSel,
+    plan: Plan<'_>,
 ) -> (Vec<Finding>, Option<Recovered>) {
     // Judged first (recovery takes the images), reported after recovery's own findings.
-    let (peer, peer_judged) = peer_findings(&images, &config, oracles, sel);
+    let (peer, peer_judged) = timed(Phase::Oracles, || {
+        peer_findings(&images, &config, oracles, sel)
+    });
     let mut findings = Vec::new();
     let take = |images: &mut CrashImages, role| images.take(role).map(ImageDevice::new);
     let (Some(cache), Some(backing)) = (
@@ -229,7 +204,10 @@ fn check_images_unguarded(
         return (findings, None);
     };
     let plog = take(&mut images, DeviceRole::Plog);
-    let (mut engine, report) = match SyncEngine::open_with_plog(cache, backing, plog, config) {
+    let opened = timed(Phase::Recovery, || {
+        SyncEngine::open_with_plog(cache, backing, plog, config)
+    });
+    let (mut engine, report) = match opened {
         Ok(x) => x,
         Err(e) => {
             findings.push(Finding {
@@ -240,57 +218,76 @@ fn check_images_unguarded(
             return (findings, None);
         }
     };
-    if let Err(e) = engine.check_invariants() {
+    if let Err(e) = timed(Phase::Invariants, || engine.check_invariants()) {
         findings.push(Finding {
             kind: Kind::Invariant,
             detail: format!("after recovery: {e}"),
         });
     }
-    let observed = match read_all(&mut engine) {
-        Ok(o) => o,
-        Err(e) => {
-            findings.push(Finding {
-                kind: Kind::Read,
-                detail: e,
-            });
-            findings.extend(peer);
-            return (findings, None);
-        }
+    let read = timed(Phase::ReadBack, || {
+        plan.base
+            .map(|base| readback::blocks_to_read(&engine, base))
+    });
+    let size = engine.size_sectors();
+    let ranges = readback::ranges(read.as_deref(), size);
+    let mut observed = vec![0u8; size as usize * SECTOR_SIZE];
+    if let Err(e) = timed(Phase::ReadBack, || {
+        readback::read_ranges(&mut engine, &ranges, &mut observed)
+    }) {
+        findings.push(Finding {
+            kind: Kind::Read,
+            detail: e,
+        });
+        findings.extend(peer);
+        return (findings, None);
+    }
+    let seen = Observed {
+        bytes: &observed,
+        read: read.as_deref(),
     };
-    if sel.block() {
-        if let Err(v) = oracles.0.check(&observed) {
-            findings.push(Finding {
-                kind: Kind::BlockOracle,
-                detail: v.to_string(),
-            });
-        }
+    let (block, prefix) = timed(Phase::Oracles, || {
+        (
+            sel.block().then(|| oracles.0.check_observed(seen)),
+            sel.prefix().then(|| oracles.1.check_observed(seen)),
+        )
+    });
+    if let Some(Err(v)) = block {
+        findings.push(Finding {
+            kind: Kind::BlockOracle,
+            detail: v.to_string(),
+        });
     }
-    if sel.prefix() {
-        if let Err(v) = oracles.1.check(&observed) {
-            findings.push(Finding {
-                kind: Kind::PrefixOracle,
-                detail: v.to_string(),
-            });
-        }
+    if let Some(Err(v)) = prefix {
+        findings.push(Finding {
+            kind: Kind::PrefixOracle,
+            detail: v.to_string(),
+        });
     }
-    match read_all_together(&mut engine) {
-        Ok(again) if again == observed => {}
-        Ok(again) => findings.push(Finding {
-            kind: Kind::Stability,
-            detail: format!(
-                "a second read, with up to 32 reads in flight together, differs first at sector {}",
-                again
-                    .iter()
-                    .zip(&observed)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0)
-                    / SECTOR_SIZE
-            ),
-        }),
+    let mut again = vec![0u8; observed.len()];
+    let second = timed(Phase::ReadBack, || {
+        readback::read_ranges_together(&mut engine, &ranges, &mut again)
+    });
+    match second {
+        Ok(()) => {
+            if let Some(s) = readback::first_difference(&ranges, &again, &observed) {
+                findings.push(Finding {
+                    kind: Kind::Stability,
+                    detail: format!(
+                        "a second read, with up to 32 reads in flight together, differs first at sector {s}"
+                    ),
+                });
+            }
+        }
         Err(e) => findings.push(Finding {
             kind: Kind::Stability,
             detail: format!("second read: {e}"),
         }),
+    }
+    if let (Some(read), Some(base), true) = (&read, plan.base, plan.cross_check) {
+        let crossed = timed(Phase::ReadBack, || {
+            cross_check(&mut engine, read, base, &observed)
+        });
+        findings.extend(crossed);
     }
     findings.extend(peer);
     (
@@ -299,7 +296,43 @@ fn check_images_unguarded(
             engine,
             report,
             observed,
+            read,
             peer_judged,
         }),
     )
+}
+
+/// The read-back shortcut's proof, checked: the whole device read through the engine must
+/// hold what was read where it was read, and `base`'s content everywhere else.
+fn cross_check(
+    engine: &mut SyncEngine<ImageDevice>,
+    read: &[bool],
+    base: &Image,
+    observed: &[u8],
+) -> Option<Finding> {
+    let full = match readback::read_all(engine) {
+        Ok(f) => f,
+        Err(e) => {
+            return Some(Finding {
+                kind: Kind::Read,
+                detail: format!("full read-back (the shortcut's cross-check): {e}"),
+            })
+        }
+    };
+    let mut expected = observed.to_vec();
+    readback::fill_unread(&mut expected, read, base);
+    let size = (full.len() / SECTOR_SIZE) as u64;
+    let s = readback::first_difference(&[(0, size)], &full, &expected)?;
+    Some(Finding {
+        kind: Kind::Stability,
+        detail: format!(
+            "the read-back shortcut's proof fails at sector {s}: the whole device read \
+             through the engine differs there from what the shortcut concluded ({})",
+            if read[(s / engine::format::SECTORS_PER_BLOCK) as usize] {
+                "a block it read"
+            } else {
+                "a block it took as the initial content"
+            }
+        ),
+    })
 }

@@ -8,8 +8,10 @@ use std::str::FromStr;
 use engine::{Config, DeviceRole};
 use models::{BlockOracle, History, ModelDisk, PrefixOracle, PrefixUnit};
 
-use super::check::{check_images, Finding, Kind, OracleSel, Recovered};
+use super::check::{check_images, check_images_with, Finding, Kind, OracleSel, Recovered};
 use super::coverage::{SimCounts, SimProbe};
+use super::phases::{self, timed, Phase, PhaseTimes};
+use super::readback::Plan;
 use super::run::{drive, new_world, open_on, record, recovery_config};
 use super::workload::{continuation, Completion, WlConfig, WlOp, Workload};
 use crate::rng::mix64;
@@ -42,6 +44,9 @@ pub struct ExploreOpts {
     /// Stop exploring (even inside a workload) once this is set, from another thread: a run
     /// that has what it wants ends its workloads in flight.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Read back only the blocks that can differ from the initial content (`readback`),
+    /// with one whole read per workload as a cross-check; off, every state reads every block.
+    pub shortcuts: bool,
 }
 
 impl Default for ExploreOpts {
@@ -59,6 +64,7 @@ impl Default for ExploreOpts {
             keep_violations: 16,
             deadline: None,
             cancel: None,
+            shortcuts: true,
         }
     }
 }
@@ -184,6 +190,9 @@ pub struct WorkloadResult {
     pub violations: Vec<Violation>,
     /// How the top-level crash points were enumerated.
     pub points: PointTally,
+    /// A hash of the fingerprints of the states checked, in the order they were checked: two
+    /// runs that checked the same states the same way agree on it.
+    pub fingerprints: u64,
 }
 
 /// How the top-level crash points of a run were enumerated: the honest bound of what it saw.
@@ -205,6 +214,8 @@ pub struct PointTally {
     pub probes: engine::probes::Counts,
     /// How often each simulator probe fired (`super::coverage`).
     pub sim: super::coverage::SimCounts,
+    /// Where the time went (`super::phases`); not part of any verdict.
+    pub phases: PhaseTimes,
 }
 
 impl PointTally {
@@ -216,6 +227,7 @@ impl PointTally {
         self.no_prefix += o.no_prefix;
         self.probes.add(&o.probes);
         self.sim.add(&o.sim);
+        self.phases.add(&o.phases);
     }
 }
 
@@ -224,6 +236,10 @@ struct Ctx<'a> {
     config: Config,
     opts: &'a ExploreOpts,
     result: WorkloadResult,
+    /// The backing image the workload starts from, for the read-back shortcut.
+    base: Option<crate::Image>,
+    /// The shortcut's whole-device cross-check was done for this workload.
+    cross_checked: bool,
 }
 
 impl Ctx<'_> {
@@ -444,6 +460,7 @@ pub fn explore_orders(
         total.states += r.states;
         total.violation_count += r.violation_count;
         total.points.add(r.points);
+        total.fingerprints = fold_fingerprint(total.fingerprints, r.fingerprints as u128);
         let room = opts.keep_violations.saturating_sub(total.violations.len());
         total.violations.extend(r.violations.into_iter().take(room));
     }
@@ -477,6 +494,7 @@ fn explore_scheduled(
                         },
                     }],
                     points: PointTally::default(),
+                    fingerprints: 0,
                 },
                 Vec::new(),
             )
@@ -487,8 +505,11 @@ fn explore_scheduled(
         config,
         opts,
         result: WorkloadResult::default(),
+        base: None,
+        cross_checked: false,
     };
-    let rec = match record(&workload.config, &workload.ops) {
+    let _ = phases::take();
+    let rec = match timed(Phase::Record, || record(&workload.config, &workload.ops)) {
         Ok(r) => r,
         Err(e) => {
             ctx.report(
@@ -517,6 +538,19 @@ fn explore_scheduled(
         }
     }
     let world = rec.world.borrow();
+    if opts.shortcuts {
+        ctx.base = world
+            .devices
+            .get(&DeviceRole::Backing)
+            .map(|d| d.config.image.clone());
+        // The shortcut takes a block it proves unchanged as the history's initial content.
+        assert!(
+            ctx.base
+                .as_ref()
+                .is_none_or(|b| b.to_vec() == rec.history.initial()),
+            "the backing image the run starts from is the history's initial content"
+        );
+    }
     super::coverage::fired_faults(&mut ctx.result.points.sim, &world.log);
     explore_world(
         &mut ctx,
@@ -532,7 +566,14 @@ fn explore_scheduled(
         ctx.result.points.sim.hit(SimProbe::OutOfOrder);
     }
     ctx.result.points.probes.add(&engine::probes::take());
+    ctx.result.points.phases.add(&phases::take());
     (ctx.result, rec.schedule)
+}
+
+/// `acc` with one more state's fingerprint folded in, in order.
+fn fold_fingerprint(acc: u64, fp: u128) -> u64 {
+    let x = acc.rotate_left(1) ^ fp as u64 ^ (fp >> 64) as u64;
+    crate::rng::mix64(x)
 }
 
 /// The simulator probes of one checked crash state.
@@ -588,31 +629,28 @@ fn explore_world(
         _ => world.crash_points(selection(ctx.opts)),
     };
     let mut replayer = world.replayer();
-    for point in points {
-        if ctx.done() {
-            return;
-        }
-        let state = match replayer.advance_to(point) {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.report(
-                    prefix,
-                    vec![Finding {
-                        kind: Kind::Run,
-                        detail: format!("crash state at {point}: {e}"),
-                    }],
-                );
-                return;
-            }
-        };
+    // Consecutive points with the same client cut share the history cut there and its
+    // oracles (a recovery answers to one history throughout).
+    let cuts: Vec<Option<models::OpCut>> = timed(Phase::Replay, || {
+        points
+            .iter()
+            .map(|&p| (level != Level::Recovery).then(|| world.client_cut(p)))
+            .collect()
+    });
+    let mut group_start = 0;
+    while group_start < points.len() {
+        let cut = cuts[group_start];
+        let group_end = (group_start..points.len())
+            .find(|&i| cuts[i] != cut)
+            .unwrap_or(points.len());
+        let group = &points[group_start..group_end];
+        group_start = group_end;
         // A recovery has no client operations of its own: it answers to the history as cut at
         // the crash it recovers from.
-        let cut = if level == Level::Recovery {
-            Ok(history.clone())
-        } else {
-            history.as_of(world.client_cut(point))
-        };
-        let hist = match cut {
+        let hist = match timed(Phase::Replay, || match cut {
+            None => Ok(history.clone()),
+            Some(c) => history.as_of(c),
+        }) {
             Ok(h) => h,
             Err(e) => {
                 ctx.report(
@@ -625,15 +663,61 @@ fn explore_world(
                 return;
             }
         };
-        let cut_key = match level {
-            Level::Recovery => 0,
-            _ => {
-                let c = world.client_cut(point);
-                (mix64(c.begun as u64 ^ ((c.last_ended as u64) << 63)) as u128) << 64
+        let oracles = timed(Phase::Oracles, || oracles_for(&hist));
+        let cut_key = match cut {
+            None => 0,
+            Some(c) => (mix64(c.begun as u64 ^ ((c.last_ended as u64) << 63)) as u128) << 64,
+        };
+        explore_points(
+            ctx,
+            world,
+            &mut replayer,
+            group,
+            (&hist, &oracles, cut_key),
+            prefix,
+            &level,
+            seed,
+            dedup,
+        );
+        if ctx.done() {
+            return;
+        }
+    }
+}
+
+/// The crash points of one client cut: `cut` is the history there, its oracles and its key.
+#[allow(clippy::too_many_arguments)]
+fn explore_points(
+    ctx: &mut Ctx<'_>,
+    world: &World,
+    replayer: &mut crate::Replayer<'_>,
+    points: &[CrashPoint],
+    cut: (&History, &(BlockOracle<'_>, PrefixOracle<'_>), u128),
+    prefix: &[PathStep],
+    level: &Level,
+    seed: u64,
+    dedup: &mut Dedup,
+) {
+    let (hist, oracles, cut_key) = cut;
+    let level = level.clone();
+    for &point in points {
+        if ctx.done() {
+            return;
+        }
+        let state = match timed(Phase::Replay, || replayer.advance_to(point)) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.report(
+                    prefix,
+                    vec![Finding {
+                        kind: Kind::Run,
+                        detail: format!("crash state at {point}: {e}"),
+                    }],
+                );
+                return;
             }
         };
         super::coverage::point_probes(&mut ctx.result.points.sim, &world.log, point);
-        let oracles = oracles_for(&hist);
         let mut opts = ctx.opts.clone();
         if level != Level::Top {
             // Nested levels: a lighter enumeration keeps the product of levels bounded.
@@ -655,10 +739,10 @@ fn explore_world(
                 (true, false) => tally.sampled += 1,
             }
         }
-        let choices = match fresh {
+        let choices: Vec<Choice> = timed(Phase::Choices, || match fresh {
             true => choices_for(&state, &opts, random_seed),
             false => state.random_choices(random_seed, opts.random).collect(),
-        };
+        });
         for choice in choices {
             if ctx.done() {
                 return;
@@ -672,7 +756,7 @@ fn explore_world(
                 });
                 path
             };
-            let fp = match state.fingerprint_of(&choice) {
+            let fp = match timed(Phase::Choices, || state.fingerprint_of(&choice)) {
                 Ok(fp) => fp,
                 Err(e) => {
                     ctx.harness_error(&path_to(&choice), format!("fingerprint: {e}"));
@@ -681,10 +765,10 @@ fn explore_world(
             };
             // The same images under another client cut are another check (more writes may be
             // durable by now), so the cut is part of what is deduplicated.
-            if !dedup.insert_fingerprint(fp ^ cut_key) {
+            if !timed(Phase::Choices, || dedup.insert_fingerprint(fp ^ cut_key)) {
                 continue;
             }
-            let images = match state.image(&choice) {
+            let images = match timed(Phase::Images, || state.image(&choice)) {
                 Ok(images) => images,
                 Err(e) => {
                     ctx.harness_error(&path_to(&choice), format!("images: {e}"));
@@ -698,10 +782,20 @@ fn explore_world(
             );
             ctx.result.states += 1;
             let path = path_to(&choice);
+            ctx.result.fingerprints = fold_fingerprint(ctx.result.fingerprints, fp ^ cut_key);
             let sel = ctx.opts.oracle.for_workload(ctx.workload);
             ctx.result.points.no_prefix += (sel.prefix() != ctx.opts.oracle.prefix()) as u64;
+            // A continuation's history starts from the recovered device, not from `base`.
+            let plan = match (&ctx.base, &level) {
+                (Some(base), Level::Top | Level::Recovery) => Plan {
+                    base: Some(base),
+                    cross_check: !ctx.cross_checked,
+                },
+                _ => Plan::default(),
+            };
+            ctx.cross_checked |= plan.base.is_some();
             let (findings, recovered) =
-                check_images(images, ctx.config, (&oracles.0, &oracles.1), sel);
+                check_images_with(images, ctx.config, (&oracles.0, &oracles.1), sel, plan);
             let bad = !findings.is_empty();
             let peer = recovered.as_ref().is_some_and(|r| r.peer_judged);
             ctx.result.points.peer_judged += peer as u64;
@@ -726,7 +820,7 @@ fn explore_world(
             let wrote = r.formatted || r.stale_invalidated > 0 || r.plog_epoch > 0;
             if ctx.opts.recovery_crash && wrote {
                 match state.image(&choice) {
-                    Ok(images) => explore_recovery(ctx, world, images, &hist, &path),
+                    Ok(images) => explore_recovery(ctx, world, images, hist, &path),
                     Err(e) => ctx.harness_error(&path, format!("images for recovery: {e}")),
                 }
             }
@@ -747,13 +841,14 @@ fn explore_recovery(
     hist: &History,
     path: &[PathStep],
 ) {
-    let w2 = match world.restarted(&images) {
+    let w2 = match timed(Phase::Nested, || world.restarted(&images)) {
         Ok(w2) => w2.shared(),
         Err(e) => return ctx.harness_error(path, format!("restart for recovery crashes: {e}")),
     };
     // The recovery itself was already checked on the same images (so the engine's answer is
     // not judged again); here only its device log matters.
-    if let Err(e) = open_on(&w2, ctx.config, ctx.workload.config.completion.order()) {
+    let order = ctx.workload.config.completion.order();
+    if let Err(e) = timed(Phase::Nested, || open_on(&w2, ctx.config, order)) {
         return ctx.harness_error(path, format!("recovery for recovery crashes: {e}"));
     }
     let w2 = w2.borrow();
@@ -761,7 +856,15 @@ fn explore_recovery(
 }
 
 /// After a recovery: more writes and flushes on the recovered devices, then crash again.
-fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathStep], seed: u64) {
+fn explore_continuation(ctx: &mut Ctx<'_>, mut recovered: Recovered, path: &[PathStep], seed: u64) {
+    let start = std::time::Instant::now();
+    if recovered.read.is_some() {
+        let base = ctx
+            .base
+            .as_ref()
+            .expect("the shortcut read against this base");
+        recovered.whole_observed(base);
+    }
     let (cache, backing, plog) = recovered.engine.into_all_devices();
     let wc = &ctx.workload.config;
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("continuation {what}: {e}");
@@ -824,6 +927,7 @@ fn explore_continuation(ctx: &mut Ctx<'_>, recovered: Recovered, path: &[PathSte
         }
     }
     let w = world.borrow();
+    phases::add_since(Phase::Nested, start);
     let seen = &mut Dedup::new();
     explore_world(ctx, &w, &history, path, Level::Continuation, seed, seen);
 }
@@ -986,6 +1090,8 @@ mod tests {
             config,
             opts: &opts,
             result: WorkloadResult::default(),
+            base: None,
+            cross_checked: false,
         };
         let path = vec![PathStep {
             level: Level::Top,

@@ -9,18 +9,21 @@ pub mod coverage;
 #[allow(clippy::module_inception)]
 mod explore;
 mod panics;
+pub mod phases;
+mod readback;
 mod run;
 mod scenarios;
 mod shrink;
 mod workload;
 
 pub use bounded::{alphabet, bounded_workloads, BoundedParams};
-pub use check::{check_images, read_all, read_all_together, Finding, Kind, OracleSel, Recovered};
+pub use check::{check_images, check_images_with, Finding, Kind, OracleSel, Recovered};
 pub use explore::{
     choices_for, explore_orders, explore_workload, next_order, parse_case, replay_case,
     ExploreOpts, Level, OrderCoverage, PathStep, PointTally, Violation, WorkloadResult,
 };
 pub use panics::guarded;
+pub use readback::{read_all, read_all_together, Plan};
 pub use run::{
     drive, engine_config, initial_backing, new_world, open_on, record, recovery_config,
     sector_data, Recording, RunFailure,

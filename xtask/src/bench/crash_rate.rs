@@ -11,11 +11,10 @@
 //! set of crash images recovered, its invariants checked, the whole exported device read (twice)
 //! and judged by both oracles. States per second on one thread is states per core-second.
 //!
-//! Then where the time of a state goes: the top-level crash states of the same workloads are
-//! re-enacted with the explorer's public pieces (`choices_for`, `CrashState::image`,
-//! `SyncEngine::open_with_plog`, `read_all`, the oracles), each phase timed. And one configuration
-//! again on every core with the same workloads and slices, for the scaling ratio. Any violation
-//! aborts the bench with its replay command: a violation is a bug, never a number.
+//! Then where the time of a state goes, from the explorer's own phase counters
+//! (`crashsim::explore::phases`, summed over the same runs). And one configuration again on
+//! every core with the same workloads and slices, for the scaling ratio. Any violation aborts
+//! the bench with its replay command: a violation is a bug, never a number.
 //!
 //! The baseline is a stated number, not a measurement: the target (docs/DESIGN.md, "Performance
 //! targets") is at least 100,000 states per core-second; kernel crash testers manage about one
@@ -25,14 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crashsim::explore::phases::{Phase, PhaseTimes};
 use crashsim::explore::{
-    choices_for, explore_workload, generate, read_all, read_all_together, record, recovery_config,
-    shrink, ExploreOpts, Finding, GenParams, Kind, Level, PathStep, Violation, Workload,
+    explore_workload, generate, shrink, ExploreOpts, GenParams, Violation, Workload,
 };
-use crashsim::{Dedup, ImageDevice, PointSelection};
 use engine::format::SECTOR_SIZE;
-use engine::{DeviceRole, SyncEngine};
-use models::{BlockOracle, PrefixOracle, PrefixUnit};
 
 use super::{Mode, Section, Table};
 
@@ -52,12 +48,10 @@ const KERNEL_TESTERS: f64 = 1.0;
 /// A rate from fewer states than this is called rough in the notes.
 const FEW_STATES: u64 = 10_000;
 
-/// How much work: workloads per configuration, the time slice of each, and the time given to
-/// the phase breakdown of each configuration.
+/// How much work: workloads per configuration and the time slice of each.
 struct Budget {
     workloads: u64,
     slice: Duration,
-    phases: Duration,
 }
 
 fn budget(mode: Mode) -> Budget {
@@ -66,13 +60,11 @@ fn budget(mode: Mode) -> Budget {
         Mode::Quick => Budget {
             workloads: 8,
             slice: Duration::from_secs(1),
-            phases: Duration::from_secs(1),
         },
         // 30 seeds, 60 s per configuration.
         Mode::Full => Budget {
             workloads: 30,
             slice: Duration::from_secs(2),
-            phases: Duration::from_secs(6),
         },
     }
 }
@@ -103,6 +95,8 @@ struct Rate {
     /// Device image bytes (cache + backing + plog) per state, averaged over the states.
     image_bytes_per_state: f64,
     ops_per_workload: f64,
+    /// The explorer's own phase times, summed over the workloads.
+    phases: PhaseTimes,
 }
 
 impl Rate {
@@ -154,8 +148,9 @@ fn measure(order: u8, cache_type: u8, b: &Budget, threads: usize) -> Result<Rate
     let gp = gen_params(order, cache_type);
     let next = AtomicU64::new(0);
     let failed: Mutex<Option<String>> = Mutex::new(None);
-    // (states, complete, image bytes, operations) per workload.
-    let done: Mutex<Vec<(u64, bool, u64, usize)>> = Mutex::new(Vec::new());
+    // (states, complete, image bytes, operations, phase times) per workload.
+    type Done = (u64, bool, u64, usize, PhaseTimes);
+    let done: Mutex<Vec<Done>> = Mutex::new(Vec::new());
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -177,9 +172,13 @@ fn measure(order: u8, cache_type: u8, b: &Budget, threads: usize) -> Result<Rate
                     break;
                 }
                 let complete = Instant::now() < deadline;
-                done.lock()
-                    .unwrap()
-                    .push((r.states, complete, image_bytes(&w), w.ops.len()));
+                done.lock().unwrap().push((
+                    r.states,
+                    complete,
+                    image_bytes(&w),
+                    w.ops.len(),
+                    r.points.phases,
+                ));
             });
         }
     });
@@ -196,6 +195,10 @@ fn measure(order: u8, cache_type: u8, b: &Budget, threads: usize) -> Result<Rate
     }
     let weighted: f64 = done.iter().map(|d| d.0 as f64 * d.2 as f64).sum();
     let ops: usize = done.iter().map(|d| d.3).sum();
+    let mut phases = PhaseTimes::default();
+    for d in &done {
+        phases.add(&d.4);
+    }
     Ok(Rate {
         order,
         cache_type,
@@ -206,204 +209,8 @@ fn measure(order: u8, cache_type: u8, b: &Budget, threads: usize) -> Result<Rate
         complete: done.iter().filter(|d| d.1).count() as u64,
         image_bytes_per_state: weighted / states as f64,
         ops_per_workload: ops as f64 / done.len() as f64,
+        phases,
     })
-}
-
-/// Seconds per phase over the re-enacted top-level states.
-#[derive(Default)]
-struct Phases {
-    states: u64,
-    /// Recording the workloads (`record`), once each.
-    record: f64,
-    /// Replaying the device log to each crash point, cutting the history, building the oracles.
-    replay: f64,
-    /// The choices at each point and their fingerprints (deduplication).
-    choices: f64,
-    /// Building the crash images (copy-on-write clones of the durable images with the choice
-    /// applied: only the chunks the choice changes are copied).
-    image: f64,
-    /// `SyncEngine::open_with_plog` on the images: recovery.
-    recovery: f64,
-    invariants: f64,
-    /// Reading the whole exported device, twice (the second read checks stability).
-    read: f64,
-    /// The block and prefix oracles.
-    oracles: f64,
-    /// Dropping the engine, its devices and the reads.
-    free: f64,
-}
-
-impl Phases {
-    fn total(&self) -> f64 {
-        self.record
-            + self.replay
-            + self.choices
-            + self.image
-            + self.recovery
-            + self.invariants
-            + self.read
-            + self.oracles
-            + self.free
-    }
-    fn parts(&self) -> [(&'static str, f64); 9] {
-        [
-            ("recording the workload", self.record),
-            ("replaying the log to the crash point", self.replay),
-            ("choices and fingerprints", self.choices),
-            ("building the crash images", self.image),
-            ("recovery (opening the images)", self.recovery),
-            ("invariant checks", self.invariants),
-            ("reading the export back (twice)", self.read),
-            ("the oracles", self.oracles),
-            ("freeing images and engine", self.free),
-        ]
-    }
-}
-
-/// Re-enacts the top-level crash states of the configuration's workloads (as `explore_world`
-/// does at the top level) for `budget`, timing each phase.
-fn phases(order: u8, cache_type: u8, budget: Duration) -> Result<Phases, String> {
-    let gp = gen_params(order, cache_type);
-    let opts = ExploreOpts::default();
-    let start = Instant::now();
-    let mut p = Phases::default();
-    let secs = |t: Instant| t.elapsed().as_secs_f64();
-    // Bounded by the budget; the workload count only guards against an empty one.
-    for i in 0..1_000u64 {
-        if start.elapsed() >= budget {
-            break;
-        }
-        let w = generate(FIRST_SEED + i, &gp);
-        let fail = |path: Vec<PathStep>, kind: Kind, detail: String| {
-            let v = Violation {
-                workload: w.clone(),
-                path,
-                finding: Finding { kind, detail },
-            };
-            violation_error(order, cache_type, &[v], 1)
-        };
-        let config = recovery_config(&w.config).map_err(|e| fail(vec![], Kind::Run, e))?;
-        let t = Instant::now();
-        let rec = record(&w.config, &w.ops).map_err(|e| fail(vec![], Kind::Run, e))?;
-        p.record += secs(t);
-        if let Some(f) = &rec.failure {
-            return Err(fail(vec![], Kind::Run, f.detail.clone()));
-        }
-        let world = rec.world.borrow();
-        let mut replayer = world.replayer();
-        let mut dedup = Dedup::new();
-        for point in world.crash_points(PointSelection::standard()) {
-            if start.elapsed() >= budget {
-                break;
-            }
-            let t = Instant::now();
-            let state = replayer
-                .advance_to(point)
-                .map_err(|e| fail(vec![], Kind::Run, format!("crash state at {point}: {e}")))?;
-            let cut = world.client_cut(point);
-            let hist = rec
-                .history
-                .as_of(cut)
-                .map_err(|e| fail(vec![], Kind::Run, e.to_string()))?;
-            let block = BlockOracle::new(&hist);
-            let prefix = PrefixOracle::new(&hist, PrefixUnit::Blocks);
-            p.replay += secs(t);
-
-            let t = Instant::now();
-            let cut_key = (crashsim::rng::mix64(cut.begun as u64 ^ ((cut.last_ended as u64) << 63))
-                as u128)
-                << 64;
-            let fresh: Vec<_> = choices_for(
-                &state,
-                &opts,
-                crashsim::rng::mix64(w.config.seed ^ point.before),
-            )
-            .into_iter()
-            .filter(|c| {
-                state
-                    .fingerprint_of(c)
-                    .is_ok_and(|fp| dedup.insert_fingerprint(fp ^ cut_key))
-            })
-            .collect();
-            p.choices += secs(t);
-
-            for choice in fresh {
-                if start.elapsed() >= budget {
-                    break;
-                }
-                let path = vec![PathStep {
-                    level: Level::Top,
-                    point: point.before,
-                    choice: choice.clone(),
-                }];
-                let t = Instant::now();
-                let mut images = match state.image(&choice) {
-                    Ok(images) => images,
-                    // A state the bench cannot build is never skipped: it ends the run.
-                    Err(e) => {
-                        return Err(fail(path, Kind::Harness, format!("images: {e}")));
-                    }
-                };
-                p.image += secs(t);
-
-                let t = Instant::now();
-                let mut take = |role| images.take(role).map(ImageDevice::new);
-                let (cache, backing, plog) = (
-                    take(DeviceRole::Cache),
-                    take(DeviceRole::Backing),
-                    take(DeviceRole::Plog),
-                );
-                let (Some(cache), Some(backing)) = (cache, backing) else {
-                    return Err(fail(path, Kind::Recovery, "images lack a device".into()));
-                };
-                let (mut engine, _) = SyncEngine::open_with_plog(cache, backing, plog, config)
-                    .map_err(|e| {
-                        fail(
-                            path.clone(),
-                            Kind::Recovery,
-                            format!("recovery failed: {e}"),
-                        )
-                    })?;
-                p.recovery += secs(t);
-
-                let t = Instant::now();
-                engine
-                    .check_invariants()
-                    .map_err(|e| fail(path.clone(), Kind::Invariant, e))?;
-                p.invariants += secs(t);
-
-                let t = Instant::now();
-                let observed =
-                    read_all(&mut engine).map_err(|e| fail(path.clone(), Kind::Read, e))?;
-                let again = read_all_together(&mut engine)
-                    .map_err(|e| fail(path.clone(), Kind::Stability, e))?;
-                p.read += secs(t);
-                if again != observed {
-                    return Err(fail(path, Kind::Stability, "a second read differs".into()));
-                }
-
-                let t = Instant::now();
-                block
-                    .check(&observed)
-                    .map_err(|v| fail(path.clone(), Kind::BlockOracle, v.to_string()))?;
-                prefix
-                    .check(&observed)
-                    .map_err(|v| fail(path.clone(), Kind::PrefixOracle, v.to_string()))?;
-                p.oracles += secs(t);
-
-                let t = Instant::now();
-                drop((engine, observed, again, images));
-                p.free += secs(t);
-                p.states += 1;
-            }
-        }
-    }
-    if p.states == 0 {
-        return Err(format!(
-            "order {order}, type {cache_type}: the phase breakdown checked no state"
-        ));
-    }
-    Ok(p)
 }
 
 fn x_of(v: f64, of: f64) -> String {
@@ -436,14 +243,12 @@ impl Section for CrashRate {
         let b = budget(mode);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut rates = Vec::new();
-        let mut phase = Vec::new();
         for &(order, ty) in &CONFIGS {
             eprintln!(
                 "bench: crash-rate order {order}, type {ty}: {} workloads, one thread",
                 b.workloads
             );
             rates.push(measure(order, ty, &b, 1)?);
-            phase.push(phases(order, ty, b.phases)?);
         }
         let scaling = if cores > 1 {
             let (order, ty) = SCALING_CONFIG;
@@ -510,29 +315,26 @@ impl Section for CrashRate {
         );
 
         md.push_str("### Where the time of a state goes\n\n");
-        md.push_str(&format!(
-            "The top-level crash states of the same workloads (from seed {FIRST_SEED} on, {:.0} \
-             s per configuration) re-enacted with the explorer's public pieces, each phase \
-             timed; percentages of the re-enacted time. The explorer's own µs / state (above) \
-             also covers the nested levels (crashes inside recovery, continuations), which \
-             first restart a simulated world from the images.\n\n",
-            b.phases.as_secs_f64()
-        ));
-        let names = Phases::default().parts().map(|(n, _)| n);
-        let mut header = vec!["order", "type", "states", "µs / state"];
-        header.extend(names);
+        md.push_str(
+            "The explorer's own phase counters (`crashsim::explore::phases`) over the runs \
+             above, all levels included (crashes inside recovery and continuations); \
+             percentages of the run's time. *Other*: what no phase counts (freeing images and \
+             engines, the loop's bookkeeping).\n\n",
+        );
+        let mut header = vec!["order", "type", "µs / state"];
+        header.extend(Phase::ALL.map(Phase::name));
+        header.push("other");
         let mut t = Table::new(&header);
-        for (r, p) in rates.iter().zip(&phase) {
+        for r in &rates {
             let mut row = vec![
                 r.order.to_string(),
                 r.cache_type.to_string(),
-                p.states.to_string(),
-                format!("{:.1}", 1e6 * p.total() / p.states as f64),
+                format!("{:.1}", 1e6 / r.per_core_sec()),
             ];
             row.extend(
-                p.parts()
+                phase_shares(r)
                     .iter()
-                    .map(|(_, s)| format!("{:.0} %", 100.0 * s / p.total())),
+                    .map(|(_, f)| format!("{:.0} %", 100.0 * f)),
             );
             t.row(row);
         }
@@ -561,13 +363,26 @@ impl Section for CrashRate {
             ));
         }
 
-        md.push_str(&notes(&rates, &phase, scaling.as_ref()));
+        md.push_str(&notes(&rates, scaling.as_ref()));
         Ok(md)
     }
 }
 
 /// Notes derived from the measured numbers.
-fn notes(rates: &[Rate], phase: &[Phases], scaling: Option<&Rate>) -> String {
+/// Each phase's share of a run's time, and what no phase counted, in `Phase::ALL` order then
+/// "other".
+fn phase_shares(r: &Rate) -> Vec<(&'static str, f64)> {
+    let run_ns = (r.secs * 1e9 * r.threads as f64).max(1.0);
+    let mut v: Vec<(&'static str, f64)> = Phase::ALL
+        .iter()
+        .map(|&p| (p.name(), r.phases.get(p) as f64 / run_ns))
+        .collect();
+    let counted = r.phases.total() as f64 / run_ns;
+    v.push(("other", (1.0 - counted).max(0.0)));
+    v
+}
+
+fn notes(rates: &[Rate], scaling: Option<&Rate>) -> String {
     let mut out = String::new();
     let below: Vec<String> = rates
         .iter()
@@ -601,30 +416,20 @@ fn notes(rates: &[Rate], phase: &[Phases], scaling: Option<&Rate>) -> String {
         x_of(lo, KERNEL_TESTERS),
         x_of(hi, KERNEL_TESTERS),
     ));
-    for (r, p) in rates.iter().zip(phase) {
-        let mut parts = p.parts();
+    for r in rates {
+        let mut parts = phase_shares(r);
         parts.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total = p.total();
-        let us = 1e6 * total / p.states as f64;
         out.push_str(&format!(
-            "- Order {} type {}: a top-level state costs {us:.0} µs; {} ({:.0} %) and {} \
-             ({:.0} %) dominate, with crash images of {} KiB per state{}.\n",
+            "- Order {} type {}: a state costs {:.0} µs; {} ({:.0} %) and {} ({:.0} %) \
+             dominate, with crash images of {} KiB per state.\n",
             r.order,
             r.cache_type,
+            1e6 / r.per_core_sec(),
             parts[0].0,
-            100.0 * parts[0].1 / total,
+            100.0 * parts[0].1,
             parts[1].0,
-            100.0 * parts[1].1 / total,
+            100.0 * parts[1].1,
             kib(r.image_bytes_per_state),
-            if 1e6 / r.per_core_sec() > 1.2 * us {
-                format!(
-                    "; the explorer's {:.0} µs per state on average is more because the \
-                     nested levels restart a simulated world from the images first",
-                    1e6 / r.per_core_sec()
-                )
-            } else {
-                String::new()
-            }
         ));
     }
     let few: Vec<String> = rates
@@ -683,7 +488,6 @@ mod tests {
         let b = Budget {
             workloads: 2,
             slice: Duration::from_millis(200),
-            phases: Duration::from_millis(200),
         };
         let r = measure(4, 0, &b, 1).unwrap();
         assert_eq!(r.workloads, 2);
@@ -692,8 +496,16 @@ mod tests {
             r.image_bytes_per_state > 1024.0 * 1024.0,
             "the superblock area alone"
         );
-        let p = phases(4, 1, b.phases).unwrap();
-        assert!(p.states > 0);
-        assert!(p.parts().iter().all(|&(_, s)| s >= 0.0));
+        let shares = phase_shares(&r);
+        let sum: f64 = shares.iter().map(|s| s.1).sum();
+        assert!((0.99..=1.01).contains(&sum), "{shares:?}");
+        for p in [
+            Phase::Recovery,
+            Phase::ReadBack,
+            Phase::Oracles,
+            Phase::Choices,
+        ] {
+            assert!(r.phases.get(p) > 0, "the explorer timed {}", p.name());
+        }
     }
 }
