@@ -140,8 +140,12 @@ fn config(format: FormatPolicy) -> Config {
         segment_size_order: ORDER,
         nr_rambuf_pool: POOL,
         // The runner's: upstream's defaults, `allow_writeback 0`, so writeback happens when the
-        // ring is full (and `sync_interval`/`update_record_interval` are off).
-        tunables: Some(Tunables::defaults(ORDER)),
+        // ring is full (and `sync_interval`/`update_record_interval` are off); sequential
+        // bypass off, since the log's ingest is what is measured.
+        tunables: Some(Tunables {
+            sequential_cutoff: 0,
+            ..Tunables::defaults(ORDER)
+        }),
         format,
         generation: GENERATION,
         ..Config::default()
@@ -430,7 +434,9 @@ impl Section for Ingest {
             "{writes} client writes of 4 KiB per run ({} MiB) on `MemDevice`s, one thread: a \
              {} MiB cache device (segment order {ORDER}, upstream's: {} data blocks per \
              segment, {POOL} RAM buffers, upstream's default tunables as the runner uses them, \
-             so `allow_writeback 0` and writeback happens when the ring is full) in front of a \
+             so `allow_writeback 0` and writeback happens when the ring is full; sequential \
+             bypass off, `sequential_cutoff 0`, so every write goes through the log) in front \
+             of a \
              {} MiB backing device. *random*: uniform over the backing device; *sequential*: \
              block 0, 1, 2, … (wrapping); *overwrite-heavy*: {HOT_SHARE_PCT} % of the writes \
              to a hot set of 1 % of the blocks (spread evenly), the rest uniform. Type 1 adds \

@@ -146,8 +146,10 @@ fn run_one(bin: &Path, scratch: &Scratch, size: u64, read_check_s: u64) -> Resul
             .arg(&cache)
             .arg("--socket")
             .arg(&socket)
-            // A full cache is what is measured: no writeback, not even ahead of need.
-            .args(["--allow_writeback", "0", "--no-write-back-ahead"]),
+            // A full cache is what is measured: no writeback, not even ahead of need, and no
+            // sequential bypass (the fill is one long stream).
+            .args(["--allow_writeback", "0", "--no-write-back-ahead"])
+            .args(["--sequential_cutoff", "0"]),
         &dir.join("server.log"),
     )?;
     proc.wait_socket(&socket, Duration::from_secs(60))?;
@@ -298,7 +300,8 @@ fn report(runs: &[Run], read_check_s: u64) -> String {
     md.push_str(&format!(
         "Per size: `wbcache format --cache cache.img` (order {ORDER}) on a sparse file, \
          `wbcache serve --backing backing.img --cache cache.img --socket nbd.sock \
-         --allow_writeback 0 --no-write-back-ahead` (backing: a sparse file of the same size; \
+         --allow_writeback 0 --no-write-back-ahead --sequential_cutoff 0` (backing: a sparse \
+         file of the same size; \
          O_DIRECT; {POOL} RAM \
          buffers of {} KiB), then `fio --ioengine=nbd --rw=write --bs={}k --iodepth={FILL_QD} \
          --end_fsync=1 --verify=crc32c --verify_interval=4k --do_verify=0` over all segments \
