@@ -412,26 +412,10 @@ impl Engine {
 
     /// Type 1: a plog flush once every plog write a waiter needs has completed (R1 on the plog).
     pub(crate) fn drive_plog_durability(&mut self) {
-        let shutdown_need = (self.sched.shutting_down && self.clocks.plog.issued() > 0)
-            .then(|| self.clocks.plog.issued())
-            .filter(|&s| !self.clocks.plog.durable(s));
         let clock = &self.clocks.plog;
-        let Some(need) = self
-            .sched
-            .plog_need()
-            .into_iter()
-            .chain(shutdown_need)
-            .filter(|&s| !clock.durable(s))
-            .min()
-        else {
-            return;
-        };
-        if clock.flush_in_flight() || clock.completed_prefix() < need {
-            return;
-        }
-        let covers = clock.completed_prefix();
-        let op = self.issue(DeviceRole::Plog, IoKind::Flush, Purpose::PlogFlush);
-        self.clocks.plog.flush_issued(op, covers);
+        let shutdown_need = (self.sched.shutting_down && clock.issued() > 0).then(|| clock.issued());
+        let needs: Vec<u64> = self.sched.plog_need().into_iter().chain(shutdown_need).collect();
+        self.flush_for(DeviceRole::Plog, &needs, Purpose::PlogFlush);
     }
 
     /// A backing flush once every bypassed write a FLUSH, a FUA write, a drain or shutdown
@@ -440,24 +424,27 @@ impl Engine {
     pub(crate) fn drive_backing_durability(&mut self) {
         let settling = self.sched.draining || self.sched.shutting_down;
         let own_need = (settling && !self.bypass_settled()).then_some(self.bypass.last_seq);
-        let clock = &self.clocks.backing;
-        let Some(need) = self
-            .sched
-            .backing_need()
-            .into_iter()
-            .chain(own_need)
-            .filter(|&s| !clock.durable(s))
-            .min()
-        else {
-            return;
+        let needs: Vec<u64> = self.sched.backing_need().into_iter().chain(own_need).collect();
+        if self.flush_for(DeviceRole::Backing, &needs, Purpose::BackingFlush) {
+            crate::probe!(BypassFlush);
+        }
+    }
+
+    /// A flush of `role` for the smallest of `needs` (write sequence numbers) not durable yet,
+    /// issued once every write up to it completed and no flush is in flight (R1); it covers
+    /// the completed prefix. Says whether it issued one.
+    fn flush_for(&mut self, role: DeviceRole, needs: &[u64], purpose: Purpose) -> bool {
+        let clock = self.clocks.get(role);
+        let Some(need) = needs.iter().copied().filter(|&s| !clock.durable(s)).min() else {
+            return false;
         };
         if clock.flush_in_flight() || clock.completed_prefix() < need {
-            return;
+            return false;
         }
-        crate::probe!(BypassFlush);
         let covers = clock.completed_prefix();
-        let op = self.issue(DeviceRole::Backing, IoKind::Flush, Purpose::BackingFlush);
-        self.clocks.backing.flush_issued(op, covers);
+        let op = self.issue(role, IoKind::Flush, purpose);
+        self.clocks.of(role).flush_issued(op, covers);
+        true
     }
 
     pub(crate) fn plog_flush_done(&mut self, op: OpId) {

@@ -262,11 +262,17 @@ impl Engine {
             QKind::BackingDiscard => return self.backing_discard(head),
             QKind::Rebuild { .. } => return self.rebuild(head),
             QKind::LoadSegment { seg, slot, len } => return self.load_segment(*seg, *slot, *len),
+            // A stream write is bypassed (R15) only before any piece of it started: a read of
+            // an older copy or of backing data for its first piece keeps it on the log path.
             QKind::Write {
                 data,
                 fua,
                 stream: true,
-            } if head.done == 0 && self.may_bypass(head.sector, head.sectors) => {
+            } if head.done == 0
+                && self.writes.merge.is_none()
+                && self.writes.fill.is_none()
+                && self.may_bypass(head.sector, head.sectors) =>
+            {
                 let id = head.id.expect("a client write");
                 self.start_bypass(id, head.sector, data, *fua);
                 return Advance::Bypassed;

@@ -102,9 +102,20 @@ impl Who {
 /// (IOPS, MB/s, p99 ms) of each job.
 type Figures = Vec<(f64, f64, Option<f64>)>;
 
-/// wbcache's counters over each job: (writes sent straight to the export by sequential bypass,
-/// segments sealed).
-type Counters = Vec<(u64, u64)>;
+/// wbcache's counters over one job.
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    /// Writes sent straight to the export by sequential bypass.
+    bypassed: u64,
+    sealed: u64,
+    /// Segments sealed by a FLUSH before they were full.
+    partial: u64,
+    written_back: u64,
+    read_hits: u64,
+    read_misses: u64,
+}
+
+type Counters = Vec<Counted>;
 
 fn slow_export(dir: &Path, socket: &Path) -> Result<Proc, String> {
     let mut c = Command::new("nbdkit");
@@ -166,13 +177,23 @@ fn front(who: Who, dir: &Path, slow: &Path, p: &Params) -> Result<(Option<Proc>,
     ))
 }
 
-/// wbcache's (bypassed writes, last sealed segment) now.
-fn counters(dir: &Path) -> Result<(u64, u64), String> {
+/// wbcache's counters now (totals since it started).
+fn counters(dir: &Path) -> Result<Counted, String> {
     let st = server::wbcache_status(&server::wbcache_bin()?, &dir.join("control.sock"), dir)?;
-    Ok((
-        server::status_u64(&st, "bypassed_writes")?,
-        server::status_u64(&st, "last_sealed_id")?,
-    ))
+    let sum = |prefix: &str| {
+        st.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(_, v)| v.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    Ok(Counted {
+        bypassed: server::status_u64(&st, "bypassed_writes")?,
+        sealed: server::status_u64(&st, "last_sealed_id")?,
+        partial: server::status_u64(&st, "nr_partial_flushed")?,
+        written_back: server::status_u64(&st, "last_writeback_id")?,
+        read_hits: sum("stat_read_hit_"),
+        read_misses: sum("stat_read_miss_"),
+    })
 }
 
 fn run_one(who: Who, p: &Params, scratch: &Scratch) -> Result<(Figures, Counters), String> {
@@ -219,7 +240,14 @@ fn run_one(who: Who, p: &Params, scratch: &Scratch) -> Result<(Figures, Counters
         ));
         if let Some(b) = before {
             let a = counters(&dir)?;
-            counted.push((a.0 - b.0, a.1 - b.1));
+            counted.push(Counted {
+                bypassed: a.bypassed - b.bypassed,
+                sealed: a.sealed - b.sealed,
+                partial: a.partial - b.partial,
+                written_back: a.written_back - b.written_back,
+                read_hits: a.read_hits - b.read_hits,
+                read_misses: a.read_misses - b.read_misses,
+            });
         }
     }
     if let Some(f) = front {
@@ -256,7 +284,7 @@ impl Section for SlowBacking {
     }
 }
 
-fn report(p: &Params, figs: &[Figures], wb: &[(u64, u64)]) -> String {
+fn report(p: &Params, figs: &[Figures], wb: &[Counted]) -> String {
     let mut out = format!(
         "The backing device is a {} MiB file served by `nbdkit --filter=noparallel \
          --filter=delay file backing.img delay-read={DELAY_MS}ms delay-write={DELAY_MS}ms \
@@ -314,12 +342,32 @@ fn report(p: &Params, figs: &[Figures], wb: &[(u64, u64)]) -> String {
         met(rr >= 5.0),
         met(sr >= 0.9)
     ));
-    if let Some(&(bypassed, sealed)) = wb.get(2) {
+    if let (Some(w), false) = (wb.first(), wr >= 10.0) {
         out.push_str(&format!(
-            " During the sequential job wbcache sent {bypassed} writes straight to the export \
-             (sequential bypass: a stream past the 4 MiB cutoff) and sealed {sealed} segments \
+            " Random writes: {} segments were sealed during the job, {} of them partial (a \
+             FLUSH every 32 writes seals the open segment, so a slot holds a fraction of what \
+             it could and the ring turns fast), and {} were written back to the export, one \
+             4 ms request at a time for blocks that are not contiguous: once the ring is full \
+             a write waits for writeback to free a slot, so the export's pace bounds the job.",
+            w.sealed, w.partial, w.written_back
+        ));
+    }
+    if let (Some(r), false) = (wb.get(1), rr >= 5.0) {
+        out.push_str(&format!(
+            " Random reads: {} hit the cache and {} missed (4 ms each at the export). A miss \
+             is a block the random-write job never wrote (its writes do not cover the working \
+             set) or one already written back: the cache drops a block once it is clean and \
+             keeps no copies for reading (there is no read caching).",
+            r.read_hits, r.read_misses
+        ));
+    }
+    if let Some(s) = wb.get(2) {
+        out.push_str(&format!(
+            " During the sequential job wbcache sent {} writes straight to the export \
+             (sequential bypass: a stream past the 4 MiB cutoff) and sealed {} segments \
              for the rest (the first 4 MiB of each stream, and writes over blocks the random \
-             jobs left in the cache)."
+             jobs left in the cache).",
+            s.bypassed, s.sealed
         ));
         if sr < 0.9 {
             out.push_str(
