@@ -207,6 +207,7 @@ fn fake_status() -> Status {
         plog_entries: 0,
         plog_flushes: 0,
         plog_epoch: 0,
+        bypassed_writes: 0,
     }
 }
 

@@ -413,8 +413,14 @@ impl Engine {
     /// Type 1: a plog flush once every plog write a waiter needs has completed (R1 on the plog).
     pub(crate) fn drive_plog_durability(&mut self) {
         let clock = &self.clocks.plog;
-        let shutdown_need = (self.sched.shutting_down && clock.issued() > 0).then(|| clock.issued());
-        let needs: Vec<u64> = self.sched.plog_need().into_iter().chain(shutdown_need).collect();
+        let shutdown_need =
+            (self.sched.shutting_down && clock.issued() > 0).then(|| clock.issued());
+        let needs: Vec<u64> = self
+            .sched
+            .plog_need()
+            .into_iter()
+            .chain(shutdown_need)
+            .collect();
         self.flush_for(DeviceRole::Plog, &needs, Purpose::PlogFlush);
     }
 
@@ -424,7 +430,12 @@ impl Engine {
     pub(crate) fn drive_backing_durability(&mut self) {
         let settling = self.sched.draining || self.sched.shutting_down;
         let own_need = (settling && !self.bypass_settled()).then_some(self.bypass.last_seq);
-        let needs: Vec<u64> = self.sched.backing_need().into_iter().chain(own_need).collect();
+        let needs: Vec<u64> = self
+            .sched
+            .backing_need()
+            .into_iter()
+            .chain(own_need)
+            .collect();
         if self.flush_for(DeviceRole::Backing, &needs, Purpose::BackingFlush) {
             crate::probe!(BypassFlush);
         }
