@@ -46,7 +46,7 @@ impl<'h> BlockOracle<'h> {
         check_size(h, Oracle::Block, observed.bytes)?;
         for (s, candidates) in self.allowed.iter().enumerate() {
             let s = s as u64;
-            if candidates == &[None] && observed.known_initial(s) {
+            if observed.known_initial(s) && candidates == &[None] {
                 continue;
             }
             let here = observed.sector(h, s);

@@ -189,8 +189,10 @@ impl<'h> PrefixOracle<'h> {
         let mut allowed: Ranges = vec![(self.t_min, self.n)];
         for (s, timeline) in self.timelines.iter().enumerate() {
             let s = s as u64;
-            let untouched = timeline.iter().all(|&(lo, hi, v)| v.is_none() || lo > hi);
-            if untouched && observed.known_initial(s) {
+            // Cheap test first: most sectors are read, and then the timeline is not walked here.
+            if observed.known_initial(s)
+                && timeline.iter().all(|&(lo, hi, v)| v.is_none() || lo > hi)
+            {
                 continue;
             }
             let here = observed.sector(h, s);

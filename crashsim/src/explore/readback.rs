@@ -85,9 +85,20 @@ pub fn read_ranges<D: BlockDevice>(
 
 /// Reads the whole exported device.
 pub fn read_all<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, String> {
+    whole(engine, read_ranges)
+}
+
+/// A reader of sector ranges into a whole-device buffer (`read_ranges`, `read_ranges_together`).
+type RangeReader<D> = fn(&mut SyncEngine<D>, &[(u64, u64)], &mut [u8]) -> Result<(), String>;
+
+/// The whole exported device, read by `read`.
+fn whole<D: BlockDevice>(
+    engine: &mut SyncEngine<D>,
+    read: RangeReader<D>,
+) -> Result<Vec<u8>, String> {
     let size = engine.size_sectors();
     let mut out = vec![0u8; size as usize * SECTOR_SIZE];
-    read_ranges(engine, &[(0, size)], &mut out)?;
+    read(engine, &[(0, size)], &mut out)?;
     Ok(out)
 }
 
@@ -137,10 +148,7 @@ pub fn read_ranges_together<D: BlockDevice>(
 
 /// Reads the whole exported device with reads in flight together (see `read_ranges_together`).
 pub fn read_all_together<D: BlockDevice>(engine: &mut SyncEngine<D>) -> Result<Vec<u8>, String> {
-    let size = engine.size_sectors();
-    let mut out = vec![0u8; size as usize * SECTOR_SIZE];
-    read_ranges_together(engine, &[(0, size)], &mut out)?;
-    Ok(out)
+    whole(engine, read_ranges_together)
 }
 
 /// The first sector in `ranges` where `a` and `b` differ.
