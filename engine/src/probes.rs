@@ -201,6 +201,22 @@ impl Counts {
         self.quirk_sites[quirk]
     }
 
+    /// Sets the count of `p` (a tally read back from a saved crash-test result).
+    pub fn set(&mut self, p: Probe, n: u64) {
+        self.probes[p as usize] = n;
+    }
+
+    /// The passes of each quirk's sites, by quirk number.
+    pub fn quirk_sites(&self) -> &[u64] {
+        &self.quirk_sites
+    }
+
+    /// Sets the passes of quirk number `quirk`'s sites; `None` if there is no such slot.
+    pub fn set_quirk_site(&mut self, quirk: usize, n: u64) -> Option<()> {
+        *self.quirk_sites.get_mut(quirk)? = n;
+        Some(())
+    }
+
     pub fn add(&mut self, o: &Counts) {
         for (a, b) in self.probes.iter_mut().zip(o.probes) {
             *a += b;

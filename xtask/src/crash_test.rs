@@ -1,17 +1,16 @@
 //! `cargo xtask crash-test`: runs seeded (or bounded-exhaustive) workloads on simulated devices,
 //! checks every crash state of each, and prints one replay command per violation.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use crashsim::explore::{
-    bounded_workloads, coverage, explore_orders, explore_workload, generate, replay_case,
-    scenario_workloads, shrink, BoundedParams, ExploreOpts, FaultSet, GenParams, Kind, Level,
-    OracleSel, OrderCoverage, PointTally, Violation, WlOp, Workload, SCENARIOS,
+    replay_case, Kind, Level, OracleSel, PointTally, Violation, WlOp, SCENARIOS,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+
+use result::ViolationRecord;
+use tally::Tally;
 
 #[derive(Args, Debug, Clone)]
 pub struct CrashTestArgs {
@@ -52,9 +51,26 @@ pub struct CrashTestArgs {
     /// scenario runs as type 1 too).
     #[arg(long = "type", default_value_t = 0)]
     cache_type: u8,
-    /// Run only the workloads with index % N == I, given as I/N.
-    #[arg(long)]
+    /// Run shard M of N (1-based, as nextest's `--partition hash:M/N`): the workloads whose
+    /// identity hash is M-1 modulo N, so adding workloads moves no other. `--shard N` takes M
+    /// from JOB_COMPLETION_INDEX + 1 (a Kubernetes Indexed Job's pod index). With `--result`,
+    /// `cargo xtask crash-test merge` sums the shards and proves they covered the space once.
+    #[arg(long, value_name = "M/N")]
     shard: Option<String>,
+    /// Write what the run explored and found to FILE (JSON; rewritten every 10 s while it
+    /// runs, and on SIGINT or SIGTERM, which stop the run).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    result: Option<PathBuf>,
+    /// Like --result, but if FILE holds a result of the same options (and source), continue
+    /// it: explore only the workloads it has not finished. The same command line serves the
+    /// first run and every restart after an interruption.
+    #[arg(long, value_name = "FILE")]
+    resume: Option<PathBuf>,
+    /// Act as if interrupted (SIGTERM) after N workloads finish: for the tests of --resume.
+    #[arg(long, hide = true, value_name = "N")]
+    interrupt_after: Option<u64>,
+    #[command(subcommand)]
+    action: Option<Action>,
     /// Re-run exactly one crash case (as printed with a violation) and explain it.
     #[arg(long)]
     replay: Option<String>,
@@ -119,16 +135,28 @@ pub struct CrashTestArgs {
     no_shortcuts: bool,
 }
 
+/// What `crash-test` does other than exploring.
+#[derive(clap::Subcommand, Debug, Clone)]
+enum Action {
+    /// Sum shard results (`--shard M/N --result FILE`) into the summary one run would print,
+    /// after proving they cover the space exactly once: the same options and source, every
+    /// shard 1..=N once, each complete, and together every workload of the space.
+    Merge {
+        /// The result files, one per shard.
+        #[arg(required = true, value_name = "RESULT")]
+        results: Vec<PathBuf>,
+    },
+}
+
 impl CrashTestArgs {
     /// The default seeded type-0 run (`cargo xtask crash-test`, perhaps with `--without`): the
-    /// one that must reach every required probe.
+    /// one that must reach every required probe (whole: a shard of it need not).
     fn is_default_run(&self) -> bool {
         self.quirks.is_empty()
             && self.faults.is_empty()
             && self.cache_type == 0
             && self.bounded.is_none()
             && self.scenario.is_none()
-            && self.shard.is_none()
             && self.replay.is_none()
             && self.order.is_none()
             && self.unit.is_none()
@@ -137,43 +165,28 @@ impl CrashTestArgs {
     }
 }
 
-/// Whether `--without` leaves `op` out.
-fn left_out(without: &[String], op: &WlOp) -> bool {
-    without.iter().any(|w| match (w.as_str(), op) {
-        ("zeroes", WlOp::Discard { .. } | WlOp::Zeroes { .. }) => true,
-        ("reads", WlOp::ReadMany { .. }) => true,
-        ("fua", WlOp::Write { fua: true, .. }) => true,
-        (
-            "partial",
-            WlOp::Write {
-                sector, sectors, ..
-            },
-        ) => sector % 8 != 0 || sectors % 8 != 0,
-        ("background", WlOp::Background(_)) => true,
-        ("messages", WlOp::DropCaches | WlOp::Tick | WlOp::Tunable { .. }) => true,
-        _ => false,
-    })
-}
-
 /// What a crash-test run found.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub states: u64,
-    /// Workloads explored (those cut short by an early stop included).
+    /// Workloads explored to their end.
     pub workloads: u64,
     /// Workloads there were to explore.
     pub total: u64,
     pub violations: u64,
     /// Why the run ended before exploring everything, if it did.
     pub stopped_early: Option<String>,
-    /// The violations printed, shrunk.
-    pub shown: Vec<Violation>,
-    /// No violation, and (zoo) every quirk caught.
+    /// The violations printed (shrunk, unless the run was interrupted).
+    pub shown: Vec<ViolationRecord>,
+    /// No violation, nothing left unexplored by an interruption, and (zoo) every quirk caught.
     pub passed: bool,
     /// How the top-level crash points were enumerated, summed over the workloads (printed as
     /// the `coverage:` line; the tests read it from here).
     #[cfg_attr(not(test), allow(dead_code))]
     pub points: PointTally,
+    /// Everything summed, as a result file holds it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub tally: Tally,
     /// Bounded mode: whether the run was exhaustive for its space (see the summary line).
     #[cfg_attr(not(test), allow(dead_code))]
     pub bounded_exhaustive: Option<bool>,
@@ -218,14 +231,14 @@ enum OracleArg {
     Both,
 }
 
-fn parse_shard(s: &str) -> Result<(u64, u64), String> {
-    let (i, n) = s.split_once('/').ok_or("--shard takes I/N")?;
-    let i: u64 = i.parse().map_err(|_| "--shard: I is not a number")?;
-    let n: u64 = n.parse().map_err(|_| "--shard: N is not a number")?;
-    if n == 0 || i >= n {
-        return Err(format!("--shard {s}: need 0 <= I < N"));
+impl OracleArg {
+    fn sel(self) -> OracleSel {
+        match self {
+            OracleArg::Block => OracleSel::Block,
+            OracleArg::Prefix => OracleSel::Prefix,
+            OracleArg::Both => OracleSel::Both,
+        }
     }
-    Ok((i, n))
 }
 
 fn json_str(s: &str) -> String {
@@ -272,7 +285,11 @@ pub fn parse_args(words: &[&str]) -> Result<CrashTestArgs, String> {
 /// `cargo xtask test`'s stage: the crash-test `words` ask for, which must find nothing. Its
 /// line says what was checked, or names the first violation and its replay command.
 pub fn stage(words: &[&str]) -> crate::stages::StageResult {
-    let o = run_outcome(parse_args(words)?)?;
+    stage_line(run_outcome(parse_args(words)?)?)
+}
+
+/// The stage line of a finished run.
+fn stage_line(o: Outcome) -> crate::stages::StageResult {
     if o.passed {
         return Ok(if o.total == 0 {
             // The zoo, which reports its own table.
@@ -293,39 +310,78 @@ pub fn stage(words: &[&str]) -> crate::stages::StageResult {
             } else {
                 ""
             },
-            headline(v),
-            v.finding.detail,
-            replay_command(v, OracleArg::Both)
+            v.headline,
+            v.detail,
+            v.replay
         ),
         None => format!("{} violation(s) (or a missed quirk)", o.violations),
     })
 }
 
+/// A stage that also proves shards add up on a real run: the run `words` ask for, whole, and
+/// again as two shards, the first interrupted part-way and resumed, merged. The merge must
+/// find exactly what the whole run found: every count, every probe, the fingerprint.
+pub fn stage_with_shards(words: &[&str]) -> crate::stages::StageResult {
+    let whole = run_outcome(parse_args(words)?)?;
+    let (states, fingerprint) = (whole.states, whole.tally.fingerprints);
+    let tally = whole.tally.clone();
+    let line = stage_line(whole)?;
+    let dir = std::env::temp_dir().join(format!("wbcache-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files: Vec<String> = (1..=2)
+        .map(|m| dir.join(format!("shard-{m}.json")).display().to_string())
+        .collect();
+    for (m, f) in (1..=2).zip(&files) {
+        let _ = std::fs::remove_file(f);
+        let shard = format!("{m}/2");
+        let mut w: Vec<&str> = words.to_vec();
+        w.extend(["--shard", &shard, "--resume", f]);
+        if m == 1 {
+            let mut cut = w.clone();
+            cut.extend(["--interrupt-after", "10"]);
+            let o = run_outcome(parse_args(&cut)?)?;
+            if o.stopped_early.is_none() || o.workloads < 10 {
+                return Err(format!(
+                    "shard 1/2 was not interrupted after 10 workloads: {o:?}"
+                ));
+            }
+        }
+        stage_line(run_outcome(parse_args(&w)?)?)?;
+    }
+    let merged = run_outcome(parse_args(&["merge", &files[0], &files[1]])?)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if merged.tally != tally {
+        return Err(format!(
+            "the two shards merged to other counts than the whole run: {:?} against {tally:?}",
+            merged.tally
+        ));
+    }
+    Ok(format!(
+        "{line}; as 2 shards (the first interrupted after 10 workloads and resumed), merged: \
+         the same {states} states, probes and fingerprint {fingerprint:016x}"
+    ))
+}
+
 /// Runs the crash-test `args` ask for, prints its report, and returns what it found.
 pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
     crate::heap::keep_freed_memory();
-    let oracle = match args.oracle {
-        OracleArg::Block => OracleSel::Block,
-        OracleArg::Prefix => OracleSel::Prefix,
-        OracleArg::Both => OracleSel::Both,
-    };
     if args.cache_type > 1 {
         return Err(format!(
             "--type {}: the cache types are 0 (RAM buffers) and 1 (persistent log)",
             args.cache_type
         ));
     }
+    if let Some(Action::Merge { results }) = &args.action {
+        return merge::run(results, args.json);
+    }
     if let Some(case) = &args.replay {
-        return replay(case, oracle).map(|passed| Outcome {
+        return replay(case, args.oracle.sel()).map(|passed| Outcome {
             passed,
             ..Outcome::default()
         });
     }
     if args.zoo {
-        let threads = args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let ok = crate::zoo::run(Duration::from_secs(args.zoo_budget), threads.max(1));
+        let ok = crate::zoo::run(Duration::from_secs(args.zoo_budget), threads(&args));
         println!(
             "crash-test: zoo {}",
             if ok {
@@ -343,430 +399,35 @@ pub fn run_outcome(args: CrashTestArgs) -> Result<Outcome, String> {
     if let Some(q) = args.quirks.iter().find(|q| !known.contains(&q.as_str())) {
         return Err(format!("unknown quirk {q:?} (known: {})", known.join(", ")));
     }
-    let mut faults = FaultSet::default();
-    for f in &args.faults {
-        faults.set(f)?;
-    }
-    let unit_sectors = match args.unit {
-        None => None,
-        Some(512) => Some(1),
-        Some(4096) => Some(8),
-        Some(u) => return Err(format!("--unit {u}: the atomic unit is 512 or 4096 bytes")),
-    };
-    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
-    let start = Instant::now();
-    let deadline = args.time.map(|t| start + Duration::from_secs(t));
-    // By default the run ends at its first violation: a user wants that one, shrunk, with its
-    // replay command, not millions more of the same (a lying flush breaks nearly every state).
-    let max_violations = match (args.keep_going, args.max_violations) {
-        (true, _) => None,
-        (false, n) => Some(n.unwrap_or(1)),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut opts = ExploreOpts {
-        oracle,
-        fine: args.fine || args.exhaustive,
-        deadline,
-        // With a limit, a workload ends at its first violation and the others at the limit.
-        stop_at_first: max_violations.is_some(),
-        cancel: max_violations.map(|_| stop.clone()),
-        shortcuts: !args.no_shortcuts,
-        ..ExploreOpts::default()
-    };
-    if args.exhaustive {
-        opts.exhaustive_bound = 10;
-        opts.k = 3;
-        opts.random = 16;
-    }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
-
-    // The workload source: bounded-exhaustive or seeded.
-    let mut bounded_space = None;
-    let workloads: Box<dyn Iterator<Item = Workload> + Send> = match args.bounded {
-        Some(len) => {
-            if !(2..=3).contains(&args.bounded_blocks) || !(2..=4).contains(&args.bounded_slots) {
-                return Err("--bounded-blocks is 2..=3 and --bounded-slots 2..=4".into());
-            }
-            let order = args.order.unwrap_or(engine::format::MIN_ORDER);
-            if !(4..=5).contains(&order) {
-                return Err(format!("--bounded runs at --order 4 or 5, not {order}"));
-            }
-            let p = BoundedParams {
-                max_len: len,
-                blocks: args.bounded_blocks,
-                nr_segments: args.bounded_slots,
-                unit_sectors: unit_sectors.unwrap_or(1),
-                faults,
-                quirks: args.quirks.clone(),
-                order,
-                cache_type: args.cache_type,
-            };
-            let all: Vec<Workload> = bounded_workloads(&p).collect();
-            let ops: Vec<String> = crashsim::explore::alphabet(p.blocks)
-                .iter()
-                .map(|op| op.to_string())
-                .collect();
-            let geometry = all.first().map(|w| w.to_string()).unwrap_or_default();
-            let geometry = geometry.split(';').next().unwrap_or_default().to_string();
-            bounded_space = Some(format!(
-                "every workload of up to {len} operations over the alphabet {{{}}} on the \
-                 geometry {geometry}",
-                ops.join(" ")
-            ));
-            eprintln!(
-                "crash-test: bounded mode, {} workloads of up to {len} operations",
-                all.len()
-            );
-            opts.continuation_every = 0;
-            Box::new(all.into_iter())
-        }
-        None => {
-            let gp = GenParams {
-                order: args.order,
-                unit_sectors,
-                faults,
-                quirks: args.quirks.clone(),
-                cache_type: args.cache_type,
-                min_ops: 6,
-                max_ops: 40,
-                swarm: args.quirks.is_empty() && args.faults.is_empty() && !args.no_swarm,
-            };
-            // The hand-written hazard scenarios first (with the same faults, quirks and unit),
-            // then the seeded workloads.
-            let mut scenarios = Vec::new();
-            for (name, mut w) in scenario_workloads() {
-                if args.scenario.as_ref().is_some_and(|s| s != name) {
-                    continue;
-                }
-                w.config.faults = faults;
-                w.config.quirks = args.quirks.clone();
-                if args.cache_type == 1 && w.config.cache_type == 0 {
-                    // Every hazard scenario also runs against the plog.
-                    w.config.cache_type = 1;
-                    w.config.plog_regions = 2;
-                }
-                if let Some(u) = unit_sectors {
-                    w.config.unit_sectors = u;
-                }
-                scenarios.push(w);
-            }
-            if let Some(name) = &args.scenario {
-                if scenarios.is_empty() {
-                    let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
-                    return Err(format!(
-                        "no scenario {name:?} (known: {})",
-                        names.join(", ")
-                    ));
-                }
-            }
-            let first = args.seed;
-            let seeds = if args.scenario.is_some() {
-                0
-            } else {
-                args.seeds
-            };
-            Box::new(
-                scenarios
-                    .into_iter()
-                    .chain((0..seeds).map(move |i| generate(first.wrapping_add(i), &gp))),
-            )
-        }
-    };
-    let without = args.without.clone();
-    let workloads: Vec<Workload> = workloads
-        .enumerate()
-        .filter(|(i, _)| shard.is_none_or(|(si, n)| *i as u64 % n == si))
-        .map(|(_, mut w)| {
-            w.ops.retain(|op| !left_out(&without, op));
-            w
-        })
-        .collect();
-
-    let total = workloads.len() as u64;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} workloads {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let next = AtomicU64::new(0);
-    // A run that stops at its first violation shows that one (a state can fail two oracles).
-    let shown_at_most = max_violations.map_or(args.show, |m| args.show.min(m as usize));
-    let (tx, rx) = mpsc::channel();
-    let mut states = 0u64;
-    let mut done = 0u64;
-    let mut violations: Vec<Violation> = Vec::new();
-    let mut nviolations = 0u64;
-    let mut last_line = Instant::now();
-    let mut orders = orders::OrderTally::default();
-    let mut points = PointTally::default();
-    let mut sampled_workloads = 0u64;
-    let mut bounded_exhaustive = None;
-    let (bounded, max_orders) = (args.bounded.is_some(), args.orders);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (workloads, next, stop, opts) = (&workloads, &next, &stop, &opts);
-            s.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(w) = workloads.get(i as usize) else {
-                    break;
-                };
-                let r = match bounded {
-                    true => explore_orders(w, opts, max_orders),
-                    false => (explore_workload(w, opts), OrderCoverage::default()),
-                };
-                if tx.send(r).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        for (r, cov) in rx {
-            done += 1;
-            orders.add(cov);
-            points.add(r.points);
-            sampled_workloads += (r.points.sampled > 0) as u64;
-            states += r.states;
-            nviolations += r.violation_count;
-            if max_violations.is_some_and(|m| nviolations >= m) {
-                stop.store(true, Ordering::Relaxed);
-            }
-            for v in r.violations {
-                // Keep the first violation of each kind for shrinking and printing.
-                if violations.len() < shown_at_most
-                    && !violations.iter().any(|k| k.finding.kind == v.finding.kind)
-                {
-                    violations.push(v);
-                }
-            }
-            bar.set_position(done);
-            bar.set_message(format!("{states} states, {nviolations} violations"));
-            if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(10) {
-                eprintln!(
-                    "crash-test: {done}/{total} workloads, {states} states, {nviolations} violations, {:.0}s",
-                    start.elapsed().as_secs_f64()
-                );
-                last_line = Instant::now();
-            }
-        }
-    });
-    bar.finish_and_clear();
-    let elapsed = start.elapsed().as_secs_f64();
-
-    let mut shown = Vec::new();
-    let stopped_early = if stop.load(Ordering::Relaxed) {
-        Some(format!(
-            "stopped early after {nviolations} violation(s), with {done} of {total} workloads \
-             explored (the limit is {}: --max-violations N raises it, --keep-going explores \
-             everything)",
-            max_violations.unwrap_or(0)
-        ))
-    } else {
-        None
-    };
-    for v in &violations {
-        // Shrinking gets its own time budget, whatever --time said about the search, and is
-        // not cut short by the early stop.
-        let shrink_opts = ExploreOpts {
-            deadline: Some(Instant::now() + Duration::from_secs(20)),
-            cancel: None,
-            ..opts.clone()
-        };
-        let small = shrink(v, &shrink_opts, 200);
-        println!("{}: {}", headline(&small), small.finding.detail);
-        println!(
-            "  shrunk workload: {} operations (from {}): {}",
-            small.workload.ops.len(),
-            v.workload.ops.len(),
-            small.workload
-        );
-        if let Some(ops) = continuation_text(&small) {
-            println!("  {ops}");
-        }
-        println!("  replay: {}", replay_command(&small, args.oracle));
-        println!(
-            "  keep it (once fixed, `cargo test` replays it): echo '{}' >> crashsim/regressions/found.cases",
-            small.case()
-        );
-        shown.push(small);
-    }
-    if nviolations as usize > shown.len() {
-        println!(
-            "({} more violations not shown; --show N prints more)",
-            nviolations as usize - shown.len()
-        );
-    }
-    if let Some(len) = args.bounded {
-        if done == total {
-            println!(
-                "bounded: L = {len} reached, {done} workloads, {states} states in {elapsed:.1}s"
-            );
-        } else {
-            println!("bounded: L = {len} NOT reached ({done} of {total} workloads), {states} states in {elapsed:.1}s");
-        }
-        println!("bounded: {}", orders.describe(max_orders));
-        let space = bounded_space.as_deref().unwrap_or("the bounded workloads");
-        let exhaustive = done == total && orders.capped == 0 && points.sampled == 0;
-        bounded_exhaustive = Some(exhaustive);
-        if exhaustive {
-            println!(
-                "bounded: exhaustive for {space}: every completion order, and every subset of \
-                 the pending writes at every crash point (tears: the single-unit tears of cache \
-                 and plog writes, all of them for writes of up to 32 units; combinations of \
-                 tears are sampled)"
-            );
-        } else {
-            println!(
-                "bounded: NOT exhaustive for {space}: {} workload(s) not explored, {} cut short \
-                 in completion order, {sampled_workloads} with sampled crash points",
-                total - done,
-                orders.capped
-            );
-        }
-    }
-    println!(
-        "coverage: {} top-level crash points had every subset of their pending writes tried, \
-         {} were sampled (more than {} pending: subsets of up to {}, at most 1200), {} repeated \
-         an earlier state (random choices only); {} of {done} workloads had no sampled point",
-        points.all_subsets,
-        points.sampled,
-        opts.exhaustive_bound,
-        opts.k,
-        points.repeated,
-        done - sampled_workloads
-    );
-    println!(
-        "peer: {} crash states were also judged by what dm-writeboost 2.2.17's replay would show \
-         (orderly type-0 rings; in the rest a torn or stale slot lies where its replay goes wrong by design, \
-         seed hazards H1 and H2: wbcache must open those first)",
-        points.peer_judged
-    );
-    if points.no_prefix > 0 {
-        println!(
-            "bypass: {} crash states of workloads with sequential bypass on were judged by the block \
-             oracle only (rule 3): bypassed writes are ordered like a disk's, not as a prefix \
-             (docs/DESIGN.md, \"Sequential bypass\")",
-            points.no_prefix
-        );
-    }
-    println!(
-        "checked {states} crash states of {done} workloads in {elapsed:.1}s ({:.0} states/s on {threads} threads)",
-        states as f64 / elapsed.max(1e-9)
-    );
-    let quirk_rows = coverage::quirk_rows(&points.probes, &args.quirks);
-    print_probes(&points, &quirk_rows);
-    let mut unreached: Vec<String> = Vec::new();
-    if args.is_default_run() {
-        let required = coverage::unreached_required(&points.probes, &points.sim);
-        unreached.extend(required.into_iter().map(String::from));
-    }
-    // A fault switch or quirk asked for whose code never ran tested nothing.
-    let faults_asked = coverage::unreached_faults(&points.sim, &faults);
-    unreached.extend(faults_asked.into_iter().map(String::from));
-    unreached.extend(quirk_rows.iter().filter(|r| r.1 == 0).map(|r| r.0.clone()));
-    let blind = stopped_early.is_none() && !unreached.is_empty();
-    if blind {
-        println!(
-            "coverage: FAILED: required probe(s) never fired: {} (crashsim/src/explore/coverage.rs \
-             says why each is required; the run no longer reaches those paths)",
-            unreached.join(", ")
-        );
-    }
-    if args.json {
-        let vs: Vec<String> = shown
-            .iter()
-            .map(|v| {
-                format!(
-                    "{{\"oracle\":{},\"detail\":{},\"ops\":{},\"continuation\":{},\"replay\":{}}}",
-                    json_str(v.finding.kind.name()),
-                    json_str(&v.finding.detail),
-                    v.workload.ops.len(),
-                    v.continuation_ops()
-                        .map_or_else(|| "null".to_string(), |ops| json_str(&ops_text(&ops))),
-                    json_str(&replay_command(v, args.oracle))
-                )
-            })
-            .collect();
-        println!(
-            "{{\"states\":{states},\"workloads\":{done},\"violations\":{nviolations},\"seconds\":{elapsed:.3},\"stopped_early\":{},\"orders\":{},\"points\":{{\"all_subsets\":{},\"sampled\":{},\"repeated\":{},\"workloads_without_sampled_points\":{}}},\"probes\":{{{}}},\"shown\":[{}]}}",
-            stopped_early.as_deref().map_or_else(|| "null".to_string(), json_str),
-            if bounded { orders.json() } else { "null".to_string() },
-            points.all_subsets,
-            points.sampled,
-            points.repeated,
-            done - sampled_workloads,
-            coverage::rows(&points.probes, &points.sim)
-                .into_iter()
-                .map(|(n, c)| (n.to_string(), c))
-                .chain(quirk_rows.iter().cloned())
-                .map(|(n, c)| format!("{}:{c}", json_str(&n)))
-                .collect::<Vec<_>>()
-                .join(","),
-            vs.join(",")
-        );
-    }
-    if let Some(why) = &stopped_early {
-        println!("{why}");
-    }
-    println!(
-        "crash-test: {states} states, {done} workloads, {nviolations} violations{}{}",
-        if stopped_early.is_some() {
-            " (stopped early)"
-        } else {
-            ""
-        },
-        if blind {
-            format!(", coverage FAILED ({} never fired)", unreached.join(", "))
-        } else {
-            String::new()
-        }
-    );
-    Ok(Outcome {
-        states,
-        workloads: done,
-        total,
-        violations: nviolations,
-        stopped_early,
-        shown,
-        passed: nviolations == 0 && !blind,
-        points,
-        bounded_exhaustive,
-    })
+    explore::run(&args)
 }
 
-/// The coverage table: every probe with its count, then those that never fired.
-fn print_probes(points: &PointTally, quirk_rows: &[(String, u64)]) {
-    let rows: Vec<(String, u64)> = coverage::rows(&points.probes, &points.sim)
-        .into_iter()
-        .map(|(n, c)| (n.to_string(), c))
-        .chain(quirk_rows.iter().cloned())
-        .collect();
-    let line: Vec<String> = rows
-        .iter()
-        .filter(|(_, c)| *c > 0)
-        .map(|(n, c)| format!("{n} {c}"))
-        .collect();
-    println!("probes: {}", line.join(", "));
-    let never: Vec<&str> = rows
-        .iter()
-        .filter(|(_, c)| *c == 0)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    println!(
-        "probes never fired: {}",
-        if never.is_empty() {
-            "none".to_string()
-        } else {
-            never.join(", ")
-        }
-    );
+/// Worker threads: `--threads`, or one per core.
+fn threads(args: &CrashTestArgs) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1)
+}
+
+/// A violation as the summary prints it and a result file keeps it.
+fn violation_record(
+    v: &Violation,
+    before: usize,
+    shrunk: bool,
+    oracle: OracleArg,
+) -> ViolationRecord {
+    ViolationRecord {
+        oracle: v.finding.kind.name().to_string(),
+        headline: headline(v),
+        detail: v.finding.detail.clone(),
+        ops: v.workload.ops.len() as u64,
+        ops_before_shrinking: before as u64,
+        workload: v.workload.to_string(),
+        continuation: continuation_text(v),
+        case: v.case(),
+        replay: replay_command(v, oracle),
+        shrunk,
+    }
 }
 
 fn ops_text(ops: &[WlOp]) -> String {
@@ -801,6 +462,13 @@ fn replay(case: &str, oracle: OracleSel) -> Result<bool, String> {
     Ok(findings.is_empty())
 }
 
+mod explore;
+mod merge;
 mod orders;
+mod result;
+mod shard;
+mod space;
+mod summary;
+mod tally;
 #[cfg(test)]
 mod tests;

@@ -181,7 +181,8 @@ fn test_stages() -> Vec<stages::Stage> {
         }),
         // The tester's own regression tests (lying flush and FUA, quirks, replay, shrinking)
         // are in crashsim/tests, run by the stage above; these must find nothing.
-        Stage::new("crash-test default", || crash_test::stage(&[])),
+        // The default run, then again as two shards (one interrupted and resumed), merged.
+        Stage::new("crash-test default", || crash_test::stage_with_shards(&[])),
         Stage::new("crash-test garbage-torn 4 KiB", || {
             crash_test::stage(&["--seeds", "20", "--fault", "garbage-torn", "--unit", "4096"])
         }),

@@ -3,7 +3,7 @@
 use crashsim::explore::OrderCoverage;
 
 /// The completion orders of a run's workloads, summed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderTally {
     /// Orders explored, over all workloads.
     pub explored: u64,
@@ -27,6 +27,14 @@ impl OrderTally {
         } else {
             self.capped += 1;
         }
+    }
+
+    /// Adds another run's tally (another shard's, say).
+    pub fn merge(&mut self, o: &OrderTally) {
+        self.explored += o.explored;
+        self.complete += o.complete;
+        self.capped += o.capped;
+        self.most = self.most.max(o.most);
     }
 
     /// One line for the summary: what was exhaustive and what was not.
