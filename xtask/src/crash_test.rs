@@ -180,6 +180,8 @@ pub struct Outcome {
     pub shown: Vec<ViolationRecord>,
     /// No violation, nothing left unexplored by an interruption, and (zoo) every quirk caught.
     pub passed: bool,
+    /// SIGINT, SIGTERM or --interrupt-after stopped the run; its result file has what it did.
+    pub interrupted: bool,
     /// How the top-level crash points were enumerated, summed over the workloads (printed as
     /// the `coverage:` line; the tests read it from here).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -265,8 +267,19 @@ fn replay_command(v: &Violation, oracle: OracleArg) -> String {
     format!("cargo xtask crash-test{oracle} --replay '{}'", v.case())
 }
 
+/// The exit status of a run stopped by SIGINT or SIGTERM after saving its result
+/// (EX_TEMPFAIL): try again with the same command. A Kubernetes pod failure policy tells it
+/// from 1 (a finding) and 2 (bad options).
+pub const EXIT_INTERRUPTED: i32 = 75;
+
 pub fn run(args: CrashTestArgs) -> Result<bool, String> {
-    Ok(run_outcome(args)?.passed)
+    let o = run_outcome(args)?;
+    if o.interrupted {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(EXIT_INTERRUPTED);
+    }
+    Ok(o.passed)
 }
 
 /// `crash-test WORDS` as `cargo xtask crash-test` would parse them.

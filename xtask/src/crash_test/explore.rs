@@ -44,6 +44,8 @@ fn catch_interruptions() {
 struct Plan {
     shard: Shard,
     space: space::Space,
+    /// Each workload's identity (`workload_id`), by position in the space.
+    ids: Vec<u64>,
     /// Positions in `space.workloads` of this shard's workloads, in space order.
     mine: Vec<usize>,
     config: Config,
@@ -113,6 +115,7 @@ pub fn run(args: &CrashTestArgs) -> Result<Outcome, String> {
         total,
         violations: all.violations,
         passed: all.violations == 0 && !verdict.blind && !x.interrupted,
+        interrupted: x.interrupted,
         stopped_early: record.stopped_early.clone(),
         shown: record.violations.clone(),
         points: all.points,
@@ -135,9 +138,8 @@ fn plan(args: &CrashTestArgs) -> Result<Plan, String> {
             args.bounded.unwrap_or(0)
         );
     }
-    let mine: Vec<usize> = (0..space.workloads.len())
-        .filter(|&i| shard.owns(workload_id(&space.workloads[i])))
-        .collect();
+    let ids: Vec<u64> = space.workloads.iter().map(workload_id).collect();
+    let mine: Vec<usize> = (0..ids.len()).filter(|&i| shard.owns(ids[i])).collect();
     let config = Config::new(space::config_words(args), result::source_version());
     let file = args.resume.clone().or_else(|| args.result.clone());
     let prior = match &args.resume {
@@ -147,6 +149,7 @@ fn plan(args: &CrashTestArgs) -> Result<Plan, String> {
     Ok(Plan {
         shard,
         space,
+        ids,
         mine,
         config,
         file,
@@ -366,7 +369,7 @@ impl<'a> Exploration<'a> {
         if d.partial {
             self.partial_violations += d.result.violation_count;
         } else {
-            let id = workload_id(&self.plan.space.workloads[self.plan.mine[d.pos as usize]]);
+            let id = self.plan.ids[self.plan.mine[d.pos as usize]];
             self.tally.add_workload(id, &d.result, d.cov);
             self.done.insert(d.pos);
             self.finished_here += 1;
@@ -414,11 +417,8 @@ impl<'a> Exploration<'a> {
 
     /// The result so far: the saved one's and this run's (`elapsed` seconds).
     fn result(&self, plan: &Plan, elapsed: f64, shown: &[ViolationRecord]) -> RunResult {
-        let mine_ids = plan
-            .mine
-            .iter()
-            .map(|&i| workload_id(&plan.space.workloads[i]));
-        let space_ids = plan.space.workloads.iter().map(workload_id);
+        let mine_ids = plan.mine.iter().map(|&i| plan.ids[i]);
+        let space_ids = plan.ids.iter().copied();
         let mut tally = self.tally.clone();
         tally.violations += self.partial_violations;
         let (prior_seconds, prior_runs, prior_threads, mut violations) = match &plan.prior {

@@ -87,6 +87,7 @@ pub fn run(paths: &[PathBuf], json: bool) -> Result<Outcome, String> {
         total: space.workloads.len() as u64,
         violations: tally.violations,
         passed: tally.violations == 0 && !verdict.blind && stopped.is_none(),
+        interrupted: false,
         stopped_early: stopped,
         shown: violations,
         points: tally.points,

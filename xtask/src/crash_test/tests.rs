@@ -169,6 +169,8 @@ fn four_shards_merge_to_exactly_what_one_run_finds() {
     run_with(&[
         "--bounded",
         "2",
+        "--orders",
+        "64",
         "--shard",
         "4/4",
         "--result",
@@ -225,7 +227,9 @@ fn an_interrupted_run_resumes_where_it_stopped() {
     );
     let saved = result::RunResult::load(&f).unwrap();
     // A result of other options is refused, and left as it was.
-    let e = run_outcome(parse_args(&["--bounded", "2", "--resume", path]).unwrap()).unwrap_err();
+    let e =
+        run_outcome(parse_args(&["--bounded", "2", "--orders", "64", "--resume", path]).unwrap())
+            .unwrap_err();
     assert!(e.contains("other options"), "{e}");
     assert_eq!(result::RunResult::load(&f).unwrap(), saved);
 }
