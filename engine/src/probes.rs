@@ -43,6 +43,7 @@ pub enum Probe {
     // Client reads.
     ReadRam,
     ReadCache,
+    ReadClean,
     ReadBacking,
     ReadMany,
     // The dead state.
@@ -68,7 +69,7 @@ pub enum Probe {
 pub const COUNT: usize = Probe::ALL.len();
 
 impl Probe {
-    pub const ALL: [Probe; 44] = [
+    pub const ALL: [Probe; 45] = [
         Probe::RecoveryFormat,
         Probe::RecoveryUpstreamImage,
         Probe::RecoveryRecordFromBackup,
@@ -98,6 +99,7 @@ impl Probe {
         Probe::RecordHeldPartial,
         Probe::ReadRam,
         Probe::ReadCache,
+        Probe::ReadClean,
         Probe::ReadBacking,
         Probe::ReadMany,
         Probe::DeadIo,
@@ -146,6 +148,7 @@ impl Probe {
             Probe::RecordHeldPartial => "record-held-partial",
             Probe::ReadRam => "read-ram",
             Probe::ReadCache => "read-cache",
+            Probe::ReadClean => "read-clean",
             Probe::ReadBacking => "read-backing",
             Probe::ReadMany => "read-many",
             Probe::DeadIo => "dead-io",

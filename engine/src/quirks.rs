@@ -79,12 +79,15 @@ pub enum Quirk {
     /// Sequential bypass ignores the cache: a block with a dirty cached copy is bypassed and the
     /// copy kept, so reads return the stale copy (and writeback writes it over the new data).
     BypassStaleRead,
+    /// Rule R17 off: a write does not forget the clean copy of its blocks kept after
+    /// writeback, so a read after a bypassed write returns the old copy.
+    CleanCopyKept,
 }
 
 const _: () = assert!(Quirk::ALL.len() <= crate::probes::QUIRK_SLOTS);
 
 impl Quirk {
-    pub const ALL: [Quirk; 24] = [
+    pub const ALL: [Quirk; 25] = [
         Quirk::H1TornSlotForgetsLog,
         Quirk::H2NoContiguity,
         Quirk::H3NoStaleInvalidation,
@@ -109,6 +112,7 @@ impl Quirk {
         Quirk::PartialCopies,
         Quirk::BypassStaleWriteback,
         Quirk::BypassStaleRead,
+        Quirk::CleanCopyKept,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Quirk {
             Quirk::PartialCopies => "partial-copies",
             Quirk::BypassStaleWriteback => "bypass-stale-writeback",
             Quirk::BypassStaleRead => "bypass-stale-read",
+            Quirk::CleanCopyKept => "clean-copy-kept",
         }
     }
 

@@ -132,8 +132,10 @@ impl Engine {
 
     /// Backing blocks the cache holds a copy of (dirty, or in a RAM buffer), in no particular
     /// order: a read of any other block goes to the backing device.
+    /// Every block the cache may serve from the cache device or RAM: dirty or logged copies,
+    /// and clean copies kept after writeback (R17).
     pub fn cached_blocks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.index.blocks()
+        self.index.blocks().chain(self.clean.blocks())
     }
 
     pub fn tunables(&self) -> Tunables {

@@ -302,7 +302,7 @@ impl SimCounts {
 /// - `fault-lying-flush`, `fault-lying-fua`, `fault-misdirect`, `fault-bit-rot`: faults that
 ///   break the contract are not drawn by swarm runs; a run that asks for one (`--fault
 ///   misdirect`) requires its probe, and the tester's tests require it to be caught.
-pub const REQUIRED: [&str; 67] = [
+pub const REQUIRED: [&str; 68] = [
     "recovery-format",
     "recovery-record-from-backup",
     "recovery-walk-stopped",
@@ -326,6 +326,7 @@ pub const REQUIRED: [&str; 67] = [
     "record-waits-log",
     "read-ram",
     "read-cache",
+    "read-clean",
     "read-backing",
     "read-many",
     "dead-io",

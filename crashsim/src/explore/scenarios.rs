@@ -6,7 +6,7 @@
 use super::workload::Workload;
 
 /// (name, what it provokes, workload text).
-pub const SCENARIOS: [(&str, &str, &str); 27] = [
+pub const SCENARIOS: [(&str, &str, &str); 28] = [
     (
         "h1",
         "a torn write into the slot being reused, which the seed's replay scanned first",
@@ -145,6 +145,13 @@ pub const SCENARIOS: [(&str, &str, &str); 27] = [
         "bypass-stale-read",
         "a stream over a block whose dirty copy is cached, read back",
         "o=4,n=3,b=4,p=1,k=1,u=1,s=130,x=8192;W0+8.F.W0+16.M0+16.F.B.R.M0+16",
+    ),
+    // A clean copy kept after writeback (R17), read, then a stream over it bypasses the cache.
+    (
+        "clean-copy",
+        "a block written back and recorded, read from its clean copy, then a stream over it \
+         bypassed and read back",
+        "o=4,n=3,b=4,p=1,k=1,u=1,s=131,x=8192;W0+8.F.B.R.M0+8.W0+16.M0+16.F.B.R.M0+16",
     ),
 ];
 

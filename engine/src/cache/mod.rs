@@ -20,6 +20,7 @@
 //! `schedule` (background steps, sync, drop_caches, shutdown), `plog` (type 1).
 
 mod bypass;
+mod clean;
 mod fill;
 mod plog;
 mod reads;
@@ -243,6 +244,8 @@ pub struct Engine {
     pub(crate) clocks: Clocks,
     pub(crate) writes: writes::WriteQueue,
     pub(crate) bypass: bypass::Bypass,
+    /// Blocks written back whose logged copy is still readable (R17).
+    pub(crate) clean: clean::CleanCopies,
     reads: BTreeMap<ReqId, reads::ReadJob>,
     replies: VecDeque<Reply>,
     pub(crate) writeback: Option<writeback::WritebackJob>,
@@ -333,6 +336,7 @@ impl Engine {
             clocks: Clocks::default(),
             writes: writes::WriteQueue::default(),
             bypass: bypass::Bypass::default(),
+            clean: clean::CleanCopies::new(p.geo.nr_segments, n),
             reads: BTreeMap::new(),
             replies: VecDeque::new(),
             writeback: None,

@@ -1,6 +1,6 @@
 //! Client reads. A read is planned against the index when it arrives (it does not queue behind
 //! writes): each 4 KiB piece is a miss (the backing device), or a cached block with its dirty
-//! sectors, from RAM when its segment still has a RAM image (open, sealed, or being written:
+//! sectors (or a clean copy kept after writeback, R17, all of its sectors), from RAM when its segment still has a RAM image (open, sealed, or being written:
 //! rule R10, a read never sees a write still in flight on the device) or else from the cache
 //! device (the slot is pinned until the read completes, rule R7). Consecutive pieces that need
 //! the backing device are one read. When every device read has completed, the cached sectors
@@ -29,6 +29,16 @@ struct Overlay {
     cache_sector: u64,
 }
 
+/// A cached copy of a block, as a read finds it.
+#[derive(Clone, Copy)]
+struct Copy {
+    slot: u64,
+    pos: usize,
+    /// The sectors it holds.
+    dirty: u8,
+    crc: Option<u32>,
+}
+
 pub(crate) struct ReadJob {
     buf: Vec<u8>,
     pending: usize,
@@ -38,6 +48,33 @@ pub(crate) struct ReadJob {
 }
 
 impl Engine {
+    /// Where the cache holds `block`: its live metablock, else a clean copy kept after
+    /// writeback (R17), whose slot still holds the segment it was noted in.
+    fn cached_copy(&self, block: u64) -> Option<Copy> {
+        if let Some(idx) = self.index.lookup(block) {
+            let mb = self.index.get(idx);
+            return Some(Copy {
+                slot: self.index.slot_of(idx),
+                pos: self.index.pos_of(idx),
+                dirty: mb.dirty,
+                crc: mb.crc,
+            });
+        }
+        let c = self.clean.get(block)?;
+        assert_eq!(
+            self.slots[c.slot as usize].id, c.seg,
+            "clean copy of block {block} outlived its segment in slot {}",
+            c.slot
+        );
+        crate::probe!(ReadClean);
+        Some(Copy {
+            slot: c.slot,
+            pos: c.pos,
+            dirty: 0xFF,
+            crc: c.crc,
+        })
+    }
+
     /// Plans a read and issues its device reads; answers at once when nothing needs a device.
     pub(crate) fn start_read(&mut self, id: ReqId, sector: u64, len: usize) {
         if !self.reads.is_empty() {
@@ -57,8 +94,8 @@ impl Engine {
             let want = sector_mask(first, count);
             let full = count == SECTORS_PER_BLOCK as usize;
             let piece_sector = block * SECTORS_PER_BLOCK + first as u64;
-            let cached = self.index.lookup(block);
-            let needs_backing = cached.is_none_or(|idx| self.index.get(idx).dirty & want != want);
+            let cached = self.cached_copy(block);
+            let needs_backing = cached.is_none_or(|c| c.dirty & want != want);
             if needs_backing {
                 match &mut run {
                     Some((_, _, bytes)) => *bytes += count * SECTOR_SIZE,
@@ -67,20 +104,23 @@ impl Engine {
             } else if let Some(r) = run.take() {
                 runs.push(r);
             }
-            let Some(idx) = cached else {
+            let Some(Copy {
+                slot,
+                pos,
+                dirty,
+                crc,
+            }) = cached
+            else {
                 self.stats.count(false, false, false, full);
                 continue;
             };
-            let mb = self.index.get(idx);
-            let slot = self.index.slot_of(idx);
-            let pos = self.index.pos_of(idx);
             let mut overlay = Overlay {
                 off,
                 first,
                 count,
-                dirty: mb.dirty,
+                dirty,
                 data: None,
-                crc: mb.crc,
+                crc,
                 block,
                 cache_sector: self.geo.block_sector(slot, pos),
             };

@@ -412,6 +412,7 @@ impl Engine {
             0,
             "slot {slot} reused while it holds live data"
         );
+        self.clean.forget_slot(slot);
         self.slots[slot as usize] = SlotInfo {
             id,
             len: 0,

@@ -433,8 +433,20 @@ impl Engine {
             self.record_needs_log_for = job.target;
         }
         for &(block, idx) in &job.items {
-            if self.index.get(idx).dirty != 0 && self.index.lookup(block) == Some(idx) {
+            let mb = self.index.get(idx);
+            if mb.dirty != 0 && self.index.lookup(block) == Some(idx) {
                 self.index.remove(idx);
+                // A whole block stays readable from the log until its slot is reused (R17).
+                if mb.dirty == 0xFF {
+                    let slot = self.index.slot_of(idx);
+                    let copy = super::clean::CleanCopy {
+                        slot,
+                        pos: self.index.pos_of(idx),
+                        seg: self.slots[slot as usize].id,
+                        crc: mb.crc,
+                    };
+                    self.clean.note(block, copy);
+                }
             }
         }
         self.sched.writebacks_finished += 1;

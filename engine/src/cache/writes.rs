@@ -257,6 +257,18 @@ impl Engine {
             }
             _ => Vec::new(),
         };
+        if matches!(
+            head.kind,
+            QKind::Write { .. } | QKind::Zeroes { .. } | QKind::BackingDiscard
+        ) && head.sectors > 0
+            && !quirk!(self, CleanCopyKept)
+        {
+            // R17: no clean copy of a block outlives the start of a write to it (each try of
+            // a blocked head forgets again: a writeback may have finished in between).
+            let last = (head.sector + head.sectors - 1) / SECTORS_PER_BLOCK;
+            self.clean
+                .forget_blocks(head.sector / SECTORS_PER_BLOCK, last);
+        }
         match &head.kind {
             QKind::Flush | QKind::Drain => return Advance::Done,
             QKind::BackingDiscard => return self.backing_discard(head),
