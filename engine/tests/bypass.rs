@@ -3,35 +3,19 @@
 //! cache could still read or write back (dirty in the index, or in a segment past the durable
 //! record); a FLUSH then flushes the backing device too.
 
-use engine::device::Observed;
-use engine::format::{BLOCK_SIZE, SECTORS_PER_BLOCK, SUPERBLOCK_SECTORS};
-use engine::{Config, FormatPolicy, MemDevice, Step, SyncEngine, Tunables};
+use engine::format::{BLOCK_SIZE, SECTORS_PER_BLOCK};
+use engine::{Step, SyncEngine, Tunables};
 
 const ORDER: u8 = 6; // 7 blocks a segment
 const NR: u64 = 8;
 const BLOCKS: u64 = 256;
 
-type Dev = Observed<MemDevice>;
+#[path = "support/small.rs"]
+mod small;
+use small::{block_data, Dev};
 
 fn engine(cutoff: u64) -> SyncEngine<Dev> {
-    let mut tunables = Tunables::defaults(ORDER);
-    tunables.sequential_cutoff = cutoff;
-    let cfg = Config {
-        segment_size_order: ORDER,
-        nr_rambuf_pool: 2,
-        tunables: Some(tunables),
-        format: FormatPolicy::IfBlank,
-        ..Config::default()
-    };
-    let cache = Observed::new(MemDevice::new(SUPERBLOCK_SECTORS + (NR << ORDER)));
-    let backing = Observed::new(MemDevice::new(BLOCKS * SECTORS_PER_BLOCK));
-    SyncEngine::open(cache, backing, cfg).unwrap().0
-}
-
-fn block_data(tag: u8, blocks: u64) -> Vec<u8> {
-    (0..blocks as usize * BLOCK_SIZE)
-        .map(|i| tag ^ (i / 512) as u8)
-        .collect()
+    small::small_engine(ORDER, NR, BLOCKS, cutoff)
 }
 
 fn backing_bytes(e: &SyncEngine<Dev>, block: u64, blocks: u64) -> Vec<u8> {

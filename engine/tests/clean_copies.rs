@@ -1,35 +1,19 @@
 //! Clean copies (docs/DESIGN.md, rule R17): a block written back stays readable from its
 //! logged copy until its slot takes a new segment, and no write leaves it behind.
 
-use engine::device::Observed;
-use engine::format::{BLOCK_SIZE, SECTORS_PER_BLOCK, SUPERBLOCK_SECTORS};
-use engine::{Config, FormatPolicy, MemDevice, SyncEngine, Tunables};
+use engine::format::{BLOCK_SIZE, SECTORS_PER_BLOCK};
+use engine::SyncEngine;
 
 const ORDER: u8 = 6; // 7 blocks a segment
 const NR: u64 = 4;
 const BLOCKS: u64 = 256;
 
-type Dev = Observed<MemDevice>;
+#[path = "support/small.rs"]
+mod small;
+use small::{block_data as data, Dev};
 
 fn engine(cutoff: u64) -> SyncEngine<Dev> {
-    let mut tunables = Tunables::defaults(ORDER);
-    tunables.sequential_cutoff = cutoff;
-    let cfg = Config {
-        segment_size_order: ORDER,
-        nr_rambuf_pool: 2,
-        tunables: Some(tunables),
-        format: FormatPolicy::IfBlank,
-        ..Config::default()
-    };
-    let cache = Observed::new(MemDevice::new(SUPERBLOCK_SECTORS + (NR << ORDER)));
-    let backing = Observed::new(MemDevice::new(BLOCKS * SECTORS_PER_BLOCK));
-    SyncEngine::open(cache, backing, cfg).unwrap().0
-}
-
-fn data(tag: u8, blocks: u64) -> Vec<u8> {
-    (0..blocks as usize * BLOCK_SIZE)
-        .map(|i| tag ^ (i / 512) as u8)
-        .collect()
+    small::small_engine(ORDER, NR, BLOCKS, cutoff)
 }
 
 fn read(e: &mut SyncEngine<Dev>, block: u64, blocks: u64) -> Vec<u8> {

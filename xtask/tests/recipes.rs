@@ -96,6 +96,16 @@ fn whole_run_line() -> String {
     last_line(&ok("the whole run", &o))
 }
 
+/// A merge's output: all the shards, and the verdict line one whole run prints.
+fn merged_to_one_run(out: &str, shards: i64) {
+    assert!(out.contains(&format!("merge: {shards} shard(s)")), "{out}");
+    assert_eq!(
+        last_line(out),
+        whole_run_line(),
+        "the merge sums to one run"
+    );
+}
+
 fn step_runs(job: &Yaml) -> Vec<String> {
     job["steps"]
         .as_vec()
@@ -156,13 +166,7 @@ fn the_github_workflow_runs_its_shards_and_merges_them_here() {
     }
     let merge_runs = step_runs(merge);
     assert_eq!(merge_runs.len(), 1, "{merge_runs:?}");
-    let out = ok("merge", &bash(&dir, &merge_runs[0]));
-    assert!(out.contains(&format!("merge: {shards} shard(s)")), "{out}");
-    assert_eq!(
-        last_line(&out),
-        whole_run_line(),
-        "the merge sums to one run"
-    );
+    merged_to_one_run(&ok("merge", &bash(&dir, &merge_runs[0])), shards as i64);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -272,13 +276,7 @@ fn the_kubernetes_job_runs_every_index_and_the_merge_job_merges_them_here() {
     let mcmd = command(mc);
     assert_eq!(mcmd[..2], ["sh", "-c"]);
     let script = local(&mcmd[2]).replace("target/release/xtask", XTASK);
-    let out = ok("merge job", &bash(&dir, &script));
-    assert!(out.contains(&format!("merge: {shards} shard(s)")), "{out}");
-    assert_eq!(
-        last_line(&out),
-        whole_run_line(),
-        "the merge sums to one run"
-    );
+    merged_to_one_run(&ok("merge job", &bash(&dir, &script)), shards);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
