@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use crashsim::explore::{
-    replay_case, Kind, Level, OracleSel, PointTally, Violation, WlOp, SCENARIOS,
-};
+use crashsim::explore::{replay_case, Kind, Level, OracleSel, Violation, WlOp, SCENARIOS};
 
 use result::ViolationRecord;
 use tally::Tally;
@@ -182,12 +180,8 @@ pub struct Outcome {
     pub passed: bool,
     /// SIGINT, SIGTERM or --interrupt-after stopped the run; its result file has what it did.
     pub interrupted: bool,
-    /// How the top-level crash points were enumerated, summed over the workloads (printed as
-    /// the `coverage:` line; the tests read it from here).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub points: PointTally,
-    /// Everything summed, as a result file holds it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Everything summed, as a result file holds it (`tally.points`: how the top-level crash
+    /// points were enumerated, printed as the `coverage:` line).
     pub tally: Tally,
     /// Bounded mode: whether the run was exhaustive for its space (see the summary line).
     #[cfg_attr(not(test), allow(dead_code))]

@@ -52,7 +52,8 @@ fn scratch(name: &str) -> PathBuf {
         ),
     )
     .unwrap();
-    Command::new("chmod").arg("+x").arg(&shim).status().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
 

@@ -48,6 +48,9 @@ struct Plan {
     ids: Vec<u64>,
     /// Positions in `space.workloads` of this shard's workloads, in space order.
     mine: Vec<usize>,
+    /// Order-free hashes of the space's and the shard's workload identities (hex).
+    space_ids: String,
+    shard_ids: String,
     config: Config,
     file: Option<PathBuf>,
     /// The saved result this run continues.
@@ -83,12 +86,11 @@ pub fn run(args: &CrashTestArgs) -> Result<Outcome, String> {
     let todo: Vec<u64> = (0..plan.mine.len() as u64)
         .filter(|i| !prior_done.contains(i))
         .collect();
-    let start = Instant::now();
     let mut x = Exploration::new(args, &plan, prior_tally, prior_done);
     x.explore(&todo);
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = x.started.elapsed().as_secs_f64();
     let shown = x.shown_records();
-    let record = x.result(&plan, elapsed, &shown);
+    let record = x.result(elapsed, &shown);
     if let Some(f) = &plan.file {
         record.save(f)?;
     }
@@ -118,7 +120,6 @@ pub fn run(args: &CrashTestArgs) -> Result<Outcome, String> {
         interrupted: x.interrupted,
         stopped_early: record.stopped_early.clone(),
         shown: record.violations.clone(),
-        points: all.points,
         tally: all,
         bounded_exhaustive: verdict.bounded_exhaustive,
     })
@@ -140,6 +141,8 @@ fn plan(args: &CrashTestArgs) -> Result<Plan, String> {
     }
     let ids: Vec<u64> = space.workloads.iter().map(workload_id).collect();
     let mine: Vec<usize> = (0..ids.len()).filter(|&i| shard.owns(ids[i])).collect();
+    let space_ids = format!("{:016x}", id_set_hash(ids.iter().copied()));
+    let shard_ids = format!("{:016x}", id_set_hash(mine.iter().map(|&i| ids[i])));
     let config = Config::new(space::config_words(args), result::source_version());
     let file = args.resume.clone().or_else(|| args.result.clone());
     let prior = match &args.resume {
@@ -151,6 +154,8 @@ fn plan(args: &CrashTestArgs) -> Result<Plan, String> {
         space,
         ids,
         mine,
+        space_ids,
+        shard_ids,
         config,
         file,
         prior,
@@ -182,6 +187,17 @@ fn check_prior(p: RunResult, f: &Path, config: &Config, shard: Shard) -> Result<
     Ok(p)
 }
 
+/// How many pending writes a crash point may have for every subset to be tried, and the
+/// largest subset tried beyond that: the explorer's defaults, or more with --exhaustive.
+pub fn subset_bounds(args: &CrashTestArgs) -> (usize, usize) {
+    let d = ExploreOpts::default();
+    if args.exhaustive {
+        (10, 3)
+    } else {
+        (d.exhaustive_bound, d.k)
+    }
+}
+
 /// One finished (or cut short) workload, from a worker.
 struct Done {
     /// Position among the shard's workloads.
@@ -210,6 +226,8 @@ struct Exploration<'a> {
     interrupted: bool,
     stopped_at_limit: bool,
     finished_here: u64,
+    /// When this run started (the result adds its seconds to the saved ones).
+    started: Instant,
 }
 
 impl<'a> Exploration<'a> {
@@ -233,9 +251,8 @@ impl<'a> Exploration<'a> {
             shortcuts: !args.no_shortcuts,
             ..ExploreOpts::default()
         };
+        (opts.exhaustive_bound, opts.k) = subset_bounds(args);
         if args.exhaustive {
-            opts.exhaustive_bound = 10;
-            opts.k = 3;
             opts.random = 16;
         }
         if args.bounded.is_some() {
@@ -255,6 +272,7 @@ impl<'a> Exploration<'a> {
             interrupted: false,
             stopped_at_limit: false,
             finished_here: 0,
+            started: Instant::now(),
         }
     }
 
@@ -388,7 +406,8 @@ impl<'a> Exploration<'a> {
             .iter()
             .map(|v| violation_record(v, v.workload.ops.len(), false, self.args.oracle))
             .collect();
-        if let Err(e) = self.result(self.plan, 0.0, &shown).save(f) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if let Err(e) = self.result(elapsed, &shown).save(f) {
             eprintln!("crash-test: {e}");
         }
     }
@@ -416,9 +435,8 @@ impl<'a> Exploration<'a> {
     }
 
     /// The result so far: the saved one's and this run's (`elapsed` seconds).
-    fn result(&self, plan: &Plan, elapsed: f64, shown: &[ViolationRecord]) -> RunResult {
-        let mine_ids = plan.mine.iter().map(|&i| plan.ids[i]);
-        let space_ids = plan.ids.iter().copied();
+    fn result(&self, elapsed: f64, shown: &[ViolationRecord]) -> RunResult {
+        let plan = self.plan;
         let mut tally = self.tally.clone();
         tally.violations += self.partial_violations;
         let (prior_seconds, prior_runs, prior_threads, mut violations) = match &plan.prior {
@@ -432,9 +450,9 @@ impl<'a> Exploration<'a> {
             config: plan.config.clone(),
             shard: plan.shard,
             space_workloads: plan.space.workloads.len() as u64,
-            space_ids: format!("{:016x}", id_set_hash(space_ids)),
+            space_ids: plan.space_ids.clone(),
             shard_workloads: plan.mine.len() as u64,
-            shard_ids: format!("{:016x}", id_set_hash(mine_ids)),
+            shard_ids: plan.shard_ids.clone(),
             done: result::ranges(&self.done),
             complete,
             stopped_early: self.stopped_early(plan, complete),

@@ -7,7 +7,7 @@ use super::result::{self, RunResult};
 use super::shard::{id_set_hash, workload_id, Shard};
 use super::summary::{self, Report};
 use super::tally::Tally;
-use super::{parse_args, space, Outcome};
+use super::{explore, parse_args, space, Outcome};
 
 pub fn run(paths: &[PathBuf], json: bool) -> Result<Outcome, String> {
     let shards: Vec<(PathBuf, RunResult)> = paths
@@ -77,8 +77,8 @@ pub fn run(paths: &[PathBuf], json: bool) -> Result<Outcome, String> {
         threads: threads as usize,
         whole_space: true,
         faults: space::faults_and_unit(&args)?.0,
-        exhaustive_bound: explore_bounds(&args).0,
-        k: explore_bounds(&args).1,
+        exhaustive_bound: explore::subset_bounds(&args).0,
+        k: explore::subset_bounds(&args).1,
     };
     let verdict = summary::print(&report);
     Ok(Outcome {
@@ -90,20 +90,9 @@ pub fn run(paths: &[PathBuf], json: bool) -> Result<Outcome, String> {
         interrupted: false,
         stopped_early: stopped,
         shown: violations,
-        points: tally.points,
         tally,
         bounded_exhaustive: verdict.bounded_exhaustive,
     })
-}
-
-/// The explorer's subset bounds for the options (as `explore` sets them).
-fn explore_bounds(args: &super::CrashTestArgs) -> (usize, usize) {
-    let d = crashsim::explore::ExploreOpts::default();
-    if args.exhaustive {
-        (10, 3)
-    } else {
-        (d.exhaustive_bound, d.k)
-    }
 }
 
 /// Every result is of the same options and source.

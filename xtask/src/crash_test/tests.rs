@@ -89,8 +89,8 @@ fn a_bounded_run_states_its_bound() {
     let o = run_with(&["--bounded", "2", "--threads", "2"]);
     assert!(o.passed, "{o:?}");
     assert_eq!(o.bounded_exhaustive, Some(true), "{o:?}");
-    assert_eq!(o.points.sampled, 0, "{o:?}");
-    assert!(o.points.all_subsets > 0, "{o:?}");
+    assert_eq!(o.tally.points.sampled, 0, "{o:?}");
+    assert!(o.tally.points.all_subsets > 0, "{o:?}");
     // Capping the completion orders makes it not exhaustive, and it says so.
     let o = run_with(&["--bounded", "2", "--orders", "1", "--threads", "2"]);
     assert_eq!(o.bounded_exhaustive, Some(false), "{o:?}");
@@ -103,7 +103,7 @@ fn a_default_run_that_stops_reaching_a_path_fails_naming_its_probe() {
     let o = run_with(&["--without", "zeroes"]);
     assert_eq!(o.violations, 0, "{o:?}");
     assert!(!o.passed, "a blind run must fail");
-    let unreached = coverage::unreached_required(&o.points.probes, &o.points.sim);
+    let unreached = coverage::unreached_required(&o.tally.points.probes, &o.tally.points.sim);
     assert_eq!(unreached, ["write-zeroes"], "{o:?}");
 }
 
